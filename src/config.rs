@@ -1,0 +1,260 @@
+//! The agent config (`berth.yaml`): where the manifests are, which namespace
+//! berth owns, how to reach Docker and what it may allow. Every key has a
+//! flag in `main.rs`; flags win over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::duration::Duration;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub manifests: PathBuf,
+    pub namespace: String,
+    pub listen: SocketAddr,
+    pub resync: Duration,
+    pub parallelism: usize,
+    pub watch: WatchMode,
+    pub meta: BTreeMap<String, String>,
+    pub ports: PortRange,
+    pub docker: DockerConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            manifests: PathBuf::from("/etc/berth/manifests"),
+            namespace: "berth".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9797)),
+            resync: Duration::from_secs(60),
+            parallelism: 4,
+            watch: WatchMode::Auto,
+            meta: BTreeMap::new(),
+            ports: PortRange::default(),
+            docker: DockerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify, falling back to polling where it is not available.
+    #[default]
+    Auto,
+    Inotify,
+    Poll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange {
+            min: 20000,
+            max: 32000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// `unix:///var/run/docker.sock`, `tcp://host:2376`, ... When unset,
+    /// `DOCKER_HOST`/`DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`, else the local socket.
+    pub endpoint: Option<String>,
+    /// A Docker `config.json` (dockercfg) with registry credentials.
+    pub auth_config: Option<PathBuf>,
+    pub tls: Option<TlsConfig>,
+    pub cleanup: CleanupConfig,
+    pub privileged: Toggle<false>,
+    pub volumes: Toggle<true>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    /// false: containers of removed tasks are stopped and kept.
+    pub container: bool,
+    /// Remove images no task uses any more (never one a container still uses).
+    pub image: bool,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            container: true,
+            image: true,
+        }
+    }
+}
+
+/// `{enabled: bool}` with a default chosen by the key it sits under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Toggle<const DEFAULT: bool> {
+    #[serde(default = "Toggle::<DEFAULT>::default_enabled")]
+    pub enabled: bool,
+}
+
+impl<const DEFAULT: bool> Toggle<DEFAULT> {
+    fn default_enabled() -> bool {
+        DEFAULT
+    }
+}
+
+impl<const DEFAULT: bool> Default for Toggle<DEFAULT> {
+    fn default() -> Self {
+        Toggle { enabled: DEFAULT }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read agent config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("agent config: {0}")]
+    Invalid(String),
+}
+
+impl AgentConfig {
+    /// Read and check an agent config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: AgentConfig = if text.trim().is_empty() {
+            AgentConfig::default()
+        } else {
+            serde_saphyr::from_str(&text).map_err(|e| {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
+                ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: e.to_string(),
+                }
+            })?
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.parallelism == 0 {
+            return Err(ConfigError::Invalid(
+                "parallelism must be at least 1".into(),
+            ));
+        }
+        if self.ports.min == 0 || self.ports.min > self.ports.max {
+            return Err(ConfigError::Invalid(format!(
+                "ports: min ({}) must be at least 1 and not above max ({})",
+                self.ports.min, self.ports.max
+            )));
+        }
+        if !crate::manifest::is_valid_name(&self.namespace) {
+            return Err(ConfigError::Invalid(format!(
+                "namespace {:?} must match [a-z0-9]([a-z0-9-]*[a-z0-9])? and be at most 48 characters",
+                self.namespace
+            )));
+        }
+        if self.resync.get().is_zero() {
+            return Err(ConfigError::Invalid("resync must be longer than 0s".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.yaml");
+        std::fs::write(&path, "").unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        assert_eq!(config, AgentConfig::default());
+        assert!(config.docker.cleanup.container && config.docker.cleanup.image);
+        assert!(!config.docker.privileged.enabled);
+        assert!(config.docker.volumes.enabled);
+    }
+
+    #[test]
+    fn every_documented_key_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.yaml");
+        std::fs::write(
+            &path,
+            r#"
+manifests: /srv/m
+namespace: edge
+listen: 127.0.0.1:9898
+resync: 30s
+parallelism: 2
+watch: poll
+meta: {site: berlin}
+ports: {min: 21000, max: 22000}
+docker:
+  endpoint: unix:///var/run/docker.sock
+  auth_config: /root/.docker/config.json
+  tls: {cert: cert.pem, key: key.pem, ca: ca.pem}
+  cleanup: {container: false, image: false}
+  privileged: {enabled: true}
+  volumes: {enabled: false}
+"#,
+        )
+        .unwrap();
+        let c = AgentConfig::load(&path).unwrap();
+        assert_eq!(c.namespace, "edge");
+        assert_eq!(c.watch, WatchMode::Poll);
+        assert_eq!(c.meta["site"], "berlin");
+        assert_eq!(c.ports.max, 22000);
+        assert!(!c.docker.cleanup.container);
+        assert!(c.docker.privileged.enabled);
+        assert!(!c.docker.volumes.enabled);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.yaml");
+        std::fs::write(&path, "namespace: a\nparalelism: 3\n").unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("paralelism"), "{err}");
+        assert!(err.contains(":2:"), "{err}");
+    }
+}

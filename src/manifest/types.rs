@@ -1,0 +1,226 @@
+//! The manifest as a person writes it: one YAML document per task.
+//!
+//! These types mirror DESIGN.md's manifest format field for field. They are
+//! plain data: parsing lives in `parse.rs`, rules in `validate.rs`, and the
+//! step from a manifest to what Docker is asked for lives in `crate::resolve`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+
+/// One task as written in a manifest document.
+///
+/// Unknown keys are rejected (`deny_unknown_fields`) so that a typo such as
+/// `imgae:` is an error naming the key instead of a silently ignored field.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskManifest {
+    /// Task name: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 48 characters.
+    /// Optional in a file with a single document: defaults to the file stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Image reference: a tag or a digest, any registry host.
+    pub image: String,
+    /// The container's command. With `args`, it becomes Docker's `Cmd`.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Arguments to `command` (ignored without a `command`, as in Nomad).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Overrides the image's ENTRYPOINT.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Number of instances, `<ns>-<task>-0` .. `<ns>-<task>-(count-1)`. Default 1.
+    #[serde(default = "default_count")]
+    pub count: u32,
+    /// Environment variables; a value may be read from a file and marked secret.
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvValue>,
+    /// Labels set on every container of the task (never `io.berth.*`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Port labels; each gets a host port published for tcp and udp.
+    #[serde(default)]
+    pub ports: BTreeMap<String, PortSpec>,
+    /// Container side of a port label; without an entry it equals the host port.
+    #[serde(default)]
+    pub port_map: BTreeMap<String, u16>,
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    /// `bridge` (default), `host`, `none`, `container:<name>` or a network name.
+    #[serde(default)]
+    pub network_mode: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+    #[serde(default)]
+    pub dns_search_domains: Vec<String>,
+    /// Refused unless the agent allows privileged containers.
+    #[serde(default)]
+    pub privileged: bool,
+    /// `host` needs the agent's privileged permission.
+    #[serde(default)]
+    pub ipc_mode: Option<String>,
+    #[serde(default)]
+    pub pid_mode: Option<String>,
+    #[serde(default)]
+    pub uts_mode: Option<String>,
+    /// Docker bind/volume strings, `SRC:DST[:OPTS]`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Private registry credentials for this image.
+    #[serde(default)]
+    pub auth: Option<RegistryAuth>,
+    #[serde(default)]
+    pub pull: PullPolicy,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    #[serde(default)]
+    pub healthcheck: Option<Healthcheck>,
+    /// Grace period between SIGTERM and SIGKILL.
+    #[serde(default)]
+    pub stop_timeout: Option<Duration>,
+}
+
+fn default_count() -> u32 {
+    1
+}
+
+/// An environment value: a plain string, or a value read from a file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Plain(String),
+    From(EnvSource),
+}
+
+/// `{file: /run/secrets/db, secret: true}` or `{value: "...", secret: true}`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSource {
+    /// Read the value from this file at every pass (a trailing newline is dropped).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// An inline value (useful with `secret: true`).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Never show the value in logs, plan, status, labels or metrics.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// A fixed host port; without it the port is taken from the agent's range.
+    #[serde(default)]
+    pub r#static: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU shares (1000 ≈ 1 GHz, as in Nomad).
+    #[serde(default)]
+    pub cpu: Option<u32>,
+    /// Memory hard limit in MiB; swap is disabled (memory+swap = memory).
+    #[serde(default)]
+    pub memory: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Prefer `password_file`; a password here is still never logged.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub server_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull only when the image is not present locally.
+    #[default]
+    Missing,
+    /// Pull at every create (a changed image replaces the container).
+    Always,
+    /// Never pull; the image must be present.
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart whenever the container exits.
+    #[default]
+    Always,
+    /// Restart only after a non-zero exit.
+    OnFailure,
+    /// Leave an exited container stopped.
+    Never,
+}
+
+/// Restart timings. None of these shape the container, so changing them
+/// never replaces one (they are outside the spec hash).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    /// Delay before the second restart; the first is immediate; then doubling.
+    #[serde(default = "default_delay")]
+    pub delay: Duration,
+    #[serde(default = "default_max_delay")]
+    pub max_delay: Duration,
+    /// A container that ran this long resets the failure count.
+    #[serde(default = "default_reset_after")]
+    pub reset_after: Duration,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            policy: RestartPolicy::default(),
+            delay: default_delay(),
+            max_delay: default_max_delay(),
+            reset_after: default_reset_after(),
+        }
+    }
+}
+
+fn default_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_delay() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_reset_after() -> Duration {
+    Duration::from_secs(600)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    /// Docker's form: `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    pub test: Vec<String>,
+    #[serde(default)]
+    pub interval: Option<Duration>,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub start_period: Option<Duration>,
+}

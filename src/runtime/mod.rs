@@ -1,0 +1,193 @@
+//! The narrow interface between berth and a container engine.
+//!
+//! Everything berth needs from Docker fits in [`ContainerRuntime`]; it speaks
+//! berth's own types and error kinds so that bollard stays inside `docker.rs`
+//! and the planner can be tested against the in-memory [`fake::FakeRuntime`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use crate::spec::{labels, ContainerSpec, InstanceKey};
+
+pub mod docker;
+pub mod fake;
+
+/// Errors every runtime maps its own failures into. The kinds drive apply's
+/// decisions (DESIGN.md: 404 = already gone, 409 = inspect the holder, 304 =
+/// already in that state), so they must be precise; the message is for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("already in the requested state")]
+    NotModified,
+    #[error("container engine unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Docker's container states, as far as berth distinguishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl ContainerState {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "created" => ContainerState::Created,
+            "running" => ContainerState::Running,
+            "paused" => ContainerState::Paused,
+            "restarting" => ContainerState::Restarting,
+            "removing" => ContainerState::Removing,
+            "dead" => ContainerState::Dead,
+            _ => ContainerState::Exited,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No healthcheck, or Docker has not judged yet.
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// A container as the engine reports it. Built from one list call; for
+/// containers that are not running, the runtime also fills the exit details
+/// (exit code, start and finish times) that restart decisions need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedContainer {
+    pub id: String,
+    /// Name without Docker's leading `/`.
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: ContainerState,
+    pub health: Health,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+}
+
+impl ObservedContainer {
+    pub fn namespace(&self) -> Option<&str> {
+        self.labels.get(labels::NAMESPACE).map(String::as_str)
+    }
+
+    /// The (task, index) this container claims to be, when its labels parse.
+    pub fn key(&self) -> Option<InstanceKey> {
+        let task = self.labels.get(labels::TASK)?;
+        let index = self.labels.get(labels::INDEX)?.parse().ok()?;
+        Some(InstanceKey::new(task.clone(), index))
+    }
+
+    pub fn spec_hash(&self) -> Option<&str> {
+        self.labels.get(labels::SPEC_HASH).map(String::as_str)
+    }
+
+    pub fn manifest(&self) -> Option<&str> {
+        self.labels.get(labels::MANIFEST).map(String::as_str)
+    }
+
+    /// Host port recorded for a port label (`io.berth.port.<label>`).
+    pub fn port(&self, label: &str) -> Option<u16> {
+        self.labels
+            .get(&format!("{}{label}", labels::PORT_PREFIX))?
+            .parse()
+            .ok()
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.state,
+            ContainerState::Running | ContainerState::Restarting | ContainerState::Paused
+        )
+    }
+}
+
+/// Credentials for one pull. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RegistryCredentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub server_address: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "(secret)"))
+            .field("server_address", &self.server_address)
+            .finish()
+    }
+}
+
+/// What to create: a name, the resolved spec and the full label set.
+#[derive(Debug, Clone)]
+pub struct CreateRequest<'a> {
+    pub name: &'a str,
+    pub spec: &'a ContainerSpec,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// The container engine, narrowed to what berth uses.
+///
+/// Futures are `Send` so passes can run operations on a multi-threaded runtime.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Every container (running or not) labelled `io.berth.namespace=<namespace>`:
+    /// one list call, plus an inspect per non-running container for exit details.
+    fn list(&self, namespace: &str) -> impl Future<Output = Result<Vec<ObservedContainer>>> + Send;
+
+    /// Look up any container by name or id, owned or not (404 → `NotFound`).
+    fn inspect(&self, name_or_id: &str) -> impl Future<Output = Result<ObservedContainer>> + Send;
+
+    /// Create a container; returns its id. A taken name → `Conflict`.
+    fn create(&self, req: CreateRequest<'_>) -> impl Future<Output = Result<String>> + Send;
+
+    /// Start a container; already running → `NotModified`.
+    fn start(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stop with a grace period before SIGKILL; already stopped → `NotModified`.
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<()>> + Send;
+
+    /// Remove a container (and its anonymous volumes), killing it if it runs.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    fn rename(&self, id: &str, new_name: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether an image is present locally.
+    fn image_present(&self, image: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Pull an image, with credentials when given.
+    fn pull(
+        &self,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Remove an image unless a container uses it (never forced): in use →
+    /// `Conflict`.
+    fn remove_image(&self, image: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The engine's version, e.g. `20.10.24`.
+    fn version(&self) -> impl Future<Output = Result<String>> + Send;
+}
