@@ -14,7 +14,10 @@
 //! - [`config`]: the agent config.
 #![forbid(unsafe_code)]
 
+pub mod apply;
+pub mod backoff;
 pub mod config;
 pub mod manifest;
+pub mod plan;
 pub mod runtime;
 pub mod spec;

@@ -1,1 +1,289 @@
+//! An in-memory container engine for unit and property tests of the planner
+//! and apply. It keeps Docker's rules that berth relies on (unique names, 409
+//! on a taken name, 404 for a missing container, 304 for a no-op start/stop)
+//! and counts mutating calls so tests can prove a pass was idempotent.
+//!
+//! Warning: never use it to test Docker behaviour itself; integration tests
+//! talk to the real daemon.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use super::{
+    ContainerRuntime, ContainerState, CreateRequest, Health, ObservedContainer,
+    RegistryCredentials, Result, RuntimeError,
+};
+use crate::spec::labels;
+
+#[derive(Default)]
+struct World {
+    containers: BTreeMap<String, ObservedContainer>,
+    images: BTreeSet<String>,
+    /// Images that fail to pull, to test pull failures.
+    unpullable: BTreeSet<String>,
+    /// Mutating calls by kind, e.g. `create`, `start`.
+    calls: BTreeMap<&'static str, u64>,
+    /// When set, every call fails as if Docker were down.
+    down: bool,
+}
+
+/// The in-memory runtime. Cheap to create; one per test.
+#[derive(Default)]
+pub struct FakeRuntime {
+    world: Mutex<World>,
+    next_id: AtomicU64,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut World) -> Result<T>) -> Result<T> {
+        let mut world = self
+            .world
+            .lock()
+            .map_err(|_| RuntimeError::Other("fake runtime poisoned".into()))?;
+        if world.down {
+            return Err(RuntimeError::Unavailable("fake daemon is down".into()));
+        }
+        f(&mut world)
+    }
+
+    fn count(world: &mut World, call: &'static str) {
+        *world.calls.entry(call).or_default() += 1;
+    }
+
+    /// Total mutating calls so far (create, start, stop, remove, rename, pull, remove_image).
+    pub fn mutations(&self) -> u64 {
+        self.world
+            .lock()
+            .map(|w| w.calls.values().sum())
+            .unwrap_or(0)
+    }
+
+    /// Mutating calls of one kind.
+    pub fn calls(&self, kind: &str) -> u64 {
+        self.world
+            .lock()
+            .map(|w| w.calls.get(kind).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn add_image(&self, image: &str) {
+        if let Ok(mut w) = self.world.lock() {
+            w.images.insert(image.to_string());
+        }
+    }
+
+    pub fn make_unpullable(&self, image: &str) {
+        if let Ok(mut w) = self.world.lock() {
+            w.unpullable.insert(image.to_string());
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        if let Ok(mut w) = self.world.lock() {
+            w.down = down;
+        }
+    }
+
+    /// Put a container into the world directly (a foreign one, or a leftover).
+    pub fn insert(&self, container: ObservedContainer) {
+        if let Ok(mut w) = self.world.lock() {
+            w.containers.insert(container.id.clone(), container);
+        }
+    }
+
+    /// Simulate the process of a container exiting on its own.
+    pub fn exit(&self, id_or_name: &str, code: i64, at: SystemTime) {
+        if let Ok(mut w) = self.world.lock() {
+            if let Some(c) = find_mut(&mut w, id_or_name) {
+                c.state = ContainerState::Exited;
+                c.exit_code = Some(code);
+                c.finished_at = Some(at);
+            }
+        }
+    }
+
+    /// Simulate Docker's healthcheck verdict.
+    pub fn set_health(&self, id_or_name: &str, health: Health) {
+        if let Ok(mut w) = self.world.lock() {
+            if let Some(c) = find_mut(&mut w, id_or_name) {
+                c.health = health;
+            }
+        }
+    }
+
+    /// Every container, owned or not, sorted by name.
+    pub fn all(&self) -> Vec<ObservedContainer> {
+        let mut all: Vec<_> = self
+            .world
+            .lock()
+            .map(|w| w.containers.values().cloned().collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+fn find_mut<'a>(world: &'a mut World, id_or_name: &str) -> Option<&'a mut ObservedContainer> {
+    world
+        .containers
+        .values_mut()
+        .find(|c| c.id == id_or_name || c.name == id_or_name)
+}
+
+fn find(world: &World, id_or_name: &str) -> Result<ObservedContainer> {
+    world
+        .containers
+        .values()
+        .find(|c| c.id == id_or_name || c.name == id_or_name)
+        .cloned()
+        .ok_or_else(|| RuntimeError::NotFound(format!("no such container: {id_or_name}")))
+}
+
+impl ContainerRuntime for FakeRuntime {
+    async fn list(&self, namespace: &str) -> Result<Vec<ObservedContainer>> {
+        self.with(|w| {
+            Ok(w.containers
+                .values()
+                .filter(|c| c.labels.get(labels::NAMESPACE).map(String::as_str) == Some(namespace))
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn inspect(&self, name_or_id: &str) -> Result<ObservedContainer> {
+        self.with(|w| find(w, name_or_id))
+    }
+
+    async fn create(&self, req: CreateRequest<'_>) -> Result<String> {
+        let id = format!("{:064x}", self.next_id.fetch_add(1, Ordering::SeqCst) + 1);
+        self.with(|w| {
+            if let Some(holder) = w.containers.values().find(|c| c.name == req.name) {
+                return Err(RuntimeError::Conflict(format!(
+                    "The container name \"/{}\" is already in use by container \"{}\"",
+                    req.name, holder.id
+                )));
+            }
+            if !w.images.contains(&req.spec.image) {
+                return Err(RuntimeError::NotFound(format!(
+                    "No such image: {}",
+                    req.spec.image
+                )));
+            }
+            Self::count(w, "create");
+            w.containers.insert(
+                id.clone(),
+                ObservedContainer {
+                    id: id.clone(),
+                    name: req.name.to_string(),
+                    image: req.spec.image.clone(),
+                    labels: req.labels.clone(),
+                    state: ContainerState::Created,
+                    health: Health::None,
+                    exit_code: None,
+                    started_at: None,
+                    finished_at: None,
+                },
+            );
+            Ok(id)
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.with(|w| {
+            let c = find_mut(w, id)
+                .ok_or_else(|| RuntimeError::NotFound(format!("no such container: {id}")))?;
+            if c.state == ContainerState::Running {
+                return Err(RuntimeError::NotModified);
+            }
+            c.state = ContainerState::Running;
+            c.health = Health::None;
+            c.exit_code = None;
+            c.started_at = Some(SystemTime::now());
+            c.finished_at = None;
+            Self::count(w, "start");
+            Ok(())
+        })
+    }
+
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<()> {
+        self.with(|w| {
+            let c = find_mut(w, id)
+                .ok_or_else(|| RuntimeError::NotFound(format!("no such container: {id}")))?;
+            if c.state != ContainerState::Running {
+                return Err(RuntimeError::NotModified);
+            }
+            c.state = ContainerState::Exited;
+            c.exit_code = Some(0);
+            c.finished_at = Some(SystemTime::now());
+            Self::count(w, "stop");
+            Ok(())
+        })
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        self.with(|w| {
+            let c = find(w, id)?;
+            w.containers.remove(&c.id);
+            Self::count(w, "remove");
+            Ok(())
+        })
+    }
+
+    async fn rename(&self, id: &str, new_name: &str) -> Result<()> {
+        self.with(|w| {
+            if w.containers
+                .values()
+                .any(|c| c.name == new_name && c.id != id)
+            {
+                return Err(RuntimeError::Conflict(format!(
+                    "name {new_name} is already in use"
+                )));
+            }
+            let c = find_mut(w, id)
+                .ok_or_else(|| RuntimeError::NotFound(format!("no such container: {id}")))?;
+            c.name = new_name.to_string();
+            Self::count(w, "rename");
+            Ok(())
+        })
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool> {
+        self.with(|w| Ok(w.images.contains(image)))
+    }
+
+    async fn pull(&self, image: &str, _credentials: Option<&RegistryCredentials>) -> Result<()> {
+        self.with(|w| {
+            Self::count(w, "pull");
+            if w.unpullable.contains(image) {
+                return Err(RuntimeError::Other(format!(
+                    "pull access denied for {image}"
+                )));
+            }
+            w.images.insert(image.to_string());
+            Ok(())
+        })
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        self.with(|w| {
+            if w.containers.values().any(|c| c.image == image) {
+                return Err(RuntimeError::Conflict(format!("image {image} is in use")));
+            }
+            if !w.images.remove(image) {
+                return Err(RuntimeError::NotFound(format!("No such image: {image}")));
+            }
+            Self::count(w, "remove_image");
+            Ok(())
+        })
+    }
+
+    async fn version(&self) -> Result<String> {
+        self.with(|_| Ok("fake".into()))
+    }
+}

@@ -1,0 +1,262 @@
+//! Per-instance restart state: how many consecutive failures, and when the
+//! next attempt is due. Pure: every function takes `now`, nothing sleeps.
+//!
+//! The curve is DESIGN.md's: the first restart is immediate, then `delay`,
+//! `2×delay`, `4×delay`, ... capped at `max_delay`. A container that ran for
+//! at least `reset_after` before it stopped resets the count, so a service
+//! that crashes once a week restarts at once every time.
+//!
+//! Warning: the state lives in memory only. A restarted berth starts every
+//! instance with a clean count; the worst case is one immediate restart.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::manifest::RestartSpec;
+use crate::spec::InstanceKey;
+
+/// Restart state of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    /// Consecutive failures (exits, failed creates or starts, unhealthy verdicts).
+    pub failures: u32,
+    /// When the latest failure happened.
+    pub last_failure: SystemTime,
+    /// The finish time of the last container exit already counted, so that
+    /// seeing the same exited container in several passes counts it once.
+    last_exit_counted: Option<SystemTime>,
+    /// The unhealthy verdict already counted: (container id, restarts then).
+    /// A container keeps its id across a restart, so the restart count tells
+    /// a new verdict from one seen before.
+    unhealthy_counted: Option<(String, u64)>,
+    /// Restarts berth performed (for status and metrics; never reset).
+    pub restarts: u64,
+    /// The latest failure's message, for status.
+    pub last_error: Option<String>,
+}
+
+/// The delay before the attempt that follows `failures` consecutive failures.
+pub fn delay_after(failures: u32, timings: &RestartSpec) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let base = timings.delay.get();
+    let max = timings.max_delay.get();
+    // 2^(failures-2), saturating long before it could overflow.
+    let factor = 1u32.checked_shl(failures - 2).unwrap_or(u32::MAX);
+    base.checked_mul(factor).unwrap_or(max).min(max)
+}
+
+/// Backoff state for every instance that has failed at least once.
+#[derive(Debug, Default, Clone)]
+pub struct BackoffTable {
+    entries: BTreeMap<InstanceKey, Backoff>,
+}
+
+impl BackoffTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, key: &InstanceKey) -> Option<&Backoff> {
+        self.entries.get(key)
+    }
+
+    /// When the next attempt for `key` may happen; `None` means now.
+    pub fn due(&self, key: &InstanceKey, timings: &RestartSpec) -> Option<SystemTime> {
+        let entry = self.entries.get(key)?;
+        let delay = delay_after(entry.failures, timings);
+        if delay.is_zero() {
+            return None;
+        }
+        Some(entry.last_failure + delay)
+    }
+
+    /// Count a container exit once, however many passes see it. `started_at`
+    /// and `finished_at` come from the engine; a run of at least
+    /// `reset_after` starts the count afresh.
+    pub fn observe_exit(
+        &mut self,
+        key: &InstanceKey,
+        started_at: Option<SystemTime>,
+        finished_at: SystemTime,
+        timings: &RestartSpec,
+        message: String,
+    ) {
+        let ran_long = started_at
+            .and_then(|s| finished_at.duration_since(s).ok())
+            .is_some_and(|ran| ran >= timings.reset_after.get());
+        let entry = self.entries.entry(key.clone()).or_insert(Backoff {
+            failures: 0,
+            last_failure: finished_at,
+            last_exit_counted: None,
+            unhealthy_counted: None,
+            restarts: 0,
+            last_error: None,
+        });
+        if entry.last_exit_counted == Some(finished_at) {
+            return;
+        }
+        entry.last_exit_counted = Some(finished_at);
+        entry.failures = if ran_long { 1 } else { entry.failures + 1 };
+        entry.last_failure = finished_at;
+        entry.last_error = Some(message);
+    }
+
+    /// Count Docker's "unhealthy" verdict on a running container once per
+    /// verdict, however many passes see it.
+    pub fn observe_unhealthy(&mut self, key: &InstanceKey, container_id: &str, now: SystemTime) {
+        let restarts = self.entries.get(key).map_or(0, |e| e.restarts);
+        let seen = (container_id.to_string(), restarts);
+        if self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.unhealthy_counted.as_ref() == Some(&seen))
+        {
+            return;
+        }
+        self.record_failure(key, now, "healthcheck reports unhealthy".into());
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.unhealthy_counted = Some(seen);
+        }
+    }
+
+    /// Count a failure that happened now: a failed create, start or pull, or
+    /// an unhealthy verdict acted upon.
+    pub fn record_failure(&mut self, key: &InstanceKey, now: SystemTime, message: String) {
+        let entry = self.entries.entry(key.clone()).or_insert(Backoff {
+            failures: 0,
+            last_failure: now,
+            last_exit_counted: None,
+            unhealthy_counted: None,
+            restarts: 0,
+            last_error: None,
+        });
+        entry.failures += 1;
+        entry.last_failure = now;
+        entry.last_error = Some(message);
+    }
+
+    /// Note that berth restarted the instance (status and metrics only).
+    pub fn record_restart(&mut self, key: &InstanceKey, now: SystemTime) {
+        self.entries
+            .entry(key.clone())
+            .or_insert(Backoff {
+                failures: 0,
+                last_failure: now,
+                last_exit_counted: None,
+                unhealthy_counted: None,
+                restarts: 0,
+                last_error: None,
+            })
+            .restarts += 1;
+    }
+
+    /// Forget an instance that no longer exists in the desired set.
+    pub fn forget(&mut self, key: &InstanceKey) {
+        self.entries.remove(key);
+    }
+
+    /// Keep only instances for which `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&InstanceKey) -> bool) {
+        self.entries.retain(|k, _| keep(k));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&InstanceKey, &Backoff)> {
+        self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::duration::Duration as D;
+
+    fn timings() -> RestartSpec {
+        RestartSpec {
+            delay: D::from_millis(200),
+            max_delay: D::from_secs(2),
+            reset_after: D::from_secs(10),
+            ..RestartSpec::default()
+        }
+    }
+
+    fn t(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)
+    }
+
+    #[test]
+    fn the_first_restart_is_immediate_then_the_delay_doubles_up_to_the_cap() {
+        let delays: Vec<u128> = (1..=8)
+            .map(|n| delay_after(n, &timings()).as_millis())
+            .collect();
+        assert_eq!(delays, vec![0, 200, 400, 800, 1600, 2000, 2000, 2000]);
+    }
+
+    #[test]
+    fn a_huge_failure_count_saturates_at_the_cap() {
+        assert_eq!(delay_after(u32::MAX, &timings()), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn each_exit_is_counted_once_however_many_passes_see_it() {
+        let key = InstanceKey::new("web", 0);
+        let mut table = BackoffTable::new();
+        for _ in 0..3 {
+            table.observe_exit(&key, Some(t(0)), t(100), &timings(), "exit 1".into());
+        }
+        assert_eq!(table.get(&key).unwrap().failures, 1);
+        assert_eq!(
+            table.due(&key, &timings()),
+            None,
+            "first restart is immediate"
+        );
+        table.observe_exit(&key, Some(t(150)), t(300), &timings(), "exit 1".into());
+        assert_eq!(table.get(&key).unwrap().failures, 2);
+        assert_eq!(table.due(&key, &timings()), Some(t(500)));
+    }
+
+    #[test]
+    fn a_long_run_resets_the_count_so_the_next_restart_is_immediate() {
+        let key = InstanceKey::new("web", 0);
+        let mut table = BackoffTable::new();
+        for i in 0..5 {
+            table.observe_exit(
+                &key,
+                Some(t(i * 100)),
+                t(i * 100 + 50),
+                &timings(),
+                "x".into(),
+            );
+        }
+        assert!(table.due(&key, &timings()).is_some());
+        table.observe_exit(&key, Some(t(1_000)), t(20_000), &timings(), "x".into());
+        assert_eq!(table.get(&key).unwrap().failures, 1);
+        assert_eq!(table.due(&key, &timings()), None);
+    }
+
+    #[test]
+    fn an_unhealthy_verdict_counts_once_until_berth_restarts_the_container() {
+        let key = InstanceKey::new("web", 0);
+        let mut table = BackoffTable::new();
+        table.observe_unhealthy(&key, "c1", t(0));
+        table.observe_unhealthy(&key, "c1", t(50));
+        assert_eq!(table.get(&key).unwrap().failures, 1);
+        table.record_restart(&key, t(60));
+        table.observe_unhealthy(&key, "c1", t(500));
+        assert_eq!(table.get(&key).unwrap().failures, 2);
+        assert_eq!(table.due(&key, &timings()), Some(t(700)));
+    }
+
+    #[test]
+    fn failed_creates_back_off_on_the_same_curve() {
+        let key = InstanceKey::new("web", 0);
+        let mut table = BackoffTable::new();
+        table.record_failure(&key, t(0), "no such image".into());
+        assert_eq!(table.due(&key, &timings()), None);
+        table.record_failure(&key, t(10), "no such image".into());
+        assert_eq!(table.due(&key, &timings()), Some(t(210)));
+        table.record_failure(&key, t(300), "no such image".into());
+        assert_eq!(table.due(&key, &timings()), Some(t(700)));
+    }
+}

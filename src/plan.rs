@@ -1,0 +1,896 @@
+//! The pure diff between what the folder asks for and what Docker has.
+//!
+//! `plan(desired, observed, backoff, now)` returns the actions that converge
+//! the host, in a deterministic order, and does no I/O. It is where berth's
+//! rules live, so most unit and property tests point here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::backoff::BackoffTable;
+use crate::manifest::{PullPolicy, RestartPolicy, RestartSpec};
+use crate::runtime::{ContainerState, Health, ObservedContainer, RegistryCredentials};
+use crate::spec::{ContainerSpec, InstanceKey};
+
+/// One instance berth wants to run, fully resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredInstance {
+    pub key: InstanceKey,
+    pub spec: ContainerSpec,
+    /// `spec.hash()`, computed once.
+    pub hash: String,
+    /// The manifest file, relative to the manifest folder (a label, not hashed).
+    pub manifest: String,
+    pub restart: RestartSpec,
+    pub pull: PullPolicy,
+    pub credentials: Option<RegistryCredentials>,
+    /// Grace period between SIGTERM and SIGKILL when stopping.
+    pub stop_grace: Duration,
+}
+
+impl DesiredInstance {
+    pub fn new(key: InstanceKey, spec: ContainerSpec, manifest: impl Into<String>) -> Self {
+        let hash = spec.hash();
+        DesiredInstance {
+            key,
+            stop_grace: Duration::from_secs(spec.stop_timeout_secs.unwrap_or(10).max(0) as u64),
+            spec,
+            hash,
+            manifest: manifest.into(),
+            restart: RestartSpec::default(),
+            pull: PullPolicy::default(),
+            credentials: None,
+        }
+    }
+}
+
+/// Everything the folder asks for in this pass.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredState {
+    pub instances: BTreeMap<InstanceKey, Arc<DesiredInstance>>,
+    /// Every task the folder defines, including those with `count: 0`.
+    pub tasks: BTreeSet<String>,
+    /// Tasks whose spec could not be resolved this pass (say, an env file is
+    /// unreadable): their containers are left exactly as they are.
+    pub held_tasks: BTreeSet<String>,
+    /// Manifest files that fail and have no last good version: containers
+    /// whose `io.berth.manifest` label names one are left untouched.
+    pub protected_files: BTreeSet<String>,
+    /// The folder itself could not be read: nothing is removed at all.
+    pub hold_removals: bool,
+}
+
+impl DesiredState {
+    pub fn insert(&mut self, instance: DesiredInstance) {
+        self.tasks.insert(instance.key.task.clone());
+        self.instances
+            .insert(instance.key.clone(), Arc::new(instance));
+    }
+}
+
+/// Why a container is removed (or, with `cleanup.container: false`, stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoveReason {
+    /// Its task is no longer in the folder.
+    TaskRemoved,
+    /// Its index is at or above the task's `count`.
+    ScaledDown,
+    /// A leftover of an interrupted replacement.
+    Leftover,
+    /// Docker marked it dead; it cannot be started again.
+    Dead,
+}
+
+impl fmt::Display for RemoveReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RemoveReason::TaskRemoved => "task removed",
+            RemoveReason::ScaledDown => "scaled down",
+            RemoveReason::Leftover => "leftover of an interrupted replacement",
+            RemoveReason::Dead => "container is dead",
+        })
+    }
+}
+
+/// One step towards convergence. At most one chain of actions per instance,
+/// and apply runs a chain in order, never two chains for one instance at once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create and start a new container.
+    Create { desired: Arc<DesiredInstance> },
+    /// Start an existing container of the right spec that is not running.
+    Start {
+        id: String,
+        desired: Arc<DesiredInstance>,
+        /// True when this restarts an exited container (counted as a restart).
+        restart: bool,
+    },
+    /// Stop and start a running container Docker judged unhealthy.
+    Restart {
+        id: String,
+        desired: Arc<DesiredInstance>,
+    },
+    /// The spec changed: swap the old container for a new one, crash-safely.
+    Replace {
+        old_id: String,
+        old_hash: Option<String>,
+        /// Whether the old container was running (a rollback starts it again).
+        old_running: bool,
+        desired: Arc<DesiredInstance>,
+    },
+    /// Put back a container that an interrupted replacement renamed aside.
+    Restore {
+        key: InstanceKey,
+        id: String,
+        canonical_name: String,
+    },
+    Remove {
+        key: InstanceKey,
+        id: String,
+        name: String,
+        reason: RemoveReason,
+        grace: Duration,
+    },
+    /// Stop and keep (`cleanup.container: false`).
+    Stop {
+        key: InstanceKey,
+        id: String,
+        name: String,
+        reason: RemoveReason,
+        grace: Duration,
+    },
+}
+
+impl Action {
+    pub fn key(&self) -> &InstanceKey {
+        match self {
+            Action::Create { desired }
+            | Action::Start { desired, .. }
+            | Action::Restart { desired, .. }
+            | Action::Replace { desired, .. } => &desired.key,
+            Action::Restore { key, .. } | Action::Remove { key, .. } | Action::Stop { key, .. } => {
+                key
+            }
+        }
+    }
+
+    /// A short verb for logs and metrics.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Action::Create { .. } => "create",
+            Action::Start { restart: false, .. } => "start",
+            Action::Start { restart: true, .. } => "restart",
+            Action::Restart { .. } => "restart-unhealthy",
+            Action::Replace { .. } => "replace",
+            Action::Restore { .. } => "restore",
+            Action::Remove { .. } => "remove",
+            Action::Stop { .. } => "stop",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = |id: &str| id.chars().take(12).collect::<String>();
+        match self {
+            Action::Create { desired } => {
+                write!(f, "create {} ({})", desired.key, desired.spec.image)
+            }
+            Action::Start {
+                id,
+                desired,
+                restart,
+            } => write!(
+                f,
+                "{} {} (container {})",
+                if *restart { "restart" } else { "start" },
+                desired.key,
+                short(id)
+            ),
+            Action::Restart { id, desired } => {
+                write!(
+                    f,
+                    "restart {} (container {} is unhealthy)",
+                    desired.key,
+                    short(id)
+                )
+            }
+            Action::Replace {
+                old_id, desired, ..
+            } => write!(
+                f,
+                "replace {} (container {} has an outdated spec)",
+                desired.key,
+                short(old_id)
+            ),
+            Action::Restore {
+                key,
+                id,
+                canonical_name,
+            } => {
+                write!(
+                    f,
+                    "restore {key} (rename {} back to {canonical_name})",
+                    short(id)
+                )
+            }
+            Action::Remove {
+                key, name, reason, ..
+            } => write!(f, "remove {key} ({name}: {reason})"),
+            Action::Stop {
+                key, name, reason, ..
+            } => {
+                write!(
+                    f,
+                    "stop {key} ({name}: {reason}; kept, cleanup.container is false)"
+                )
+            }
+        }
+    }
+}
+
+/// An instance that needs a restart or retry but is backing off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub key: InstanceKey,
+    pub until: SystemTime,
+}
+
+/// The outcome of planning: actions in apply order, and instances waiting.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub waiting: Vec<Waiting>,
+    /// Containers labelled with our namespace whose task/index labels do not
+    /// parse: never touched, only reported.
+    pub unrecognised: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    /// The earliest moment a backing-off instance becomes due.
+    pub fn next_due(&self) -> Option<SystemTime> {
+        self.waiting.iter().map(|w| w.until).min()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for action in &self.actions {
+            writeln!(f, "{action}")?;
+        }
+        for w in &self.waiting {
+            writeln!(f, "wait {} (backing off)", w.key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings that shape decisions but are not part of any task.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub namespace: String,
+    /// `docker.cleanup.container`: false keeps (stopped) containers of removed tasks.
+    pub cleanup_containers: bool,
+}
+
+/// The name a replacement gives the old container while the new one starts.
+/// It embeds the id so two interrupted replacements can never collide.
+pub fn aside_name(canonical: &str, id: &str) -> String {
+    let short: String = id.chars().take(12).collect();
+    format!("{canonical}-old-{short}")
+}
+
+/// Count failures the engine reports (exits, unhealthy verdicts) into the
+/// backoff table before planning. Pure; idempotent across passes.
+pub fn observe_failures(
+    backoff: &mut BackoffTable,
+    desired: &DesiredState,
+    observed: &[ObservedContainer],
+    namespace: &str,
+    now: SystemTime,
+) {
+    for c in observed {
+        let Some(key) = c.key() else { continue };
+        let Some(want) = desired.instances.get(&key) else {
+            continue;
+        };
+        if c.name != key.container_name(namespace) || c.spec_hash() != Some(want.hash.as_str()) {
+            continue;
+        }
+        if matches!(c.state, ContainerState::Exited | ContainerState::Dead) {
+            if let Some(finished) = c.finished_at {
+                let message = match c.exit_code {
+                    Some(code) => format!("exited with code {code}"),
+                    None => "exited".to_string(),
+                };
+                backoff.observe_exit(&key, c.started_at, finished, &want.restart, message);
+            }
+        }
+        if c.state == ContainerState::Running && c.health == Health::Unhealthy {
+            backoff.observe_unhealthy(&key, &c.id, now);
+        }
+    }
+}
+
+/// Decide what to do. Pure: same inputs, same plan.
+pub fn plan(
+    desired: &DesiredState,
+    observed: &[ObservedContainer],
+    backoff: &BackoffTable,
+    now: SystemTime,
+    options: &PlanOptions,
+) -> Plan {
+    let ns = options.namespace.as_str();
+    let mut out = Plan::default();
+
+    // Only our namespace, ever: the list is label-filtered, and this is the
+    // second lock on the door (invariant 1).
+    let mut by_key: BTreeMap<InstanceKey, Vec<&ObservedContainer>> = BTreeMap::new();
+    for c in observed.iter().filter(|c| c.namespace() == Some(ns)) {
+        match c.key() {
+            Some(key) => by_key.entry(key).or_default().push(c),
+            None => out.unrecognised.push(c.name.clone()),
+        }
+    }
+    for list in by_key.values_mut() {
+        list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    }
+
+    let keys: BTreeSet<&InstanceKey> = desired.instances.keys().chain(by_key.keys()).collect();
+    for key in keys {
+        let containers = by_key.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        match desired.instances.get(key) {
+            Some(want) => plan_desired(want, containers, backoff, now, ns, &mut out),
+            None => plan_undesired(key, containers, desired, options, &mut out),
+        }
+    }
+    out
+}
+
+fn plan_desired(
+    want: &Arc<DesiredInstance>,
+    containers: &[&ObservedContainer],
+    backoff: &BackoffTable,
+    now: SystemTime,
+    ns: &str,
+    out: &mut Plan,
+) {
+    let canonical_name = want.key.container_name(ns);
+    let canonical = containers.iter().find(|c| c.name == canonical_name);
+    let asides: Vec<&&ObservedContainer> = containers
+        .iter()
+        .filter(|c| c.name != canonical_name)
+        .collect();
+
+    // A retry that is not due yet becomes a wait instead of an action.
+    let due = backoff.due(&want.key, &want.restart);
+    let gated = |action: Action, out: &mut Plan| match due {
+        Some(until) if until > now => out.waiting.push(Waiting {
+            key: want.key.clone(),
+            until,
+        }),
+        _ => out.actions.push(action),
+    };
+
+    let Some(current) = canonical else {
+        // No container under the canonical name. A container renamed aside by
+        // an interrupted replacement is put back first: the old version runs
+        // again, and the next pass replaces it properly, with rollback.
+        if let Some(aside) = asides.first() {
+            out.actions.push(Action::Restore {
+                key: want.key.clone(),
+                id: aside.id.clone(),
+                canonical_name,
+            });
+            for extra in &asides[1..] {
+                out.actions.push(remove(
+                    &want.key,
+                    extra,
+                    RemoveReason::Leftover,
+                    want.stop_grace,
+                ));
+            }
+        } else {
+            gated(
+                Action::Create {
+                    desired: want.clone(),
+                },
+                out,
+            );
+        }
+        return;
+    };
+
+    // The canonical container took over: anything renamed aside is stale.
+    for aside in &asides {
+        out.actions.push(remove(
+            &want.key,
+            aside,
+            RemoveReason::Leftover,
+            want.stop_grace,
+        ));
+    }
+
+    if current.spec_hash() != Some(want.hash.as_str()) {
+        gated(
+            Action::Replace {
+                old_id: current.id.clone(),
+                old_hash: current.spec_hash().map(str::to_string),
+                old_running: current.is_running(),
+                desired: want.clone(),
+            },
+            out,
+        );
+        return;
+    }
+
+    match current.state {
+        ContainerState::Running if current.health == Health::Unhealthy => gated(
+            Action::Restart {
+                id: current.id.clone(),
+                desired: want.clone(),
+            },
+            out,
+        ),
+        ContainerState::Running
+        | ContainerState::Paused
+        | ContainerState::Restarting
+        | ContainerState::Removing => {}
+        ContainerState::Created => gated(
+            Action::Start {
+                id: current.id.clone(),
+                desired: want.clone(),
+                restart: false,
+            },
+            out,
+        ),
+        ContainerState::Dead => {
+            out.actions.push(remove(
+                &want.key,
+                current,
+                RemoveReason::Dead,
+                want.stop_grace,
+            ));
+            gated(
+                Action::Create {
+                    desired: want.clone(),
+                },
+                out,
+            );
+        }
+        ContainerState::Exited => {
+            let restart = match want.restart.policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => current.exit_code.is_none_or(|code| code != 0),
+                RestartPolicy::Never => false,
+            };
+            if restart {
+                gated(
+                    Action::Start {
+                        id: current.id.clone(),
+                        desired: want.clone(),
+                        restart: true,
+                    },
+                    out,
+                );
+            }
+        }
+    }
+}
+
+fn plan_undesired(
+    key: &InstanceKey,
+    containers: &[&ObservedContainer],
+    desired: &DesiredState,
+    options: &PlanOptions,
+    out: &mut Plan,
+) {
+    if desired.hold_removals || desired.held_tasks.contains(&key.task) {
+        return;
+    }
+    let reason = if desired.tasks.contains(&key.task) {
+        RemoveReason::ScaledDown
+    } else {
+        RemoveReason::TaskRemoved
+    };
+    let grace = crate::apply::DEFAULT_GRACE;
+    for c in containers {
+        // A task whose file is broken since startup is unknown, not deleted.
+        if reason == RemoveReason::TaskRemoved
+            && c.manifest()
+                .is_some_and(|m| desired.protected_files.contains(m))
+        {
+            continue;
+        }
+        if options.cleanup_containers {
+            out.actions.push(remove(key, c, reason, grace));
+        } else if c.is_running() {
+            out.actions.push(Action::Stop {
+                key: key.clone(),
+                id: c.id.clone(),
+                name: c.name.clone(),
+                reason,
+                grace,
+            });
+        }
+    }
+}
+
+fn remove(
+    key: &InstanceKey,
+    c: &ObservedContainer,
+    reason: RemoveReason,
+    grace: Duration,
+) -> Action {
+    Action::Remove {
+        key: key.clone(),
+        id: c.id.clone(),
+        name: c.name.clone(),
+        reason,
+        grace,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::labels;
+
+    const NS: &str = "berth";
+
+    fn opts() -> PlanOptions {
+        PlanOptions {
+            namespace: NS.into(),
+            cleanup_containers: true,
+        }
+    }
+
+    fn want(task: &str, index: u32, image: &str) -> DesiredInstance {
+        DesiredInstance::new(
+            InstanceKey::new(task, index),
+            ContainerSpec::for_image(image),
+            format!("{task}.yaml"),
+        )
+    }
+
+    fn desired(list: Vec<DesiredInstance>) -> DesiredState {
+        let mut d = DesiredState::default();
+        for i in list {
+            d.insert(i);
+        }
+        d
+    }
+
+    fn container(
+        name: &str,
+        ns: &str,
+        key: &InstanceKey,
+        hash: &str,
+        state: ContainerState,
+    ) -> ObservedContainer {
+        let mut l = BTreeMap::new();
+        l.insert(labels::NAMESPACE.to_string(), ns.to_string());
+        l.insert(labels::TASK.to_string(), key.task.clone());
+        l.insert(labels::INDEX.to_string(), key.index.to_string());
+        l.insert(labels::SPEC_HASH.to_string(), hash.to_string());
+        l.insert(labels::MANIFEST.to_string(), format!("{}.yaml", key.task));
+        ObservedContainer {
+            id: format!("id-{name}"),
+            name: name.to_string(),
+            image: "img".into(),
+            labels: l,
+            state,
+            health: Health::None,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn running(d: &DesiredInstance) -> ObservedContainer {
+        container(
+            &d.key.container_name(NS),
+            NS,
+            &d.key,
+            &d.hash,
+            ContainerState::Running,
+        )
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
+    }
+
+    fn render(p: &Plan) -> String {
+        p.to_string()
+    }
+
+    #[test]
+    fn an_empty_host_gets_one_create_per_instance_in_name_order() {
+        let d = desired(vec![
+            want("web", 1, "nginx"),
+            want("api", 0, "api"),
+            want("web", 0, "nginx"),
+        ]);
+        let p = plan(&d, &[], &BackoffTable::new(), now(), &opts());
+        assert_eq!(
+            render(&p),
+            "create api[0] (api)\ncreate web[0] (nginx)\ncreate web[1] (nginx)\n"
+        );
+    }
+
+    #[test]
+    fn a_converged_host_plans_nothing() {
+        let w = want("web", 0, "nginx");
+        let observed = vec![running(&w)];
+        let p = plan(
+            &desired(vec![w]),
+            &observed,
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert!(p.is_empty(), "{p}");
+        assert!(p.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_changed_spec_replaces_only_that_instance() {
+        let web = want("web", 0, "nginx:1.26");
+        let api = want("api", 0, "api");
+        let observed = vec![running(&web), running(&api)];
+        let web_new = want("web", 0, "nginx:1.27");
+        let p = plan(
+            &desired(vec![web_new, api]),
+            &observed,
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert_eq!(
+            render(&p),
+            "replace web[0] (container id-berth-web has an outdated spec)\n"
+        );
+        match &p.actions[0] {
+            Action::Replace { old_running, .. } => assert!(old_running),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lowering_count_removes_the_indexes_above_it() {
+        let w0 = want("web", 0, "nginx");
+        let w1 = want("web", 1, "nginx");
+        let observed = vec![running(&w0), running(&w1)];
+        let p = plan(
+            &desired(vec![w0]),
+            &observed,
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert_eq!(render(&p), "remove web[1] (berth-web-1: scaled down)\n");
+    }
+
+    #[test]
+    fn a_deleted_task_is_removed_or_with_cleanup_off_only_stopped() {
+        let w = want("web", 0, "nginx");
+        let observed = vec![running(&w)];
+        let p = plan(
+            &DesiredState::default(),
+            &observed,
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert_eq!(render(&p), "remove web[0] (berth-web-0: task removed)\n");
+
+        let keep = PlanOptions {
+            cleanup_containers: false,
+            ..opts()
+        };
+        let p = plan(
+            &DesiredState::default(),
+            &observed,
+            &BackoffTable::new(),
+            now(),
+            &keep,
+        );
+        assert_eq!(
+            render(&p),
+            "stop web[0] (berth-web-0: task removed; kept, cleanup.container is false)\n"
+        );
+        let mut stopped = observed.clone();
+        stopped[0].state = ContainerState::Exited;
+        let p = plan(
+            &DesiredState::default(),
+            &stopped,
+            &BackoffTable::new(),
+            now(),
+            &keep,
+        );
+        assert!(p.is_empty(), "a kept, stopped container is left alone: {p}");
+    }
+
+    #[test]
+    fn containers_of_other_namespaces_or_unlabelled_never_appear() {
+        let key = InstanceKey::new("web", 0);
+        let foreign = container("berth-web-0", "other", &key, "x", ContainerState::Running);
+        let mut unlabelled = foreign.clone();
+        unlabelled.labels.clear();
+        unlabelled.id = "plain".into();
+        let p = plan(
+            &DesiredState::default(),
+            &[foreign, unlabelled],
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert!(p.is_empty(), "{p}");
+    }
+
+    #[test]
+    fn a_container_with_our_namespace_but_no_identity_is_reported_not_touched() {
+        let key = InstanceKey::new("web", 0);
+        let mut odd = container("berth-odd", NS, &key, "x", ContainerState::Running);
+        odd.labels.remove(labels::INDEX);
+        let p = plan(
+            &DesiredState::default(),
+            &[odd],
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert!(p.is_empty());
+        assert_eq!(p.unrecognised, vec!["berth-odd".to_string()]);
+    }
+
+    #[test]
+    fn a_broken_file_or_unreadable_folder_removes_nothing() {
+        let w = want("web", 0, "nginx");
+        let observed = vec![running(&w)];
+        let mut d = DesiredState::default();
+        d.protected_files.insert("web.yaml".into());
+        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+
+        let mut d = DesiredState::default();
+        d.held_tasks.insert("web".into());
+        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+
+        let d = DesiredState {
+            hold_removals: true,
+            ..DesiredState::default()
+        };
+        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+    }
+
+    #[test]
+    fn an_exited_container_restarts_according_to_policy() {
+        let cases = [
+            (RestartPolicy::Always, 0, true),
+            (RestartPolicy::Always, 1, true),
+            (RestartPolicy::OnFailure, 0, false),
+            (RestartPolicy::OnFailure, 3, true),
+            (RestartPolicy::Never, 1, false),
+        ];
+        for (policy, code, restarts) in cases {
+            let mut w = want("job", 0, "img");
+            w.restart.policy = policy;
+            let mut c = running(&w);
+            c.state = ContainerState::Exited;
+            c.exit_code = Some(code);
+            let p = plan(
+                &desired(vec![w]),
+                &[c],
+                &BackoffTable::new(),
+                now(),
+                &opts(),
+            );
+            assert_eq!(!p.is_empty(), restarts, "{policy:?} exit {code}: {p}");
+        }
+    }
+
+    #[test]
+    fn a_restart_that_is_not_due_waits_instead() {
+        let w = want("job", 0, "img");
+        let mut c = running(&w);
+        c.state = ContainerState::Exited;
+        c.exit_code = Some(1);
+        let mut backoff = BackoffTable::new();
+        backoff.record_failure(&w.key, now(), "x".into());
+        backoff.record_failure(&w.key, now(), "x".into());
+        let d = desired(vec![w.clone()]);
+        let p = plan(&d, &[c.clone()], &backoff, now(), &opts());
+        assert!(p.is_empty());
+        assert_eq!(p.next_due(), Some(now() + Duration::from_secs(1)));
+        let later = plan(&d, &[c], &backoff, now() + Duration::from_secs(1), &opts());
+        assert_eq!(render(&later), "restart job[0] (container id-berth-job)\n");
+    }
+
+    #[test]
+    fn an_unhealthy_container_is_restarted_and_a_created_one_started() {
+        let w = want("web", 0, "img");
+        let mut c = running(&w);
+        c.health = Health::Unhealthy;
+        let p = plan(
+            &desired(vec![w.clone()]),
+            &[c.clone()],
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert_eq!(p.actions[0].verb(), "restart-unhealthy");
+        c.health = Health::None;
+        c.state = ContainerState::Created;
+        let p = plan(
+            &desired(vec![w]),
+            &[c],
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert_eq!(p.actions[0].verb(), "start");
+    }
+
+    #[test]
+    fn leftovers_of_an_interrupted_replacement_are_restored_or_removed() {
+        let old = want("web", 0, "nginx:1.26");
+        let new = want("web", 0, "nginx:1.27");
+        let aside_old = container(
+            &aside_name("berth-web-0", "id-old"),
+            NS,
+            &old.key,
+            &old.hash,
+            ContainerState::Exited,
+        );
+        // Crash after the rename: only the aside container exists → restore it.
+        let p = plan(
+            &desired(vec![new.clone()]),
+            &[aside_old.clone()],
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert_eq!(
+            render(&p),
+            "restore web[0] (rename id-berth-web back to berth-web-0)\n"
+        );
+        // Crash after the new one started: remove the aside one.
+        let p = plan(
+            &desired(vec![new.clone()]),
+            &[aside_old, running(&new)],
+            &BackoffTable::new(),
+            now(),
+            &opts(),
+        );
+        assert_eq!(
+            render(&p),
+            "remove web[0] (berth-web-0-old-id-old: leftover of an interrupted replacement)\n"
+        );
+    }
+
+    #[test]
+    fn observing_the_same_exit_twice_counts_one_failure() {
+        let w = want("job", 0, "img");
+        let mut c = running(&w);
+        c.state = ContainerState::Exited;
+        c.exit_code = Some(1);
+        c.finished_at = Some(now());
+        let d = desired(vec![w.clone()]);
+        let mut backoff = BackoffTable::new();
+        observe_failures(&mut backoff, &d, &[c.clone()], NS, now());
+        observe_failures(&mut backoff, &d, &[c], NS, now());
+        let entry = backoff.get(&w.key).unwrap();
+        assert_eq!(entry.failures, 1);
+        assert_eq!(entry.last_error.as_deref(), Some("exited with code 1"));
+    }
+}
