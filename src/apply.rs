@@ -203,9 +203,19 @@ async fn run_action<R: ContainerRuntime>(
             id, canonical_name, ..
         } => {
             match runtime.rename(id, canonical_name).await {
-                // Someone took the canonical name meanwhile; the next pass
-                // sees both and removes the leftover.
-                Err(RuntimeError::Conflict(_)) | Err(RuntimeError::NotFound(_)) => return Ok(()),
+                Err(RuntimeError::Conflict(_)) => {
+                    // Someone took the canonical name meanwhile. If it is ours,
+                    // the next pass sees both and removes the leftover.
+                    let holder = runtime.inspect(canonical_name).await?;
+                    if holder.namespace() != Some(ns) {
+                        return Err(ApplyError::NameConflict {
+                            name: canonical_name.clone(),
+                            holder: holder.id.chars().take(12).collect(),
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(RuntimeError::NotFound(_)) => return Ok(()),
                 other => other?,
             }
             Ok(tolerate(runtime.start(id).await, &[not_modified])?)

@@ -129,6 +129,12 @@ impl FakeRuntime {
     }
 }
 
+/// Ids that look like Docker's: 64 hex digits whose prefixes differ.
+pub fn fake_id(n: u64) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(n.to_le_bytes()))
+}
+
 fn find_mut<'a>(world: &'a mut World, id_or_name: &str) -> Option<&'a mut ObservedContainer> {
     world
         .containers
@@ -161,7 +167,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn create(&self, req: CreateRequest<'_>) -> Result<String> {
-        let id = format!("{:064x}", self.next_id.fetch_add(1, Ordering::SeqCst) + 1);
+        let id = fake_id(self.next_id.fetch_add(1, Ordering::SeqCst));
         self.with(|w| {
             if let Some(holder) = w.containers.values().find(|c| c.name == req.name) {
                 return Err(RuntimeError::Conflict(format!(
