@@ -9,7 +9,7 @@ pub mod validate;
 
 pub use parse::{parse_manifest_file, ManifestError, ParsedTask, Pos, Seg};
 pub use types::*;
-// VALIDATE_REEXPORT
+pub use validate::{check_file, validate, CheckedTask, ValidationContext};
 
 /// Task and namespace names: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 48 chars.
 /// They become part of container names, so they must be safe there.
