@@ -2,9 +2,14 @@
 //! locations, and the rules a manifest must follow.
 
 pub mod duration;
+pub mod interpolate;
+pub mod parse;
 pub mod types;
+pub mod validate;
 
+pub use parse::{parse_manifest_file, ManifestError, ParsedTask, Pos, Seg};
 pub use types::*;
+pub use validate::{check_file, validate, CheckedTask, ValidationContext};
 
 /// Task and namespace names: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 48 chars.
 /// They become part of container names, so they must be safe there.
@@ -17,4 +22,9 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
+}
+
+/// The JSON Schema of a task manifest, for `berth schema` and editors.
+pub fn manifest_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(TaskManifest)).unwrap_or(serde_json::Value::Null)
 }

@@ -91,11 +91,73 @@ fn default_count() -> u32 {
 }
 
 /// An environment value: a plain string, or a value read from a file.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+///
+/// `Deserialize` is written by hand (see below): `untagged` would refuse
+/// `PORT: 8080` and turn every mistake into "did not match any variant".
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum EnvValue {
     Plain(String),
     From(EnvSource),
+}
+
+/// Accepts a string, a YAML integer or boolean (kept as written: `8080`,
+/// `true`), or a `{file|value, secret}` mapping. Floats are refused: `1.10`
+/// would silently become `1.1`, which is how version strings get corrupted.
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        use std::fmt;
+
+        struct EnvVisitor;
+        impl<'de> Visitor<'de> for EnvVisitor {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a string, a number, a boolean, or a {file: ...} / {value: ...} mapping",
+                )
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_string<E: Error>(self, v: String) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v))
+            }
+            fn visit_bool<E: Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_i128<E: Error>(self, v: i128) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_u128<E: Error>(self, v: u128) -> Result<EnvValue, E> {
+                Ok(EnvValue::Plain(v.to_string()))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> Result<EnvValue, E> {
+                Err(E::custom(format!(
+                    "the env value {v} is a YAML number with a fraction; quote it (\"{v}\") so it is passed exactly as written"
+                )))
+            }
+            fn visit_unit<E: Error>(self) -> Result<EnvValue, E> {
+                Err(E::custom(
+                    "the env value is empty; write \"\" for an empty string",
+                ))
+            }
+            fn visit_none<E: Error>(self) -> Result<EnvValue, E> {
+                self.visit_unit()
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EnvValue, A::Error> {
+                EnvSource::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(EnvValue::From)
+            }
+        }
+        d.deserialize_any(EnvVisitor)
+    }
 }
 
 /// `{file: /run/secrets/db, secret: true}` or `{value: "...", secret: true}`.

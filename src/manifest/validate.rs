@@ -1,0 +1,996 @@
+//! The rules a parsed manifest must follow beyond its YAML shape, and the
+//! agent's permissions (privileged modes, host bind mounts).
+//!
+//! Every error points at the offending key via the document's
+//! [`DocLocations`], so `berth validate` output can be followed in an editor.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::interpolate::{self, InterpolateError};
+use super::parse::{parse_manifest_file, DocLocations, ManifestError, ParsedTask, Pos, Seg};
+use super::{is_valid_name, EnvValue, TaskManifest};
+
+/// Most instances one task may ask for. Far above any single host's needs;
+/// it exists so a typo (`count: 10000`) cannot launch a container storm.
+pub const MAX_COUNT: u32 = 1000;
+
+/// What the agent allows, and what it knows, when checking a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationContext {
+    /// `privileged: true` and `ipc_mode/pid_mode/uts_mode: host`.
+    pub allow_privileged: bool,
+    /// Bind mounts of host paths in `volumes`.
+    pub allow_host_volumes: bool,
+    /// The agent's `meta`, for `${meta.KEY}`.
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Default for ValidationContext {
+    /// The agent config's defaults: no privileged containers, host volumes allowed.
+    fn default() -> Self {
+        ValidationContext {
+            allow_privileged: false,
+            allow_host_volumes: true,
+            meta: BTreeMap::new(),
+        }
+    }
+}
+
+impl ValidationContext {
+    pub fn from_config(config: &crate::config::AgentConfig) -> Self {
+        ValidationContext {
+            allow_privileged: config.docker.privileged.enabled,
+            allow_host_volumes: config.docker.volumes.enabled,
+            meta: config.meta.clone(),
+        }
+    }
+}
+
+/// A task that passed parsing and validation, with its final name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedTask {
+    pub name: String,
+    /// 1-based line where the task's document starts.
+    pub line: u64,
+    pub manifest: TaskManifest,
+}
+
+/// Parse, name and validate every task of one file. All-or-nothing: any
+/// error in any document rejects the whole file.
+///
+/// `display_path` is what errors show and what the default name's stem is
+/// taken from (a single-document file without `name:` is named after it).
+pub fn check_file(
+    display_path: &str,
+    text: &str,
+    ctx: &ValidationContext,
+) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
+    let docs = parse_manifest_file(display_path, text)?;
+    let single = docs.len() == 1;
+    let mut errors = Vec::new();
+    let mut tasks = Vec::new();
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    for doc in docs {
+        let name = match task_name(&doc, display_path, single) {
+            Ok(name) => name,
+            Err(e) => {
+                errors.push(e);
+                // Still run the other rules: one pass should show every problem.
+                String::from("task")
+            }
+        };
+        errors.extend(validate(&doc, display_path, text, ctx));
+        if let Some(first_line) = seen.insert(name.clone(), doc.line) {
+            errors.push(ManifestError::new(
+                display_path,
+                doc.locations.key(&[Seg::Key("name")]),
+                format!("task `{name}` is defined twice in this file (first at line {first_line})"),
+            ));
+        }
+        tasks.push(CheckedTask {
+            name,
+            line: doc.line,
+            manifest: doc.manifest,
+        });
+    }
+    if errors.is_empty() {
+        Ok(tasks)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The task's name: `name:` if given, else (single-document files only) the file stem.
+fn task_name(doc: &ParsedTask, file: &str, single: bool) -> Result<String, ManifestError> {
+    let rule = "use lowercase letters, digits and `-` (not first or last), at most 48 characters";
+    match &doc.manifest.name {
+        Some(name) if is_valid_name(name) => Ok(name.clone()),
+        Some(name) => Err(ManifestError::new(
+            file,
+            doc.locations.value(&[Seg::Key("name")]),
+            format!("task name `{name}` is invalid: {rule}"),
+        )),
+        None if !single => Err(ManifestError::new(
+            file,
+            doc.locations.start(),
+            "this document has no `name:`; in a file with several documents every task needs one",
+        )),
+        None => {
+            let stem = Path::new(file)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            if is_valid_name(stem) {
+                Ok(stem.to_string())
+            } else {
+                Err(ManifestError::new(
+                    file,
+                    doc.locations.start(),
+                    format!(
+                        "the task name defaults to the file name `{stem}`, which is not a valid task name ({rule}); add `name:`"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Check one parsed task. `text` is the whole file, used to point
+/// interpolation errors at the exact `${`.
+pub fn validate(
+    task: &ParsedTask,
+    file: &str,
+    text: &str,
+    ctx: &ValidationContext,
+) -> Vec<ManifestError> {
+    let mut c = Checker {
+        file,
+        text,
+        loc: &task.locations,
+        errors: Vec::new(),
+    };
+    let m = &task.manifest;
+    check_image(&mut c, m);
+    if m.count > MAX_COUNT {
+        c.at_value(
+            &[Seg::Key("count")],
+            format!(
+                "count {} is above the limit of {MAX_COUNT} instances per task",
+                m.count
+            ),
+        );
+    }
+    check_ports(&mut c, m);
+    check_env_and_labels(&mut c, m);
+    check_modes(&mut c, m, ctx);
+    check_volumes(&mut c, m, ctx);
+    check_misc(&mut c, m);
+    check_references(&mut c, m, ctx);
+    c.errors
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    loc: &'a DocLocations,
+    errors: Vec<ManifestError>,
+}
+
+impl Checker<'_> {
+    fn at_key(&mut self, path: &[Seg<'_>], message: impl Into<String>) {
+        let pos = self.loc.key(path);
+        self.errors
+            .push(ManifestError::new(self.file, pos, message));
+    }
+
+    fn at_value(&mut self, path: &[Seg<'_>], message: impl Into<String>) {
+        let pos = self.loc.value(path);
+        self.errors
+            .push(ManifestError::new(self.file, pos, message));
+    }
+
+    /// Point at `needle` in the text at or after the value at `path`; YAML
+    /// gives us the scalar's start, the `${` may be further along (or on a
+    /// later line of a block scalar).
+    fn at_text(&mut self, path: &[Seg<'_>], needle: &str, message: impl Into<String>) {
+        let from = self.loc.value(path);
+        let pos = find_after(self.text, from, needle).unwrap_or(from);
+        self.errors
+            .push(ManifestError::new(self.file, pos, message));
+    }
+}
+
+/// The position of the first `needle` at or after `from` that is not escaped
+/// with a leading `$`.
+fn find_after(text: &str, from: Pos, needle: &str) -> Option<Pos> {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(usize::try_from(from.line.checked_sub(1)?).ok()?)
+        .map(str::len)
+        .sum();
+    let column_bytes: usize = text[line_start..]
+        .chars()
+        .take(usize::try_from(from.column.saturating_sub(1)).ok()?)
+        .map(char::len_utf8)
+        .sum();
+    let start = line_start + column_bytes;
+    let mut search = start;
+    loop {
+        let found = search + text.get(search..)?.find(needle)?;
+        if found > 0 && text.as_bytes()[found - 1] == b'$' {
+            search = found + needle.len();
+            continue;
+        }
+        let before = &text[..found];
+        let line = before.matches('\n').count() as u64 + 1;
+        let line_begin = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = text[line_begin..found].chars().count() as u64 + 1;
+        return Some(Pos { line, column });
+    }
+}
+
+fn check_image(c: &mut Checker<'_>, m: &TaskManifest) {
+    let image = m.image.as_str();
+    let path = [Seg::Key("image")];
+    if image.trim().is_empty() {
+        c.at_value(&path, "image is empty; write e.g. `image: nginx:1.27`");
+    } else if image
+        .chars()
+        .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        c.at_value(&path, format!("image `{image}` contains whitespace"));
+    } else if image.starts_with(['-', ':', '@', '/']) || image.ends_with([':', '@', '/']) {
+        c.at_value(
+            &path,
+            format!("image `{image}` is not an image reference; write e.g. `nginx:1.27` or `registry.example.com/app@sha256:...`"),
+        );
+    } else if let Some((_, digest)) = image.split_once('@') {
+        let ok = digest.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty() && !hex.is_empty() && hex.chars().all(|ch| ch.is_ascii_hexdigit())
+        });
+        if !ok {
+            c.at_value(
+                &path,
+                format!("image `{image}` has a malformed digest; write `@sha256:<64 hex digits>`"),
+            );
+        }
+    }
+}
+
+fn is_port_label(label: &str) -> bool {
+    !label.is_empty()
+        && label
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+fn check_ports(c: &mut Checker<'_>, m: &TaskManifest) {
+    for (label, spec) in &m.ports {
+        if !is_port_label(label) {
+            c.at_key(
+                &[Seg::Key("ports"), Seg::Key(label)],
+                format!("port label `{label}` is invalid: use letters, digits and `_` (it becomes part of BERTH_PORT_{label})"),
+            );
+        }
+        if let Some(port) = spec.r#static {
+            let path = [Seg::Key("ports"), Seg::Key(label), Seg::Key("static")];
+            if port == 0 {
+                c.at_value(
+                    &path,
+                    "static port 0 is invalid: use 1..=65535, or `{}` for a dynamic port",
+                );
+            } else if m.count > 1 {
+                c.at_value(
+                    &path,
+                    format!("static port {port} cannot be bound by {} instances on one host; use a dynamic port (`{label}: {{}}`) or count: 1", m.count),
+                );
+            }
+        }
+    }
+    for (label, port) in &m.port_map {
+        if !m.ports.contains_key(label) {
+            let declared: Vec<&str> = m.ports.keys().map(String::as_str).collect();
+            let known = if declared.is_empty() {
+                "no port labels are declared".to_string()
+            } else {
+                format!("declared: {}", declared.join(", "))
+            };
+            c.at_key(
+                &[Seg::Key("port_map"), Seg::Key(label)],
+                format!(
+                    "port_map names `{label}`, which is not a port label under `ports:` ({known})"
+                ),
+            );
+        }
+        if *port == 0 {
+            c.at_value(
+                &[Seg::Key("port_map"), Seg::Key(label)],
+                "container port 0 is invalid: use 1..=65535",
+            );
+        }
+    }
+}
+
+fn is_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+        && chars.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+fn check_env_and_labels(c: &mut Checker<'_>, m: &TaskManifest) {
+    for (key, value) in &m.env {
+        let path = [Seg::Key("env"), Seg::Key(key)];
+        if !is_env_key(key) {
+            c.at_key(
+                &path,
+                format!("env name `{key}` is invalid: use letters, digits and `_`, not starting with a digit"),
+            );
+        } else if key.starts_with("BERTH_") {
+            c.at_key(
+                &path,
+                format!("env name `{key}` is reserved: berth sets BERTH_* variables itself"),
+            );
+        }
+        if let EnvValue::From(source) = value {
+            match (&source.file, &source.value) {
+                (Some(_), Some(_)) => c.at_key(
+                    &path,
+                    format!("env `{key}` sets both `file` and `value`; keep exactly one"),
+                ),
+                (None, None) => c.at_key(
+                    &path,
+                    format!("env `{key}` needs `file: /path` or `value: ...`"),
+                ),
+                (Some(file), None) if !file.starts_with('/') => c.at_value(
+                    &[Seg::Key("env"), Seg::Key(key), Seg::Key("file")],
+                    format!("env `{key}`: file `{file}` must be an absolute path"),
+                ),
+                _ => {}
+            }
+        }
+    }
+    for key in m.labels.keys() {
+        let path = [Seg::Key("labels"), Seg::Key(key)];
+        if key.is_empty() {
+            c.at_key(&path, "a label key is empty");
+        } else if key.starts_with(crate::spec::labels::PREFIX) {
+            c.at_key(
+                &path,
+                format!("label `{key}` is reserved: berth owns every io.berth.* label"),
+            );
+        }
+    }
+}
+
+fn is_container_ref(mode: &str) -> bool {
+    mode.strip_prefix("container:")
+        .is_some_and(|name| !name.is_empty())
+}
+
+fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
+    const REFUSED: &str = "the agent does not allow privileged containers; set docker.privileged.enabled: true in the agent config";
+    if m.privileged && !ctx.allow_privileged {
+        c.at_key(
+            &[Seg::Key("privileged")],
+            format!("`privileged: true` is refused: {REFUSED}"),
+        );
+    }
+    if let Some(mode) = &m.network_mode {
+        let named = !mode.is_empty()
+            && mode
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+            && !mode.starts_with(['.', '-', '_']);
+        if !(named || is_container_ref(mode)) {
+            c.at_value(
+                &[Seg::Key("network_mode")],
+                format!("network_mode `{mode}` is invalid: use bridge, host, none, container:<name> or a network name"),
+            );
+        }
+    }
+    let modes: [(&str, &Option<String>, &[&str]); 3] = [
+        (
+            "ipc_mode",
+            &m.ipc_mode,
+            &["host", "private", "shareable", "none"],
+        ),
+        ("pid_mode", &m.pid_mode, &["host"]),
+        ("uts_mode", &m.uts_mode, &["host"]),
+    ];
+    for (key, value, allowed) in modes {
+        let Some(mode) = value else { continue };
+        let path = [Seg::Key(key)];
+        if !(allowed.contains(&mode.as_str()) || is_container_ref(mode)) {
+            c.at_value(
+                &path,
+                format!(
+                    "{key} `{mode}` is invalid: use {} or container:<name>",
+                    allowed.join(", ")
+                ),
+            );
+        } else if mode == "host" && !ctx.allow_privileged {
+            c.at_key(&path, format!("`{key}: host` is refused: {REFUSED}"));
+        }
+    }
+}
+
+const VOLUME_OPTIONS: &[&str] = &[
+    "ro",
+    "rw",
+    "z",
+    "Z",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "private",
+    "rprivate",
+    "nocopy",
+    "consistent",
+    "cached",
+    "delegated",
+];
+
+fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
+    for (i, volume) in m.volumes.iter().enumerate() {
+        let path = [Seg::Key("volumes"), Seg::Index(i)];
+        let parts: Vec<&str> = volume.split(':').collect();
+        let (src, dst, opts) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, None),
+            [src, dst, opts] => (*src, *dst, Some(*opts)),
+            _ => {
+                c.at_key(
+                    &path,
+                    format!("volume `{volume}` must be SOURCE:TARGET or SOURCE:TARGET:OPTIONS, e.g. /srv/web:/usr/share/nginx/html:ro"),
+                );
+                continue;
+            }
+        };
+        if src.is_empty() {
+            c.at_key(&path, format!("volume `{volume}` has an empty source"));
+        } else if src.starts_with('.') {
+            c.at_key(
+                &path,
+                format!("volume `{volume}`: a host path must be absolute (Docker has no working directory to resolve `{src}` against)"),
+            );
+        } else if src.starts_with('/') && !ctx.allow_host_volumes {
+            c.at_key(
+                &path,
+                format!("volume `{volume}` is refused: the agent does not allow host bind mounts; use a named volume or set docker.volumes.enabled: true in the agent config"),
+            );
+        } else if !src.starts_with('/')
+            && !src
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+        {
+            c.at_key(
+                &path,
+                format!(
+                    "volume `{volume}`: `{src}` is neither an absolute host path nor a volume name"
+                ),
+            );
+        }
+        if !dst.starts_with('/') {
+            c.at_key(
+                &path,
+                format!("volume `{volume}`: the target `{dst}` must be an absolute path in the container"),
+            );
+        }
+        if let Some(opts) = opts {
+            for opt in opts.split(',') {
+                if !VOLUME_OPTIONS.contains(&opt) {
+                    c.at_key(
+                        &path,
+                        format!(
+                            "volume `{volume}`: unknown option `{opt}` (use {})",
+                            VOLUME_OPTIONS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_misc(c: &mut Checker<'_>, m: &TaskManifest) {
+    if m.restart.delay > m.restart.max_delay {
+        c.at_key(
+            &[Seg::Key("restart"), Seg::Key("delay")],
+            format!(
+                "restart.delay ({}) is longer than restart.max_delay ({})",
+                m.restart.delay, m.restart.max_delay
+            ),
+        );
+    }
+    if let Some(hc) = &m.healthcheck {
+        let path = [Seg::Key("healthcheck"), Seg::Key("test")];
+        match hc.test.first().map(String::as_str) {
+            None => c.at_key(&path, "healthcheck.test is empty; write e.g. [\"CMD\", \"wget\", \"-q\", \"http://127.0.0.1/\"]"),
+            Some("CMD") | Some("CMD-SHELL") if hc.test.len() < 2 => c.at_key(
+                &path,
+                "healthcheck.test names no command after CMD / CMD-SHELL",
+            ),
+            Some("CMD") | Some("CMD-SHELL") | Some("NONE") => {}
+            Some(other) => c.at_value(
+                &[Seg::Key("healthcheck"), Seg::Key("test"), Seg::Index(0)],
+                format!("healthcheck.test must start with CMD, CMD-SHELL or NONE, not `{other}`"),
+            ),
+        }
+    }
+    if let Some(auth) = &m.auth {
+        if auth.password.is_some() && auth.password_file.is_some() {
+            c.at_key(
+                &[Seg::Key("auth"), Seg::Key("password")],
+                "auth sets both `password` and `password_file`; keep exactly one",
+            );
+        }
+    }
+    if let Some(resources) = &m.resources {
+        if resources.memory.is_some_and(|mb| mb < 6) {
+            c.at_value(
+                &[Seg::Key("resources"), Seg::Key("memory")],
+                "resources.memory is in MiB and Docker's minimum is 6",
+            );
+        }
+        if resources.cpu == Some(0) {
+            c.at_value(
+                &[Seg::Key("resources"), Seg::Key("cpu")],
+                "resources.cpu must be at least 1 (or left out)",
+            );
+        }
+    }
+    for (i, server) in m.dns_servers.iter().enumerate() {
+        if server.parse::<std::net::IpAddr>().is_err() {
+            c.at_value(
+                &[Seg::Key("dns_servers"), Seg::Index(i)],
+                format!("dns server `{server}` is not an IP address"),
+            );
+        }
+    }
+}
+
+/// Every name `${...}` may refer to in this task.
+fn known_names(m: &TaskManifest, ctx: &ValidationContext) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = [
+        "BERTH_TASK",
+        "BERTH_INDEX",
+        "BERTH_NAMESPACE",
+        "node.hostname",
+        "node.ip",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    for label in m.ports.keys() {
+        for prefix in ["BERTH_PORT_", "BERTH_HOST_PORT_", "BERTH_ADDR_"] {
+            names.insert(format!("{prefix}{label}"));
+        }
+    }
+    if m.resources.is_some() {
+        names.insert("BERTH_CPU_LIMIT".into());
+        names.insert("BERTH_MEMORY_LIMIT".into());
+    }
+    names.extend(m.env.keys().cloned());
+    names.extend(ctx.meta.keys().map(|k| format!("meta.{k}")));
+    names
+}
+
+fn check_references(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
+    let known = known_names(m, ctx);
+    let mut fields: Vec<(Vec<Seg<'_>>, &str)> = Vec::new();
+    if let Some(command) = &m.command {
+        fields.push((vec![Seg::Key("command")], command));
+    }
+    for (i, arg) in m.args.iter().enumerate() {
+        fields.push((vec![Seg::Key("args"), Seg::Index(i)], arg));
+    }
+    for (i, arg) in m.entrypoint.iter().flatten().enumerate() {
+        fields.push((vec![Seg::Key("entrypoint"), Seg::Index(i)], arg));
+    }
+    for (key, value) in &m.env {
+        match value {
+            EnvValue::Plain(text) => fields.push((vec![Seg::Key("env"), Seg::Key(key)], text)),
+            EnvValue::From(source) => {
+                if let Some(text) = &source.value {
+                    fields.push((
+                        vec![Seg::Key("env"), Seg::Key(key), Seg::Key("value")],
+                        text,
+                    ));
+                }
+            }
+        }
+    }
+    for (key, value) in &m.labels {
+        fields.push((vec![Seg::Key("labels"), Seg::Key(key)], value));
+    }
+    if let Some(hostname) = &m.hostname {
+        fields.push((vec![Seg::Key("hostname")], hostname));
+    }
+    for (path, text) in fields {
+        match interpolate::scan(text) {
+            Ok(refs) => {
+                for r in refs.into_iter().filter(|r| !known.contains(&r.name)) {
+                    let hint = unknown_hint(&r.name, m);
+                    c.at_text(
+                        &path,
+                        &format!("${{{}}}", r.name),
+                        format!("unknown name `${{{}}}`{hint}", r.name),
+                    );
+                }
+            }
+            Err(e) => {
+                let needle = match &e {
+                    InterpolateError::InvalidName { name, .. } => format!("${{{name}}}"),
+                    _ => "${".to_string(),
+                };
+                c.at_text(&path, &needle, e.to_string());
+            }
+        }
+    }
+}
+
+/// Why a name might be unknown, for the most likely mistakes.
+fn unknown_hint(name: &str, m: &TaskManifest) -> String {
+    if let Some(key) = name.strip_prefix("meta.") {
+        return format!(" (the agent config has no meta key `{key}`)");
+    }
+    for prefix in ["BERTH_PORT_", "BERTH_HOST_PORT_", "BERTH_ADDR_"] {
+        if let Some(label) = name.strip_prefix(prefix) {
+            return format!(" (no port label `{label}` under `ports:`)");
+        }
+    }
+    if matches!(name, "BERTH_CPU_LIMIT" | "BERTH_MEMORY_LIMIT") && m.resources.is_none() {
+        return " (it is only set when `resources:` is)".to_string();
+    }
+    " (known: BERTH_*, the task's env keys, meta.KEY, node.hostname, node.ip; write $${ for a literal ${)".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(
+        file: &str,
+        text: &str,
+        ctx: &ValidationContext,
+    ) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
+        check_file(file, text, ctx)
+    }
+
+    /// The only error for `text` in `web.yaml` under the default context.
+    fn only_error(text: &str) -> ManifestError {
+        only_error_with(text, &ValidationContext::default())
+    }
+
+    fn only_error_with(text: &str, ctx: &ValidationContext) -> ManifestError {
+        match check("web.yaml", text, ctx) {
+            Ok(tasks) => panic!("expected an error, got {} task(s)", tasks.len()),
+            Err(mut errors) => {
+                assert_eq!(errors.len(), 1, "{errors:#?}");
+                errors.remove(0)
+            }
+        }
+    }
+
+    fn privileged() -> ValidationContext {
+        ValidationContext {
+            allow_privileged: true,
+            ..ValidationContext::default()
+        }
+    }
+
+    #[test]
+    fn a_single_document_without_name_is_named_after_the_file_stem() {
+        let tasks = check("web.yaml", "image: nginx\n", &ValidationContext::default())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(tasks[0].name, "web");
+    }
+
+    #[test]
+    fn a_file_stem_that_is_not_a_valid_name_asks_for_name() {
+        let err = match check(
+            "My_App.yaml",
+            "image: nginx\n",
+            &ValidationContext::default(),
+        ) {
+            Err(errors) => errors[0].clone(),
+            Ok(_) => panic!("My_App is not a valid task name"),
+        };
+        assert_eq!((err.line, err.column), (1, 1));
+        assert!(
+            err.message.contains("`My_App`") && err.message.contains("add `name:`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn documents_in_a_multi_document_file_need_names() {
+        let err = only_error("name: a\nimage: x\n---\nimage: y\n");
+        assert_eq!(err.line, 4);
+        assert!(err.message.contains("needs one"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_task_name_is_located_at_its_value() {
+        let err = only_error("name: Web_1\nimage: x\n");
+        assert_eq!((err.line, err.column), (1, 7));
+        assert!(
+            err.message.contains("task name `Web_1` is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_name_used_twice_in_one_file_is_an_error() {
+        let err = only_error("name: a\nimage: x\n---\nname: a\nimage: y\n");
+        assert_eq!(err.line, 4);
+        assert!(err.message.contains("defined twice"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_or_malformed_image_is_refused() {
+        assert!(only_error("image: \"\"\n")
+            .message
+            .contains("image is empty"));
+        assert!(only_error("image: \"nginx latest\"\n")
+            .message
+            .contains("whitespace"));
+        assert!(only_error("image: nginx@sha256:xyz\n")
+            .message
+            .contains("digest"));
+    }
+
+    #[test]
+    fn count_above_the_cap_is_refused() {
+        let err = only_error("image: x\ncount: 5000\n");
+        assert_eq!((err.line, err.column), (2, 8));
+        assert!(err.message.contains("limit of 1000"), "{err}");
+    }
+
+    #[test]
+    fn port_map_naming_an_undeclared_label_is_refused() {
+        let err = only_error("image: x\nports:\n  http: {}\nport_map:\n  htp: 80\n");
+        assert_eq!((err.line, err.column), (5, 3));
+        assert!(
+            err.message.contains("`htp`") && err.message.contains("declared: http"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_port_label_must_be_usable_in_an_env_name() {
+        let err = only_error("image: x\nports:\n  my-port: {}\n");
+        assert_eq!((err.line, err.column), (3, 3));
+        assert!(
+            err.message.contains("port label `my-port` is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn static_port_zero_and_static_port_with_several_instances_are_refused() {
+        assert!(only_error("image: x\nports:\n  a: {static: 0}\n")
+            .message
+            .contains("static port 0"));
+        let err = only_error("image: x\ncount: 2\nports:\n  a: {static: 8080}\n");
+        assert_eq!(err.line, 4);
+        assert!(err.message.contains("2 instances"), "{err}");
+    }
+
+    #[test]
+    fn restart_delay_longer_than_max_delay_is_refused() {
+        let err = only_error("image: x\nrestart:\n  delay: 10m\n  max_delay: 1m\n");
+        assert_eq!((err.line, err.column), (3, 3));
+        assert!(
+            err.message.contains("longer than restart.max_delay"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn healthcheck_test_must_start_with_cmd_cmd_shell_or_none() {
+        let err = only_error("image: x\nhealthcheck:\n  test: [wget, x]\n");
+        assert_eq!((err.line, err.column), (3, 10));
+        assert!(err.message.contains("CMD, CMD-SHELL or NONE"), "{err}");
+        assert!(only_error("image: x\nhealthcheck:\n  test: []\n")
+            .message
+            .contains("empty"));
+    }
+
+    #[test]
+    fn env_names_must_be_valid_and_not_berth_reserved() {
+        assert!(only_error("image: x\nenv:\n  1X: a\n")
+            .message
+            .contains("env name `1X` is invalid"));
+        let err = only_error("image: x\nenv:\n  BERTH_TASK: a\n");
+        assert_eq!((err.line, err.column), (3, 3));
+        assert!(err.message.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn env_source_needs_exactly_one_of_file_and_value() {
+        let both = only_error("image: x\nenv:\n  A: {file: /a, value: b}\n");
+        assert!(both.message.contains("both `file` and `value`"), "{both}");
+        let neither = only_error("image: x\nenv:\n  A: {secret: true}\n");
+        assert!(neither.message.contains("needs `file"), "{neither}");
+    }
+
+    #[test]
+    fn io_berth_labels_are_reserved() {
+        let err = only_error("image: x\nlabels:\n  io.berth.task: evil\n");
+        assert_eq!((err.line, err.column), (3, 3));
+        assert!(err.message.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn auth_with_both_password_and_password_file_is_refused() {
+        let err = only_error("image: x\nauth:\n  password: a\n  password_file: /b\n");
+        assert!(
+            err.message.contains("both `password` and `password_file`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn privileged_is_refused_unless_the_agent_allows_it() {
+        let text = "image: x\nprivileged: true\n";
+        let err = only_error(text);
+        assert_eq!((err.line, err.column), (2, 1));
+        assert!(
+            err.message.contains("refused")
+                && err.message.contains("docker.privileged.enabled: true"),
+            "{err}"
+        );
+        assert!(check("web.yaml", text, &privileged()).is_ok());
+    }
+
+    #[test]
+    fn host_ipc_pid_and_uts_modes_need_the_privileged_permission() {
+        for key in ["ipc_mode", "pid_mode", "uts_mode"] {
+            let text = format!("image: x\n{key}: host\n");
+            let err = only_error(&text);
+            assert!(
+                err.message.contains(&format!("`{key}: host` is refused")),
+                "{err}"
+            );
+            assert!(check("web.yaml", &text, &privileged()).is_ok(), "{key}");
+        }
+        assert!(only_error("image: x\npid_mode: bogus\n")
+            .message
+            .contains("invalid"));
+        assert!(check(
+            "web.yaml",
+            "image: x\nipc_mode: container:db\n",
+            &ValidationContext::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn network_mode_shapes() {
+        for ok in ["bridge", "host", "none", "container:db", "my-net"] {
+            let text = format!("image: x\nnetwork_mode: {ok}\n");
+            assert!(
+                check("web.yaml", &text, &ValidationContext::default()).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(only_error("image: x\nnetwork_mode: \"container:\"\n")
+            .message
+            .contains("network_mode"));
+    }
+
+    #[test]
+    fn host_volumes_are_refused_when_the_agent_forbids_them() {
+        let ctx = ValidationContext {
+            allow_host_volumes: false,
+            ..ValidationContext::default()
+        };
+        let err = only_error_with(
+            "image: x\nvolumes:\n  - data:/data\n  - /srv:/srv:ro\n",
+            &ctx,
+        );
+        assert_eq!((err.line, err.column), (4, 5));
+        assert!(
+            err.message.contains("docker.volumes.enabled: true"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn volume_strings_must_be_source_target_and_known_options() {
+        assert!(only_error("image: x\nvolumes: [/srv]\n")
+            .message
+            .contains("SOURCE:TARGET"));
+        assert!(only_error("image: x\nvolumes: [\"/srv:rel\"]\n")
+            .message
+            .contains("absolute path in the container"));
+        assert!(only_error("image: x\nvolumes: [\"/srv:/srv:bogus\"]\n")
+            .message
+            .contains("unknown option `bogus`"));
+        assert!(only_error("image: x\nvolumes: [\"./srv:/srv\"]\n")
+            .message
+            .contains("must be absolute"));
+    }
+
+    #[test]
+    fn an_unknown_reference_is_reported_at_its_dollar_brace() {
+        let text = "image: x\nports:\n  http: {}\nargs: [\"--port\", \"${BERTH_PORT_http} ${BERTH_PORT_admin}\"]\n";
+        let err = only_error(text);
+        assert_eq!((err.line, err.column), (4, 38));
+        assert!(
+            err.message.contains("unknown name `${BERTH_PORT_admin}`"),
+            "{err}"
+        );
+        assert!(err.message.contains("no port label `admin`"), "{err}");
+    }
+
+    #[test]
+    fn references_to_env_meta_node_and_berth_names_are_accepted() {
+        let ctx = ValidationContext {
+            meta: BTreeMap::from([("site".to_string(), "berlin".to_string())]),
+            ..ValidationContext::default()
+        };
+        let text = "image: x\ncommand: /srv\nargs: [\"${meta.site}\", \"${node.ip}\", \"${MODE}\", \"$${LITERAL}\"]\n\
+            env:\n  MODE: prod\n  ADDR: \"${BERTH_ADDR_http}\"\nports:\n  http: {}\n\
+            labels:\n  who: \"${BERTH_TASK}-${BERTH_INDEX}\"\nhostname: \"${node.hostname}\"\n";
+        assert!(
+            check("web.yaml", text, &ctx).is_ok(),
+            "{:?}",
+            check("web.yaml", text, &ctx)
+        );
+    }
+
+    #[test]
+    fn an_unknown_meta_key_names_the_agent_config() {
+        let err = only_error("image: x\nenv:\n  SITE: \"${meta.site}\"\n");
+        assert_eq!((err.line, err.column), (3, 10));
+        assert!(err.message.contains("no meta key `site`"), "{err}");
+    }
+
+    #[test]
+    fn an_unterminated_reference_in_a_block_scalar_is_located() {
+        let err = only_error("image: x\ncommand: |\n  echo hi\n  echo ${oops\n");
+        assert_eq!((err.line, err.column), (4, 8));
+        assert!(err.message.contains("without a closing"), "{err}");
+    }
+
+    #[test]
+    fn a_valid_full_manifest_passes() {
+        let text = r#"name: web
+image: nginx:1.27
+command: /bin/server
+args: ["--port", "${BERTH_PORT_http}"]
+entrypoint: ["/init"]
+count: 2
+env:
+  MODE: production
+  DB_PASSWORD: {file: /run/secrets/db, secret: true}
+labels:
+  group: webservice-cache
+ports:
+  http: {}
+port_map:
+  http: 80
+resources: {cpu: 500, memory: 256}
+network_mode: bridge
+hostname: web1
+dns_servers: ["1.1.1.1"]
+volumes: ["/srv/web:/usr/share/nginx/html:ro"]
+auth: {username: deploy, password_file: /etc/berth/registry-password}
+pull: missing
+restart: {policy: always, delay: 1s, max_delay: 5m, reset_after: 10m}
+healthcheck:
+  test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1/"]
+  interval: 10s
+stop_timeout: 10s
+"#;
+        let tasks = check("whatever.yaml", text, &ValidationContext::default())
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(tasks[0].name, "web");
+        assert_eq!(tasks[0].manifest.count, 2);
+    }
+}
