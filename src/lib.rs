@@ -14,10 +14,15 @@
 //! - [`config`]: the agent config.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod apply;
 pub mod backoff;
 pub mod config;
+pub mod controller;
+pub mod desired;
 pub mod manifest;
 pub mod plan;
+pub mod ports;
+pub mod resolve;
 pub mod runtime;
 pub mod spec;

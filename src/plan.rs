@@ -274,6 +274,87 @@ impl fmt::Display for Plan {
     }
 }
 
+/// `berth plan --json`: the plan as machines read it. Holds no secret: only
+/// names, images, hashes and the human description.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    pub changes: bool,
+    pub actions: Vec<ActionView>,
+    pub waiting: Vec<WaitingView>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionView {
+    pub action: &'static str,
+    pub task: String,
+    pub index: u32,
+    /// The container acted upon, when one exists.
+    pub container_id: Option<String>,
+    pub image: Option<String>,
+    pub spec_hash: Option<String>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitingView {
+    pub task: String,
+    pub index: u32,
+    /// Unix seconds.
+    pub until: u64,
+}
+
+impl PlanView {
+    pub fn new(plan: &Plan, errors: &[String]) -> Self {
+        let actions = plan
+            .actions
+            .iter()
+            .map(|a| {
+                let (container_id, desired) = match a {
+                    Action::Create { desired } => (None, Some(desired)),
+                    Action::Start { id, desired, .. }
+                    | Action::Restart { id, desired }
+                    | Action::Replace {
+                        old_id: id,
+                        desired,
+                        ..
+                    } => (Some(id.clone()), Some(desired)),
+                    Action::Restore { id, .. }
+                    | Action::Remove { id, .. }
+                    | Action::Stop { id, .. } => (Some(id.clone()), None),
+                };
+                ActionView {
+                    action: a.verb(),
+                    task: a.key().task.clone(),
+                    index: a.key().index,
+                    container_id: container_id.map(|id| id.chars().take(12).collect()),
+                    image: desired.map(|d| d.spec.image.clone()),
+                    spec_hash: desired.map(|d| d.hash.clone()),
+                    description: a.to_string(),
+                }
+            })
+            .collect();
+        PlanView {
+            changes: !plan.actions.is_empty(),
+            actions,
+            waiting: plan
+                .waiting
+                .iter()
+                .map(|w| WaitingView {
+                    task: w.key.task.clone(),
+                    index: w.key.index,
+                    until: w
+                        .until
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                })
+                .collect(),
+            errors: errors.to_vec(),
+        }
+    }
+}
+
 /// Settings that shape decisions but are not part of any task.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {

@@ -1,0 +1,304 @@
+//! From a task definition and an index to the exact container spec.
+//!
+//! This is where defaults are applied, `BERTH_*` variables are set, values
+//! are read from files and `${...}` references are interpolated. It reads
+//! files (env and password files) but never talks to Docker; the result is
+//! hashed, so everything here must be deterministic for the same inputs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::desired::TaskDef;
+use crate::manifest::interpolate::interpolate;
+use crate::manifest::{EnvValue, TaskManifest};
+use crate::plan::DesiredInstance;
+use crate::ports::PortKey;
+use crate::runtime::RegistryCredentials;
+use crate::spec::{ContainerSpec, EnvEntry, HealthcheckSpec, InstanceKey, PortBinding};
+
+/// Facts about the host, for `${node.hostname}` and `${node.ip}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub hostname: String,
+    pub ip: String,
+}
+
+impl NodeInfo {
+    /// Read the host name and the first non-loopback IPv4 address from /proc,
+    /// falling back to `localhost`/`127.0.0.1` where they cannot be read.
+    pub fn detect() -> NodeInfo {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        let ip = std::fs::read_to_string("/proc/net/fib_trie")
+            .ok()
+            .and_then(|t| first_local_ipv4(&t))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        NodeInfo { hostname, ip }
+    }
+}
+
+/// In /proc/net/fib_trie, a local address is the line before `/32 host LOCAL`.
+fn first_local_ipv4(fib_trie: &str) -> Option<String> {
+    let lines: Vec<&str> = fib_trie.lines().collect();
+    lines.windows(2).find_map(|w| {
+        let addr = w[0].trim().trim_start_matches("|-- ").trim();
+        let is_local = w[1].contains("/32 host LOCAL");
+        let usable = !addr.starts_with("127.") && addr.parse::<std::net::Ipv4Addr>().is_ok();
+        (is_local && usable).then(|| addr.to_string())
+    })
+}
+
+/// What resolution needs besides the task.
+#[derive(Debug, Clone)]
+pub struct ResolveContext<'a> {
+    pub namespace: &'a str,
+    pub meta: &'a BTreeMap<String, String>,
+    pub node: &'a NodeInfo,
+    /// Relative `file:` and `password_file:` paths are relative to this folder.
+    pub manifest_dir: &'a Path,
+}
+
+/// Why an instance could not be resolved this pass. The task is held: its
+/// running containers are left alone until the problem is fixed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: task {task}: {message}")]
+pub struct ResolveError {
+    pub task: String,
+    pub file: String,
+    pub message: String,
+}
+
+/// The `BERTH_*` variables of one instance, in the order DESIGN.md lists them.
+fn berth_variables(
+    m: &TaskManifest,
+    key: &InstanceKey,
+    ports: &[PortBinding],
+    ctx: &ResolveContext<'_>,
+) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    vars.insert("BERTH_TASK".into(), key.task.clone());
+    vars.insert("BERTH_INDEX".into(), key.index.to_string());
+    vars.insert("BERTH_NAMESPACE".into(), ctx.namespace.to_string());
+    for p in ports {
+        vars.insert(format!("BERTH_PORT_{}", p.label), p.container_port.to_string());
+        vars.insert(format!("BERTH_HOST_PORT_{}", p.label), p.host_port.to_string());
+        vars.insert(
+            format!("BERTH_ADDR_{}", p.label),
+            format!("{}:{}", ctx.node.ip, p.host_port),
+        );
+    }
+    if let Some(r) = &m.resources {
+        if let Some(cpu) = r.cpu {
+            vars.insert("BERTH_CPU_LIMIT".into(), cpu.to_string());
+        }
+        if let Some(mem) = r.memory {
+            vars.insert("BERTH_MEMORY_LIMIT".into(), mem.to_string());
+        }
+    }
+    vars
+}
+
+fn read_value_file(path: &str, ctx: &ResolveContext<'_>) -> Result<String, String> {
+    let full: PathBuf = ctx.manifest_dir.join(path);
+    let text = std::fs::read_to_string(&full)
+        .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
+    Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
+}
+
+/// Resolve one instance of a task. `host_ports` holds the allocation for
+/// every port label of this instance.
+pub fn resolve_instance(
+    def: &TaskDef,
+    index: u32,
+    host_ports: &BTreeMap<PortKey, u16>,
+    ctx: &ResolveContext<'_>,
+) -> Result<DesiredInstance, ResolveError> {
+    let m = &def.manifest;
+    let key = InstanceKey::new(def.name.clone(), index);
+    let fail = |message: String| ResolveError {
+        task: def.name.clone(),
+        file: def.file.clone(),
+        message,
+    };
+
+    let mut ports = Vec::new();
+    for label in m.ports.keys() {
+        let host_port = *host_ports
+            .get(&(def.name.clone(), index, label.clone()))
+            .ok_or_else(|| fail(format!("no host port allocated for port label {label}")))?;
+        let container_port = m.port_map.get(label).copied().unwrap_or(host_port);
+        ports.push(PortBinding {
+            label: label.clone(),
+            host_port,
+            container_port,
+        });
+    }
+
+    let berth = berth_variables(m, &key, &ports, ctx);
+    // Raw env values, for `${OTHER_KEY}` references (not themselves expanded:
+    // no recursion, no cycles). File values are read now, at every pass.
+    let mut raw_env: BTreeMap<String, (String, bool, bool)> = BTreeMap::new();
+    for (name, value) in &m.env {
+        let (text, secret, from_file) = match value {
+            EnvValue::Plain(s) => (s.clone(), false, false),
+            EnvValue::From(src) => match (&src.file, &src.value) {
+                (Some(file), _) => (read_value_file(file, ctx).map_err(&fail)?, src.secret, true),
+                (None, Some(v)) => (v.clone(), src.secret, false),
+                (None, None) => (String::new(), src.secret, false),
+            },
+        };
+        raw_env.insert(name.clone(), (text, secret, from_file));
+    }
+    let lookup = |name: &str| -> Option<String> {
+        if let Some(v) = berth.get(name) {
+            return Some(v.clone());
+        }
+        if let Some(k) = name.strip_prefix("meta.") {
+            return ctx.meta.get(k).cloned();
+        }
+        match name {
+            "node.hostname" => return Some(ctx.node.hostname.clone()),
+            "node.ip" => return Some(ctx.node.ip.clone()),
+            _ => {}
+        }
+        raw_env.get(name).map(|(v, _, _)| v.clone())
+    };
+    let expand = |field: &str, s: &str| {
+        interpolate(s, lookup).map_err(|e| fail(format!("{field}: {e}")))
+    };
+
+    let mut env: BTreeMap<String, EnvEntry> = berth
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                EnvEntry {
+                    value: v.clone(),
+                    secret: false,
+                },
+            )
+        })
+        .collect();
+    for (name, (text, secret, from_file)) in &raw_env {
+        // File contents are data, not templates: a password may contain `${`.
+        let value = if *from_file {
+            text.clone()
+        } else {
+            expand(&format!("env.{name}"), text)?
+        };
+        env.insert(
+            name.clone(),
+            EnvEntry {
+                value,
+                secret: *secret,
+            },
+        );
+    }
+
+    let command = m
+        .command
+        .as_deref()
+        .map(|c| expand("command", c))
+        .transpose()?;
+    let args = m
+        .args
+        .iter()
+        .map(|a| expand("args", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    // With a command, Cmd = command + args (Nomad). Without one, args alone
+    // go to the image's entrypoint, as `docker run IMAGE ARGS...` would do.
+    let cmd = match command {
+        Some(c) => Some(std::iter::once(c).chain(args).collect()),
+        None if !args.is_empty() => Some(args),
+        None => None,
+    };
+    let entrypoint = m
+        .entrypoint
+        .as_ref()
+        .map(|e| e.iter().map(|s| expand("entrypoint", s)).collect())
+        .transpose()?;
+    let labels = m
+        .labels
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), expand(&format!("labels.{k}"), v)?)))
+        .collect::<Result<BTreeMap<_, _>, ResolveError>>()?;
+    let hostname = m.hostname.as_deref().map(|h| expand("hostname", h)).transpose()?;
+
+    let ns = |d: &crate::manifest::duration::Duration| d.get().as_nanos().min(u64::MAX as u128) as u64;
+    let spec = ContainerSpec {
+        image: m.image.clone(),
+        cmd,
+        entrypoint,
+        env,
+        labels,
+        ports,
+        network_mode: m.network_mode.clone().unwrap_or_else(|| "bridge".into()),
+        hostname,
+        dns_servers: m.dns_servers.clone(),
+        dns_search_domains: m.dns_search_domains.clone(),
+        privileged: m.privileged,
+        ipc_mode: m.ipc_mode.clone(),
+        pid_mode: m.pid_mode.clone(),
+        uts_mode: m.uts_mode.clone(),
+        volumes: m.volumes.clone(),
+        cpu_shares: m.resources.as_ref().and_then(|r| r.cpu).map(i64::from),
+        memory_bytes: m
+            .resources
+            .as_ref()
+            .and_then(|r| r.memory)
+            .map(|mib| i64::from(mib) * 1024 * 1024),
+        healthcheck: m.healthcheck.as_ref().map(|h| HealthcheckSpec {
+            test: h.test.clone(),
+            interval_ns: h.interval.as_ref().map(ns),
+            timeout_ns: h.timeout.as_ref().map(ns),
+            retries: h.retries,
+            start_period_ns: h.start_period.as_ref().map(ns),
+        }),
+        stop_timeout_secs: m
+            .stop_timeout
+            .map(|d| d.get().as_secs_f64().ceil() as i64),
+    };
+
+    let credentials = match &m.auth {
+        None => None,
+        Some(auth) => {
+            let password = match (&auth.password, &auth.password_file) {
+                (_, Some(file)) => Some(read_value_file(file, ctx).map_err(&fail)?),
+                (Some(p), None) => Some(p.clone()),
+                (None, None) => None,
+            };
+            Some(RegistryCredentials {
+                username: auth.username.clone(),
+                password,
+                email: auth.email.clone(),
+                server_address: auth.server_address.clone(),
+            })
+        }
+    };
+
+    let mut instance = DesiredInstance::new(key, spec, def.file.clone());
+    instance.restart = m.restart.clone();
+    instance.pull = m.pull;
+    instance.credentials = credentials;
+    instance.stop_grace = m
+        .stop_timeout
+        .map(|d| d.get())
+        .unwrap_or(Duration::from_secs(10));
+    Ok(instance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_non_loopback_local_address_is_the_node_ip() {
+        let fib = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 172.17.0.5\n        /32 host LOCAL\n";
+        assert_eq!(first_local_ipv4(fib), Some("172.17.0.5".into()));
+        assert_eq!(first_local_ipv4("nothing"), None);
+    }
+}
