@@ -12,9 +12,11 @@
 //! - [`apply`]: carries out a plan with bounded concurrency, tolerating a changed world.
 //! - [`controller`]: the loop: triggers → pass (load, list, plan, apply).
 //! - [`config`]: the agent config.
+//! - [`watch`]: the manifest folder's file-system activity → debounced triggers.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod manifest;
 pub mod runtime;
 pub mod spec;
+pub mod watch;
