@@ -636,6 +636,33 @@ mod tests {
         );
     }
 
+    /// The new-file test writes right after the start, before the poll
+    /// thread's first scan; this one waits for a watch that has settled, so
+    /// the latency is the steady-state one.
+    async fn a_change_is_seen_within_a_scan_interval_plus_the_debounce(mode: WatchMode) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_watcher, mut rx) = start(dir.path(), mode);
+        assert_eq!(
+            count_triggers(&mut rx, SETTLE).await,
+            0,
+            "no trigger at start"
+        );
+
+        write(&dir.path().join("web.yaml"), "name: web\n");
+
+        let latency = expect_trigger(&mut rx, "new file").await;
+        eprintln!("{mode:?}: settled watch, new file → trigger in {latency:?}");
+        let scan = match mode {
+            WatchMode::Poll => DEFAULT_POLL_INTERVAL,
+            _ => Duration::ZERO,
+        };
+        let slack = Duration::from_millis(300);
+        assert!(
+            latency <= scan + DEFAULT_DEBOUNCE + slack,
+            "took {latency:?}"
+        );
+    }
+
     async fn an_atomic_rename_over_an_existing_file_triggers(mode: WatchMode) {
         let dir = tempfile::tempdir().expect("tempdir");
         let web = dir.path().join("web.yaml");
@@ -762,6 +789,11 @@ mod tests {
                 }
 
                 #[tokio::test]
+                async fn a_change_is_seen_within_a_scan_interval_plus_the_debounce() {
+                    super::a_change_is_seen_within_a_scan_interval_plus_the_debounce($mode).await
+                }
+
+                #[tokio::test]
                 async fn an_atomic_rename_over_an_existing_file_triggers() {
                     super::an_atomic_rename_over_an_existing_file_triggers($mode).await
                 }
@@ -811,6 +843,39 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (watcher, _rx) = start(dir.path(), WatchMode::Poll);
         assert!(watcher.is_polling());
+    }
+
+    #[tokio::test]
+    async fn a_continuous_stream_of_writes_still_triggers_within_the_max_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let web = dir.path().join("web.yaml");
+        write(&web, "name: web\n");
+        let (_watcher, mut rx) = start(dir.path(), WatchMode::Inotify);
+        let max_wait = options(WatchMode::Inotify).max_wait;
+
+        // A write every 50 ms for 2.5 s: never quiet for the 250 ms debounce.
+        let writer = tokio::task::spawn_blocking(move || {
+            for i in 0..50 {
+                let mut file = fs::OpenOptions::new()
+                    .append(true)
+                    .open(&web)
+                    .expect("open");
+                writeln!(file, "# line {i}").expect("append");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+
+        let latency = expect_trigger(&mut rx, "continuous writes").await;
+        eprintln!("Inotify: continuous writes → first trigger in {latency:?}");
+        assert!(
+            latency <= max_wait + Duration::from_millis(300),
+            "took {latency:?}"
+        );
+        assert!(
+            !writer.is_finished(),
+            "the trigger came before the stream ended"
+        );
+        writer.await.expect("writer");
     }
 
     #[tokio::test]
