@@ -778,6 +778,27 @@ mod tests {
         expect_trigger(&mut rx, "file in the re-created folder").await;
     }
 
+    /// A checkout that moves the old folder aside and puts a new one in its
+    /// place: inotify would keep following the old inode, so the watch must
+    /// move to the new folder.
+    async fn a_folder_replaced_by_rename_is_watched_anew(mode: WatchMode) {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let dir = parent.path().join("manifests");
+        let next = parent.path().join("manifests.next");
+        fs::create_dir(&dir).expect("mkdir");
+        fs::create_dir(&next).expect("mkdir next");
+        write(&next.join("web.yaml"), "name: web\n");
+        let (_watcher, mut rx) = start(&dir, mode);
+
+        fs::rename(&dir, parent.path().join("manifests.old")).expect("move aside");
+        fs::rename(&next, &dir).expect("move in");
+        expect_trigger(&mut rx, "folder replaced").await;
+        let _ = count_triggers(&mut rx, SETTLE).await;
+
+        write(&dir.join("db.yaml"), "name: db\n");
+        expect_trigger(&mut rx, "file in the replacing folder").await;
+    }
+
     macro_rules! in_mode {
         ($module:ident, $mode:expr) => {
             mod $module {
@@ -822,6 +843,11 @@ mod tests {
                 #[tokio::test]
                 async fn a_folder_removed_and_recreated_is_watched_again() {
                     super::a_folder_removed_and_recreated_is_watched_again($mode).await
+                }
+
+                #[tokio::test]
+                async fn a_folder_replaced_by_rename_is_watched_anew() {
+                    super::a_folder_replaced_by_rename_is_watched_anew($mode).await
                 }
             }
         };
