@@ -12,6 +12,7 @@
 //! - [`apply`]: carries out a plan with bounded concurrency, tolerating a changed world.
 //! - [`controller`]: the loop: triggers → pass (load, list, plan, apply).
 //! - [`config`]: the agent config.
+//! - [`watch`]: the manifest folder's file-system activity → debounced triggers.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -26,3 +27,4 @@ pub mod ports;
 pub mod resolve;
 pub mod runtime;
 pub mod spec;
+pub mod watch;
