@@ -393,15 +393,11 @@ async fn removing_an_image_a_container_uses_is_a_conflict() {
 async fn events_of_the_namespace_name_the_task_and_index() {
     let guard = TestNamespace::new("events");
     let rt = runtime().await;
-    let mut events = Box::pin(rt.events(&guard.ns));
-    let (_, id) = create(
-        &rt,
-        &guard,
-        "web",
-        2,
-        &fixture_spec(&["exit", "1", "--after", "200"]),
-    )
-    .await;
+    // Replay from before the create: the subscription itself is only made
+    // on the first poll, after the container may already have died.
+    let since = std::time::SystemTime::now() - Duration::from_secs(1);
+    let mut events = Box::pin(rt.events_since(&guard.ns, Some(since)));
+    let (_, id) = create(&rt, &guard, "web", 2, &fixture_spec(&["exit", "1"])).await;
     rt.start(&id).await.unwrap();
 
     let mut seen = BTreeMap::new();
@@ -421,4 +417,59 @@ async fn events_of_the_namespace_name_the_task_and_index() {
     assert_eq!(die.id, id);
     assert_eq!(die.task.as_deref(), Some("web"));
     assert_eq!(die.index, Some(2));
+}
+
+#[tokio::test]
+async fn events_from_an_unreachable_endpoint_yield_one_unavailable_and_end() {
+    let cfg = DockerConfig {
+        endpoint: Some("unix:///tmp/berth-nonexistent.sock".into()),
+        ..Default::default()
+    };
+    let rt = DockerRuntime::connect(&cfg).await.unwrap();
+
+    let items: Vec<_> = rt.events("berth").collect().await;
+
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(
+        matches!(items[0], Err(RuntimeError::Unavailable(_))),
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_results_show_in_list_as_healthy_or_unhealthy() {
+    let guard = TestNamespace::new("health");
+    let rt = runtime().await;
+    let check = |port: &str| berth::spec::HealthcheckSpec {
+        test: vec!["CMD".into(), "/fixture".into(), "probe".into(), port.into()],
+        interval_ns: Some(300_000_000),
+        timeout_ns: Some(1_000_000_000),
+        retries: Some(1),
+        start_period_ns: None,
+    };
+    let mut good = fixture_spec(&["serve-http", "8080"]);
+    good.healthcheck = Some(check("8080"));
+    let mut bad = fixture_spec(&["serve-http", "8080"]);
+    bad.healthcheck = Some(check("9"));
+    let (good_name, good_id) = create(&rt, &guard, "good", 0, &good).await;
+    let (bad_name, bad_id) = create(&rt, &guard, "bad", 0, &bad).await;
+    rt.start(&good_id).await.unwrap();
+    rt.start(&bad_id).await.unwrap();
+
+    wait_for(
+        DEADLINE,
+        "one healthy and one unhealthy container",
+        || async {
+            let listed = rt.list(&guard.ns).await.unwrap();
+            let health = |name: &str| listed.iter().find(|c| c.name == name).map(|c| c.health);
+            (health(&good_name) == Some(berth::runtime::Health::Healthy)
+                && health(&bad_name) == Some(berth::runtime::Health::Unhealthy))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        rt.inspect(&bad_name).await.unwrap().health,
+        berth::runtime::Health::Unhealthy
+    );
 }
