@@ -236,6 +236,22 @@ impl DockerRuntime {
         &self,
         namespace: &str,
     ) -> impl Stream<Item = Result<ContainerEvent, RuntimeError>> + Send + 'static {
+        self.events_since(namespace, None)
+    }
+
+    /// Like [`events`](Self::events), but Docker first replays the events
+    /// since `since`. The subscription is only made when the stream is first
+    /// polled; replaying from a time taken before closes that gap (and the
+    /// gap of a reconnect).
+    pub fn events_since(
+        &self,
+        namespace: &str,
+        since: Option<SystemTime>,
+    ) -> impl Stream<Item = Result<ContainerEvent, RuntimeError>> + Send + 'static {
+        let since = since.map(|t| {
+            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+            format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+        });
         let conn = Arc::clone(&self.conn);
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
@@ -248,6 +264,7 @@ impl DockerRuntime {
             .map(move |client| match client {
                 Ok(docker) => docker
                     .events(Some(EventsOptions {
+                        since: since.clone(),
                         filters: Some(filters.clone()),
                         ..Default::default()
                     }))
