@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use crate::config::AgentConfig;
 use crate::controller::{Controller, TriggerKind};
 use crate::runtime::ContainerRuntime;
+use crate::watch::Trigger;
 
 /// How long a pass may go on after a shutdown signal before it is abandoned.
 /// Abandoning is safe (a replacement cut short is restored by the next
@@ -47,7 +48,7 @@ pub async fn shutdown_signal() {
 }
 
 /// Forward SIGHUP as a reload trigger.
-pub fn forward_sighup(tx: mpsc::Sender<TriggerKind>) {
+pub fn forward_sighup(tx: mpsc::Sender<Trigger>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -56,7 +57,7 @@ pub fn forward_sighup(tx: mpsc::Sender<TriggerKind>) {
             return;
         };
         while hup.recv().await.is_some() {
-            if tx.send(TriggerKind::Reload).await.is_err() {
+            if tx.send(Trigger::Reload).await.is_err() {
                 return;
             }
         }
@@ -77,10 +78,20 @@ pub trait LoopHooks: Send {
 pub struct NoHooks;
 impl LoopHooks for NoHooks {}
 
+fn kind(t: &Trigger) -> TriggerKind {
+    match t {
+        Trigger::ManifestsChanged => TriggerKind::Manifests,
+        Trigger::DockerEvent { .. } => TriggerKind::DockerEvent,
+        Trigger::Resync | Trigger::Shutdown => TriggerKind::Resync,
+        Trigger::BackoffDue => TriggerKind::Backoff,
+        Trigger::Reload => TriggerKind::Reload,
+    }
+}
+
 /// Run passes until a shutdown signal. Returns when the loop has stopped.
 pub async fn run_loop<R: ContainerRuntime>(
     controller: &mut Controller<R>,
-    mut triggers: mpsc::Receiver<TriggerKind>,
+    mut triggers: mpsc::Receiver<Trigger>,
     hooks: &mut dyn LoopHooks,
 ) {
     let shutdown = shutdown_signal();
@@ -146,7 +157,8 @@ pub async fn run_loop<R: ContainerRuntime>(
             .min(resync);
         tokio::select! {
             t = triggers.recv(), if triggers_open => match t {
-                Some(t) => trigger = t,
+                Some(Trigger::Shutdown) => return,
+                Some(t) => trigger = kind(&t),
                 // Every sender is gone: only timers wake the loop from now on.
                 None => {
                     triggers_open = false;
@@ -162,8 +174,10 @@ pub async fn run_loop<R: ContainerRuntime>(
         // Coalesce: everything already queued is answered by the same pass,
         // but a reload must not be lost.
         while let Ok(t) = triggers.try_recv() {
-            if t == TriggerKind::Reload {
-                trigger = TriggerKind::Reload;
+            match t {
+                Trigger::Reload => trigger = TriggerKind::Reload,
+                Trigger::Shutdown => return,
+                _ => {}
             }
         }
     }

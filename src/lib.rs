@@ -11,6 +11,9 @@
 //! - [`backoff`]: per-instance restart state; pure, time passed in.
 //! - [`apply`]: carries out a plan with bounded concurrency, tolerating a changed world.
 //! - [`controller`]: the loop: triggers → pass (load, list, plan, apply).
+//! - [`agent`]: `berth run`'s loop: triggers, signals, coalescing, Docker retry.
+//! - [`events`]: Docker events → triggers, reconnecting when the daemon goes away.
+//! - [`ports`]: host port allocation, stable per (task, index, label).
 //! - [`config`]: the agent config.
 //! - [`watch`]: the manifest folder's file-system activity → debounced triggers.
 #![forbid(unsafe_code)]
@@ -21,6 +24,7 @@ pub mod backoff;
 pub mod config;
 pub mod controller;
 pub mod desired;
+pub mod events;
 pub mod manifest;
 pub mod plan;
 pub mod ports;

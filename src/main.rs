@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use berth::agent::{forward_sighup, run_loop, LoopHooks};
 use berth::config::{AgentConfig, WatchMode};
-use berth::controller::{run_once, Controller, TriggerKind, ONCE_DEADLINE};
+use berth::controller::{run_once, Controller, ONCE_DEADLINE};
+use berth::watch::Trigger;
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::ContainerRuntime;
 
@@ -250,8 +251,26 @@ async fn run(flags: AgentFlags, once: bool, once_timeout: Option<Duration>) -> a
         });
     }
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<TriggerKind>(16);
+    // A small queue: a pending trigger already means "look again".
+    let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     forward_sighup(tx.clone());
+    let config = controller.config().clone();
+    let _watcher = match berth::watch::FolderWatcher::start(
+        &config.manifests,
+        berth::watch::WatchOptions::new(config.watch, berth::watch::DEFAULT_DEBOUNCE),
+        tx.clone(),
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("cannot watch {}: {e}; relying on the {} resync", config.manifests.display(), config.resync);
+            None
+        }
+    };
+    let _events = berth::events::follow(
+        controller.runtime().as_ref().clone(),
+        config.namespace.clone(),
+        tx.clone(),
+    );
     let mut hooks = Hooks { flags };
     run_loop(&mut controller, rx, &mut hooks).await;
     drop(tx);
