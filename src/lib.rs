@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod desired;
 pub mod manifest;
 pub mod runtime;
 pub mod spec;
