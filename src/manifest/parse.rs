@@ -18,6 +18,9 @@ use super::TaskManifest;
 /// far larger is a mistake (or an attack) and would only slow every pass.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Deepest nesting accepted; a manifest needs about four levels.
+const MAX_DEPTH: usize = 24;
+
 /// A problem in a manifest file, located precisely enough for an editor to
 /// jump to it. `Display` is the conventional `file:line:column: message`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -314,14 +317,14 @@ fn options() -> serde_saphyr::Options {
     budget.max_events = 200_000;
     budget.max_aliases = 1_000;
     budget.max_anchors = 1_000;
-    budget.max_depth = 24;
+    budget.max_depth = MAX_DEPTH;
     budget.max_documents = 256;
     budget.max_nodes = 100_000;
     budget.max_total_scalar_bytes = MAX_FILE_BYTES as usize;
-    budget.max_recorded_anchor_events = 20_000;
+    budget.max_recorded_anchor_events = 5_000;
     budget.max_recorded_anchor_bytes = MAX_FILE_BYTES as usize;
     let mut alias_limits = serde_saphyr::options::AliasLimits::default();
-    alias_limits.max_total_replayed_events = 20_000;
+    alias_limits.max_total_replayed_events = 5_000;
     alias_limits.max_replay_stack_depth = 16;
     serde_saphyr::options! {
         budget: Some(budget),
@@ -387,6 +390,17 @@ fn from_saphyr(file: &str, err: &serde_saphyr::Error, docs: &[DocLocations]) -> 
     let suffix = format!(" at line {}, column {}", pos.line, pos.column);
     if let Some(stripped) = message.strip_suffix(&suffix) {
         message = stripped.to_string();
+    }
+    if let Some(detail) = message.strip_prefix("budget breached: ") {
+        let detail = detail.split(" at line ").next().unwrap_or(detail);
+        return ManifestError::new(
+            file,
+            pos,
+            format!(
+                "the file exceeds berth's limits for a manifest ({detail}); \
+                 manifests may not nest deeper than {MAX_DEPTH} levels or expand YAML aliases this much"
+            ),
+        );
     }
     let path = docs.iter().find_map(|d| d.path_at(pos));
     if let Some(friendly) = explain_unknown_field(&message, path.as_deref()) {
@@ -617,7 +631,11 @@ mod tests {
             \x20 i: [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
         let started = std::time::Instant::now();
         let result = parse(bomb);
-        assert!(result.is_err(), "an alias bomb must not parse");
+        let message = result
+            .err()
+            .map(|e| e[0].message.clone())
+            .unwrap_or_default();
+        assert!(message.contains("exceeds berth's limits"), "{message}");
         assert!(
             started.elapsed() < std::time::Duration::from_secs(2),
             "took {:?}",
@@ -628,7 +646,9 @@ mod tests {
     #[test]
     fn deep_nesting_is_rejected() {
         let deep = format!("image: x\nlabels: {}{}\n", "[".repeat(200), "]".repeat(200));
-        assert!(parse(&deep).is_err());
+        let err = one_error(&deep);
+        assert_eq!(err.line, 2);
+        assert!(err.message.contains("nest deeper than 24"), "{err}");
     }
 
     #[test]
