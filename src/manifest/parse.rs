@@ -406,6 +406,7 @@ fn from_saphyr(file: &str, err: &serde_saphyr::Error, docs: &[DocLocations]) -> 
     if let Some(friendly) = explain_unknown_field(&message, path.as_deref()) {
         return ManifestError::new(file, pos, friendly);
     }
+    message = plain_words(&message, path.is_none());
     if message.contains("untagged enum EnvValue") {
         // Only reached if a future EnvValue goes back to `untagged`; keep it readable.
         message =
@@ -416,6 +417,31 @@ fn from_saphyr(file: &str, err: &serde_saphyr::Error, docs: &[DocLocations]) -> 
         Some(path) => ManifestError::new(file, pos, format!("`{path}`: {message}")),
         None => ManifestError::new(file, pos, message),
     }
+}
+
+/// serde-saphyr's terse type messages, in words a manifest author uses.
+fn plain_words(message: &str, at_root: bool) -> String {
+    let replaced = match message {
+        "invalid u16" => "expected a whole number from 0 to 65535",
+        "invalid u32" => "expected a whole number from 0 to 4294967295",
+        "expected string scalar" => "expected a single value here, not a list or a mapping",
+        "expected mapping start" if at_root => {
+            "a manifest document must be a mapping of task fields, e.g. `image: nginx:1.27`"
+        }
+        "expected mapping start" => "expected a mapping (`key: value` lines or `{key: value}`)",
+        "expected sequence start" => "expected a list (`- item` lines or `[a, b]`)",
+        _ => {
+            if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+                let key = rest
+                    .split(", set DuplicateKeyPolicy")
+                    .next()
+                    .unwrap_or(rest);
+                return format!("key `{key}` appears twice in the same mapping");
+            }
+            message
+        }
+    };
+    replaced.to_string()
 }
 
 /// serde says "unknown field `imgae`, expected one of a, b, c". Rephrase it
@@ -554,10 +580,46 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_type_names_the_field() {
+    fn a_wrong_type_names_the_field_in_plain_words() {
         let err = one_error("image: nginx\ncount: [1]\n");
-        assert_eq!(err.line, 2);
-        assert!(err.message.starts_with("`count`:"), "{err}");
+        assert_eq!((err.line, err.column), (2, 8));
+        assert_eq!(
+            err.message,
+            "`count`: expected a single value here, not a list or a mapping"
+        );
+        let err = one_error("image: nginx\nports:\n  http: {static: 70000}\n");
+        assert_eq!(
+            err.message,
+            "`ports.http.static`: expected a whole number from 0 to 65535"
+        );
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping_says_what_a_manifest_is() {
+        let err = one_error("- nginx\n");
+        assert!(
+            err.message
+                .starts_with("a manifest document must be a mapping"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let err = one_error("image: a\nimage: b\n");
+        assert_eq!(
+            (err.line, err.message.as_str()),
+            (2, "key `image` appears twice in the same mapping")
+        );
+    }
+
+    #[test]
+    fn a_fractional_env_number_must_be_quoted() {
+        let err = one_error("image: a\nenv:\n  VERSION: 1.10\n");
+        assert!(
+            err.message.starts_with("`env.VERSION`:") && err.message.contains("quote it"),
+            "{err}"
+        );
     }
 
     #[test]

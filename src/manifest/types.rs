@@ -155,7 +155,7 @@ impl<'de> Deserialize<'de> for EnvValue {
             }
             fn visit_f64<E: Error>(self, v: f64) -> Result<EnvValue, E> {
                 Err(E::custom(format!(
-                    "the env value {v} is a YAML number with a fraction; quote it (\"{v}\") so it is passed exactly as written"
+                    "the env value {v} is a YAML number with a fraction; quote it so it is passed exactly as written (unquoted, 1.10 would become 1.1)"
                 )))
             }
             fn visit_unit<E: Error>(self) -> Result<EnvValue, E> {
