@@ -28,3 +28,20 @@ pub fn is_valid_name(name: &str) -> bool {
 pub fn manifest_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(TaskManifest)).unwrap_or(serde_json::Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_describes_every_manifest_field_and_accepts_numeric_env_values() {
+        let schema = manifest_schema();
+        let properties = &schema["properties"];
+        for field in ["name", "image", "env", "ports", "restart", "healthcheck"] {
+            assert!(properties.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(schema["required"], serde_json::json!(["image"]));
+        let text = schema.to_string();
+        assert!(text.contains("\"integer\",\"boolean\""), "{text}");
+    }
+}

@@ -18,6 +18,9 @@ use super::TaskManifest;
 /// far larger is a mistake (or an attack) and would only slow every pass.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Deepest nesting accepted; a manifest needs about four levels.
+const MAX_DEPTH: usize = 24;
+
 /// A problem in a manifest file, located precisely enough for an editor to
 /// jump to it. `Display` is the conventional `file:line:column: message`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -314,14 +317,14 @@ fn options() -> serde_saphyr::Options {
     budget.max_events = 200_000;
     budget.max_aliases = 1_000;
     budget.max_anchors = 1_000;
-    budget.max_depth = 24;
+    budget.max_depth = MAX_DEPTH;
     budget.max_documents = 256;
     budget.max_nodes = 100_000;
     budget.max_total_scalar_bytes = MAX_FILE_BYTES as usize;
-    budget.max_recorded_anchor_events = 20_000;
+    budget.max_recorded_anchor_events = 5_000;
     budget.max_recorded_anchor_bytes = MAX_FILE_BYTES as usize;
     let mut alias_limits = serde_saphyr::options::AliasLimits::default();
-    alias_limits.max_total_replayed_events = 20_000;
+    alias_limits.max_total_replayed_events = 5_000;
     alias_limits.max_replay_stack_depth = 16;
     serde_saphyr::options! {
         budget: Some(budget),
@@ -388,10 +391,22 @@ fn from_saphyr(file: &str, err: &serde_saphyr::Error, docs: &[DocLocations]) -> 
     if let Some(stripped) = message.strip_suffix(&suffix) {
         message = stripped.to_string();
     }
+    if let Some(detail) = message.strip_prefix("budget breached: ") {
+        let detail = detail.split(" at line ").next().unwrap_or(detail);
+        return ManifestError::new(
+            file,
+            pos,
+            format!(
+                "the file exceeds berth's limits for a manifest ({detail}); \
+                 manifests may not nest deeper than {MAX_DEPTH} levels or expand YAML aliases this much"
+            ),
+        );
+    }
     let path = docs.iter().find_map(|d| d.path_at(pos));
     if let Some(friendly) = explain_unknown_field(&message, path.as_deref()) {
         return ManifestError::new(file, pos, friendly);
     }
+    message = plain_words(&message, path.is_none());
     if message.contains("untagged enum EnvValue") {
         // Only reached if a future EnvValue goes back to `untagged`; keep it readable.
         message =
@@ -402,6 +417,31 @@ fn from_saphyr(file: &str, err: &serde_saphyr::Error, docs: &[DocLocations]) -> 
         Some(path) => ManifestError::new(file, pos, format!("`{path}`: {message}")),
         None => ManifestError::new(file, pos, message),
     }
+}
+
+/// serde-saphyr's terse type messages, in words a manifest author uses.
+fn plain_words(message: &str, at_root: bool) -> String {
+    let replaced = match message {
+        "invalid u16" => "expected a whole number from 0 to 65535",
+        "invalid u32" => "expected a whole number from 0 to 4294967295",
+        "expected string scalar" => "expected a single value here, not a list or a mapping",
+        "expected mapping start" if at_root => {
+            "a manifest document must be a mapping of task fields, e.g. `image: nginx:1.27`"
+        }
+        "expected mapping start" => "expected a mapping (`key: value` lines or `{key: value}`)",
+        "expected sequence start" => "expected a list (`- item` lines or `[a, b]`)",
+        _ => {
+            if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+                let key = rest
+                    .split(", set DuplicateKeyPolicy")
+                    .next()
+                    .unwrap_or(rest);
+                return format!("key `{key}` appears twice in the same mapping");
+            }
+            message
+        }
+    };
+    replaced.to_string()
 }
 
 /// serde says "unknown field `imgae`, expected one of a, b, c". Rephrase it
@@ -540,10 +580,46 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_type_names_the_field() {
+    fn a_wrong_type_names_the_field_in_plain_words() {
         let err = one_error("image: nginx\ncount: [1]\n");
-        assert_eq!(err.line, 2);
-        assert!(err.message.starts_with("`count`:"), "{err}");
+        assert_eq!((err.line, err.column), (2, 8));
+        assert_eq!(
+            err.message,
+            "`count`: expected a single value here, not a list or a mapping"
+        );
+        let err = one_error("image: nginx\nports:\n  http: {static: 70000}\n");
+        assert_eq!(
+            err.message,
+            "`ports.http.static`: expected a whole number from 0 to 65535"
+        );
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping_says_what_a_manifest_is() {
+        let err = one_error("- nginx\n");
+        assert!(
+            err.message
+                .starts_with("a manifest document must be a mapping"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let err = one_error("image: a\nimage: b\n");
+        assert_eq!(
+            (err.line, err.message.as_str()),
+            (2, "key `image` appears twice in the same mapping")
+        );
+    }
+
+    #[test]
+    fn a_fractional_env_number_must_be_quoted() {
+        let err = one_error("image: a\nenv:\n  VERSION: 1.10\n");
+        assert!(
+            err.message.starts_with("`env.VERSION`:") && err.message.contains("quote it"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -617,7 +693,11 @@ mod tests {
             \x20 i: [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
         let started = std::time::Instant::now();
         let result = parse(bomb);
-        assert!(result.is_err(), "an alias bomb must not parse");
+        let message = result
+            .err()
+            .map(|e| e[0].message.clone())
+            .unwrap_or_default();
+        assert!(message.contains("exceeds berth's limits"), "{message}");
         assert!(
             started.elapsed() < std::time::Duration::from_secs(2),
             "took {:?}",
@@ -628,7 +708,9 @@ mod tests {
     #[test]
     fn deep_nesting_is_rejected() {
         let deep = format!("image: x\nlabels: {}{}\n", "[".repeat(200), "]".repeat(200));
-        assert!(parse(&deep).is_err());
+        let err = one_error(&deep);
+        assert_eq!(err.line, 2);
+        assert!(err.message.contains("nest deeper than 24"), "{err}");
     }
 
     #[test]

@@ -94,11 +94,26 @@ fn default_count() -> u32 {
 ///
 /// `Deserialize` is written by hand (see below): `untagged` would refuse
 /// `PORT: 8080` and turn every mistake into "did not match any variant".
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EnvValue {
     Plain(String),
     From(EnvSource),
+}
+
+/// The schema matches the hand-written `Deserialize`: integers and booleans
+/// are accepted (and kept as text), so editors do not flag `PORT: 8080`.
+impl JsonSchema for EnvValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EnvValue".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let source = generator.subschema_for::<EnvSource>();
+        schemars::json_schema!({
+            "description": "A value (string, integer or boolean), or {file: ...} / {value: ...}.",
+            "anyOf": [{"type": ["string", "integer", "boolean"]}, source]
+        })
+    }
 }
 
 /// Accepts a string, a YAML integer or boolean (kept as written: `8080`,
@@ -140,7 +155,7 @@ impl<'de> Deserialize<'de> for EnvValue {
             }
             fn visit_f64<E: Error>(self, v: f64) -> Result<EnvValue, E> {
                 Err(E::custom(format!(
-                    "the env value {v} is a YAML number with a fraction; quote it (\"{v}\") so it is passed exactly as written"
+                    "the env value {v} is a YAML number with a fraction; quote it so it is passed exactly as written (unquoted, 1.10 would become 1.1)"
                 )))
             }
             fn visit_unit<E: Error>(self) -> Result<EnvValue, E> {

@@ -1,0 +1,660 @@
+//! The manifest folder → the desired set of tasks, with per-file errors.
+//!
+//! Two steps, kept apart: [`load_folder`] reads what the folder says *now*
+//! (pure apart from reading files), and [`DesiredTracker`] remembers each
+//! file's last good version so that a broken file never costs running work
+//! (DESIGN.md invariant 3). Only the deletion of a file removes its tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::manifest::parse::MAX_FILE_BYTES;
+use crate::manifest::validate::{check_file, CheckedTask, ValidationContext};
+use crate::manifest::{ManifestError, TaskManifest};
+
+/// The folder itself could not be read. Never treated as "no tasks": a
+/// missing or unreadable folder (an unmounted disk, a checkout in progress)
+/// must not remove anything.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("manifest directory {} does not exist", dir.display())]
+    Missing { dir: PathBuf },
+    #[error("manifest path {} is not a directory", dir.display())]
+    NotADirectory { dir: PathBuf },
+    #[error("manifest directory {} cannot be read: {source}", dir.display())]
+    Unreadable {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One task as the folder defines it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskDef {
+    pub name: String,
+    /// The manifest's path relative to the folder, e.g. `web.yaml`; becomes
+    /// the `io.berth.manifest` label. Not part of the spec: renaming a file
+    /// restarts nothing.
+    pub file: String,
+    /// 1-based line where the task's document starts.
+    pub line: u64,
+    pub manifest: TaskManifest,
+}
+
+/// What the folder says right now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadedFolder {
+    /// Tasks from files without any error.
+    pub tasks: BTreeMap<String, TaskDef>,
+    pub errors: Vec<ManifestError>,
+    /// Files with at least one error; they contribute no task.
+    pub failed_files: BTreeSet<String>,
+    /// Every manifest file present (good or failed), by relative path.
+    pub files: BTreeSet<String>,
+}
+
+/// Whether a directory entry is a manifest rather than an editor's or a
+/// package manager's leftover. Note `4913` (vim's write probe) has no YAML
+/// extension and so is ignored.
+pub fn is_manifest_file_name(name: &str) -> bool {
+    const IGNORED_SUFFIXES: &[&str] = &["~", ".swp", ".swx", ".tmp", ".bak", ".orig"];
+    !name.starts_with('.')
+        && !IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s))
+        && !name.contains(".dpkg-")
+        && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Read a manifest file as text, enforcing the size cap and UTF-8.
+/// `display` is the name errors carry.
+fn read_manifest(path: &Path, display: &str) -> Result<String, ManifestError> {
+    let fail = |why: String| ManifestError::whole_file(display, why);
+    // `File::open` follows symlinks; a dangling one fails here, as an error
+    // for this file only.
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+    let mut bytes = Vec::new();
+    // Read at most one byte past the cap, so a file that grows while we read
+    // it cannot make us read without bound.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot be read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "is larger than the {MAX_FILE_BYTES}-byte limit for a manifest"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count() as u64
+            + 1;
+        ManifestError {
+            file: display.to_string(),
+            line,
+            column,
+            message: "the file is not UTF-8 text (a manifest must be UTF-8 YAML)".to_string(),
+        }
+    })
+}
+
+/// Load every manifest in `dir` (not recursive). Per-file problems are
+/// entries in [`LoadedFolder::errors`]; only a folder that cannot be listed
+/// at all is a [`FolderError`].
+pub fn load_folder(dir: &Path, ctx: &ValidationContext) -> Result<LoadedFolder, FolderError> {
+    let meta = std::fs::metadata(dir).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => FolderError::Missing {
+            dir: dir.to_path_buf(),
+        },
+        _ => FolderError::Unreadable {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    })?;
+    if !meta.is_dir() {
+        return Err(FolderError::NotADirectory {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let unreadable = |source| FolderError::Unreadable {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        // A listing that breaks halfway would look like deleted files;
+        // fail the whole folder instead.
+        names.push(entry.map_err(unreadable)?.file_name());
+    }
+    names.sort();
+
+    let mut loaded = LoadedFolder::default();
+    let mut per_file: BTreeMap<String, Vec<CheckedTask>> = BTreeMap::new();
+    for os_name in names {
+        let lossy = os_name.to_string_lossy().into_owned();
+        if !is_manifest_file_name(&lossy) {
+            continue;
+        }
+        let Some(name) = os_name.to_str().map(str::to_string) else {
+            // It cannot be named in a label or a message faithfully; say so.
+            loaded.errors.push(ManifestError::whole_file(
+                &lossy,
+                "the file name is not valid UTF-8; rename the file",
+            ));
+            continue;
+        };
+        let path = dir.join(&name);
+        // Follows symlinks (git-sync's `web.yaml -> ..data/web.yaml`).
+        // Directories that happen to end in .yaml are not manifests.
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        loaded.files.insert(name.clone());
+        let result = read_manifest(&path, &name)
+            .map_err(|e| vec![e])
+            .and_then(|text| check_file(&name, &text, ctx));
+        match result {
+            Ok(tasks) => {
+                per_file.insert(name, tasks);
+            }
+            Err(errors) => {
+                loaded.errors.extend(errors);
+                loaded.failed_files.insert(name);
+            }
+        }
+    }
+    let (tasks, errors, failed) = merge_files(per_file);
+    loaded.tasks = tasks;
+    loaded.errors.extend(errors);
+    loaded.failed_files.extend(failed);
+    Ok(loaded)
+}
+
+/// Join good files' tasks into one map. A name defined by several files is
+/// an error reported in each of them, and every such file fails as a whole.
+fn merge_files(
+    per_file: BTreeMap<String, Vec<CheckedTask>>,
+) -> (
+    BTreeMap<String, TaskDef>,
+    Vec<ManifestError>,
+    BTreeSet<String>,
+) {
+    let mut owners: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+    for (file, tasks) in &per_file {
+        for task in tasks {
+            owners
+                .entry(task.name.as_str())
+                .or_default()
+                .push((file.as_str(), task.line));
+        }
+    }
+    let mut errors = Vec::new();
+    let mut failed = BTreeSet::new();
+    for (name, defs) in owners.iter().filter(|(_, defs)| defs.len() > 1) {
+        for (file, line) in defs {
+            let others: Vec<String> = defs
+                .iter()
+                .filter(|(f, _)| f != file)
+                .map(|(f, l)| format!("{f}:{l}"))
+                .collect();
+            errors.push(ManifestError {
+                file: file.to_string(),
+                line: *line,
+                column: 1,
+                message: format!(
+                    "task `{name}` is also defined in {}; task names must be unique across the folder",
+                    others.join(", ")
+                ),
+            });
+            failed.insert(file.to_string());
+        }
+    }
+    let mut tasks = BTreeMap::new();
+    for (file, checked) in per_file {
+        if failed.contains(&file) {
+            continue;
+        }
+        for task in checked {
+            tasks.insert(
+                task.name.clone(),
+                TaskDef {
+                    name: task.name,
+                    file: file.clone(),
+                    line: task.line,
+                    manifest: task.manifest,
+                },
+            );
+        }
+    }
+    (tasks, errors, failed)
+}
+
+/// The desired tasks for one reconcile pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredSet {
+    pub tasks: BTreeMap<String, TaskDef>,
+    pub errors: Vec<ManifestError>,
+    /// Failed files with no last good version in this process. A container
+    /// whose `io.berth.manifest` label names one of these must be left
+    /// untouched: after a restart berth cannot know what the file meant.
+    pub protected_files: BTreeSet<String>,
+}
+
+/// Remembers each file's last good tasks, so that a file that breaks keeps
+/// its tasks as they were, and only deleting a file removes them.
+///
+/// Warning: the memory is per process. After a restart a file that is
+/// already broken has no last good version; it is reported in
+/// [`DesiredSet::protected_files`] so its containers are not touched.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredTracker {
+    last_good: BTreeMap<String, Vec<TaskDef>>,
+}
+
+impl DesiredTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fold one folder load into the desired set.
+    pub fn update(&mut self, loaded: LoadedFolder) -> DesiredSet {
+        // Deleted files are forgotten: deletion is the one way to remove tasks.
+        self.last_good.retain(|file, _| loaded.files.contains(file));
+        let mut good: BTreeMap<String, Vec<TaskDef>> = loaded
+            .files
+            .iter()
+            .filter(|f| !loaded.failed_files.contains(*f))
+            .map(|f| (f.clone(), Vec::new()))
+            .collect();
+        for def in loaded.tasks.values() {
+            good.entry(def.file.clone()).or_default().push(def.clone());
+        }
+        for (file, defs) in good {
+            self.last_good.insert(file, defs);
+        }
+
+        let mut tasks = loaded.tasks;
+        let mut protected_files = BTreeSet::new();
+        for file in &loaded.failed_files {
+            match self.last_good.get(file) {
+                Some(defs) => {
+                    for def in defs {
+                        // A currently good file defining the same name wins:
+                        // it is what the folder says now.
+                        tasks.entry(def.name.clone()).or_insert_with(|| def.clone());
+                    }
+                }
+                None => {
+                    protected_files.insert(file.clone());
+                }
+            }
+        }
+        DesiredSet {
+            tasks,
+            errors: loaded.errors,
+            protected_files,
+        }
+    }
+}
+
+/// `berth validate [PATH...]`: every error in the given files and folders.
+/// Folders follow [`load_folder`]'s rules (including duplicates across its
+/// files); explicitly named files are also checked for duplicates among
+/// themselves. File names in errors are shown as the user can open them.
+pub fn validate_paths(paths: &[PathBuf], ctx: &ValidationContext) -> Vec<ManifestError> {
+    let mut errors = Vec::new();
+    let mut explicit: BTreeMap<String, Vec<CheckedTask>> = BTreeMap::new();
+    for path in paths {
+        let shown = path.display().to_string();
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            match load_folder(path, ctx) {
+                Ok(loaded) => errors.extend(loaded.errors.into_iter().map(|mut e| {
+                    e.file = path.join(&e.file).display().to_string();
+                    e
+                })),
+                Err(e) => errors.push(ManifestError::whole_file(&shown, e.to_string())),
+            }
+            continue;
+        }
+        match read_manifest(path, &shown)
+            .map_err(|e| vec![e])
+            .and_then(|text| check_file(&shown, &text, ctx))
+        {
+            Ok(tasks) => {
+                explicit.insert(shown, tasks);
+            }
+            Err(file_errors) => errors.extend(file_errors),
+        }
+    }
+    let (_, duplicate_errors, _) = merge_files(explicit);
+    errors.extend(duplicate_errors);
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn ctx() -> ValidationContext {
+        ValidationContext::default()
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("writing {name}: {e}"));
+    }
+
+    fn load(dir: &Path) -> LoadedFolder {
+        load_folder(dir, &ctx()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn names(tasks: &BTreeMap<String, TaskDef>) -> Vec<&str> {
+        tasks.keys().map(String::as_str).collect()
+    }
+
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_never_an_empty_set() {
+        let tmp = tempdir();
+        let result = load_folder(&tmp.path().join("not-mounted"), &ctx());
+        assert!(
+            matches!(result, Err(FolderError::Missing { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_given_as_the_directory_is_an_error() {
+        let tmp = tempdir();
+        write(tmp.path(), "web.yaml", "image: x\n");
+        let result = load_folder(&tmp.path().join("web.yaml"), &ctx());
+        assert!(
+            matches!(result, Err(FolderError::NotADirectory { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn loads_every_yaml_file_and_names_single_documents_after_the_file() {
+        let tmp = tempdir();
+        write(tmp.path(), "web.yaml", "image: nginx\n");
+        write(
+            tmp.path(),
+            "jobs.yml",
+            "name: a\nimage: x\n---\nname: b\nimage: y\n",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["a", "b", "web"]);
+        assert_eq!(loaded.tasks["b"].file, "jobs.yml");
+        assert_eq!(loaded.tasks["b"].line, 4);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    }
+
+    #[test]
+    fn editor_temp_files_and_non_yaml_names_are_ignored() {
+        let tmp = tempdir();
+        write(tmp.path(), "web.yaml", "image: nginx\n");
+        for junk in [
+            ".web.yaml.swp",
+            ".hidden.yaml",
+            "web.yaml~",
+            "web.yaml.swp",
+            "web.yaml.swx",
+            "web.yaml.tmp",
+            "web.yaml.bak",
+            "web.yaml.orig",
+            "web.yaml.dpkg-new",
+            "web.dpkg-old.yaml",
+            "4913",
+            "README.md",
+            "web.json",
+        ] {
+            write(tmp.path(), junk, "this: is [not valid\n");
+        }
+        fs::create_dir(tmp.path().join("sub.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["web"]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert_eq!(loaded.files, BTreeSet::from(["web.yaml".to_string()]));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_git_sync_style_symlink_is_followed_and_a_dangling_one_is_a_file_error() {
+        let tmp = tempdir();
+        fs::create_dir(tmp.path().join("..data")).unwrap_or_else(|e| panic!("{e}"));
+        write(&tmp.path().join("..data"), "web.yaml", "image: nginx\n");
+        std::os::unix::fs::symlink("..data/web.yaml", tmp.path().join("web.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("..data/gone.yaml", tmp.path().join("gone.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["web"]);
+        assert_eq!(loaded.tasks["web"].file, "web.yaml");
+        assert_eq!(
+            loaded.failed_files,
+            BTreeSet::from(["gone.yaml".to_string()])
+        );
+        assert!(loaded.errors[0]
+            .to_string()
+            .starts_with("gone.yaml:0:0: cannot be read"));
+    }
+
+    #[test]
+    fn a_file_with_any_error_contributes_no_task() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "jobs.yaml",
+            "name: a\nimage: x\n---\nname: b\nimgae: y\n",
+        );
+        let loaded = load(tmp.path());
+        assert!(loaded.tasks.is_empty());
+        assert_eq!(
+            loaded.failed_files,
+            BTreeSet::from(["jobs.yaml".to_string()])
+        );
+        assert_eq!(loaded.errors.len(), 1);
+        assert_eq!((loaded.errors[0].line, loaded.errors[0].column), (5, 1));
+    }
+
+    #[test]
+    fn a_task_defined_in_two_files_is_reported_for_both_and_applied_from_neither() {
+        let tmp = tempdir();
+        write(tmp.path(), "a.yaml", "name: web\nimage: x\n");
+        write(tmp.path(), "b.yaml", "# copy\nname: web\nimage: y\n");
+        write(tmp.path(), "c.yaml", "image: z\n");
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["c"]);
+        let shown: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "a.yaml:1:1: task `web` is also defined in b.yaml:2; task names must be unique across the folder",
+                "b.yaml:2:1: task `web` is also defined in a.yaml:1; task names must be unique across the folder",
+            ]
+        );
+        assert_eq!(
+            loaded.failed_files,
+            BTreeSet::from(["a.yaml".to_string(), "b.yaml".to_string()])
+        );
+    }
+
+    #[test]
+    fn binary_junk_and_oversized_files_are_file_errors_not_panics() {
+        let tmp = tempdir();
+        fs::write(
+            tmp.path().join("junk.yaml"),
+            [0xff, 0xfe, 0x00, 0x9f, b'\n', 0x80],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        fs::write(tmp.path().join("ctrl.yaml"), [0x01, 0x02, b':', 0x1b, b'['])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let big = format!("image: x\n#{}\n", "a".repeat(MAX_FILE_BYTES as usize));
+        write(tmp.path(), "big.yaml", &big);
+        write(tmp.path(), "web.yaml", "image: nginx\n");
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["web"]);
+        assert_eq!(
+            loaded.failed_files,
+            BTreeSet::from(["big.yaml".into(), "ctrl.yaml".into(), "junk.yaml".into()])
+        );
+        let junk = loaded.errors.iter().find(|e| e.file == "junk.yaml");
+        assert!(
+            junk.is_some_and(|e| e.message.contains("not UTF-8")),
+            "{:?}",
+            loaded.errors
+        );
+        let big = loaded.errors.iter().find(|e| e.file == "big.yaml");
+        assert!(
+            big.is_some_and(|e| e.message.contains("limit")),
+            "{:?}",
+            loaded.errors
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_non_utf8_file_name_is_skipped_with_an_error() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempdir();
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.yaml");
+        fs::write(tmp.path().join(name), "image: x\n").unwrap_or_else(|e| panic!("{e}"));
+        write(tmp.path(), "web.yaml", "image: nginx\n");
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["web"]);
+        assert_eq!(loaded.errors.len(), 1);
+        assert!(loaded.errors[0].message.contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_tasks() {
+        let tmp = tempdir();
+        let mut tracker = DesiredTracker::new();
+        write(tmp.path(), "web.yaml", "image: nginx:1.27\n");
+        let first = tracker.update(load(tmp.path()));
+        write(tmp.path(), "web.yaml", "image: nginx:1.28\nimgae: oops\n");
+        let second = tracker.update(load(tmp.path()));
+        assert_eq!(second.tasks["web"].manifest.image, "nginx:1.27");
+        assert_eq!(second.tasks, first.tasks);
+        assert_eq!(second.errors.len(), 1);
+        assert!(second.protected_files.is_empty());
+    }
+
+    #[test]
+    fn deleting_a_file_removes_its_tasks_even_after_it_was_broken() {
+        let tmp = tempdir();
+        let mut tracker = DesiredTracker::new();
+        write(tmp.path(), "web.yaml", "image: nginx\n");
+        write(tmp.path(), "db.yaml", "image: postgres\n");
+        tracker.update(load(tmp.path()));
+        write(tmp.path(), "web.yaml", "image: [\n");
+        tracker.update(load(tmp.path()));
+        fs::remove_file(tmp.path().join("web.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let desired = tracker.update(load(tmp.path()));
+        assert_eq!(names(&desired.tasks), vec!["db"]);
+        // And it does not come back if a file of that name reappears broken.
+        write(tmp.path(), "web.yaml", "image: [\n");
+        let desired = tracker.update(load(tmp.path()));
+        assert_eq!(names(&desired.tasks), vec!["db"]);
+        assert_eq!(
+            desired.protected_files,
+            BTreeSet::from(["web.yaml".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_file_broken_since_startup_is_protected() {
+        let tmp = tempdir();
+        write(tmp.path(), "web.yaml", "image: [\n");
+        let desired = DesiredTracker::new().update(load(tmp.path()));
+        assert!(desired.tasks.is_empty());
+        assert_eq!(
+            desired.protected_files,
+            BTreeSet::from(["web.yaml".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_good_file_wins_over_the_last_good_version_of_a_broken_one() {
+        let tmp = tempdir();
+        let mut tracker = DesiredTracker::new();
+        write(tmp.path(), "a.yaml", "name: web\nimage: old\n");
+        tracker.update(load(tmp.path()));
+        // The task moves to b.yaml while a.yaml breaks.
+        write(tmp.path(), "a.yaml", "name: web\nimage: [\n");
+        write(tmp.path(), "b.yaml", "name: web\nimage: new\n");
+        let desired = tracker.update(load(tmp.path()));
+        assert_eq!(desired.tasks["web"].manifest.image, "new");
+        assert_eq!(desired.tasks["web"].file, "b.yaml");
+    }
+
+    #[test]
+    fn a_duplicate_added_next_to_a_running_task_keeps_the_running_one() {
+        let tmp = tempdir();
+        let mut tracker = DesiredTracker::new();
+        write(tmp.path(), "a.yaml", "name: web\nimage: x\n");
+        tracker.update(load(tmp.path()));
+        write(tmp.path(), "b.yaml", "name: web\nimage: y\n");
+        let desired = tracker.update(load(tmp.path()));
+        assert_eq!(desired.tasks["web"].file, "a.yaml");
+        assert_eq!(desired.tasks["web"].manifest.image, "x");
+        assert_eq!(
+            desired.protected_files,
+            BTreeSet::from(["b.yaml".to_string()])
+        );
+        assert_eq!(desired.errors.len(), 2);
+    }
+
+    #[test]
+    fn renaming_a_file_changes_only_the_file_of_its_tasks() {
+        let tmp = tempdir();
+        let mut tracker = DesiredTracker::new();
+        write(tmp.path(), "web.yaml", "name: web\nimage: nginx\n");
+        let before = tracker.update(load(tmp.path()));
+        fs::rename(tmp.path().join("web.yaml"), tmp.path().join("site.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let after = tracker.update(load(tmp.path()));
+        let (mut b, a) = (before.tasks["web"].clone(), after.tasks["web"].clone());
+        assert_eq!(a.file, "site.yaml");
+        b.file = a.file.clone();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn validate_paths_checks_files_and_folders() {
+        let tmp = tempdir();
+        let dir = tmp.path().join("m");
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        write(&dir, "a.yaml", "name: web\nimage: x\n");
+        write(&dir, "b.yaml", "name: web\nimage: x\n");
+        write(tmp.path(), "one.yaml", "image: x\nimgae: y\n");
+        write(tmp.path(), "ok.yaml", "image: x\n");
+        let errors = validate_paths(
+            &[
+                dir.clone(),
+                tmp.path().join("one.yaml"),
+                tmp.path().join("ok.yaml"),
+            ],
+            &ctx(),
+        );
+        let files: Vec<String> = errors.iter().map(|e| e.file.clone()).collect();
+        assert_eq!(
+            files,
+            vec![
+                dir.join("a.yaml").display().to_string(),
+                dir.join("b.yaml").display().to_string(),
+                tmp.path().join("one.yaml").display().to_string(),
+            ]
+        );
+        assert!(validate_paths(&[tmp.path().join("ok.yaml")], &ctx()).is_empty());
+        let missing = validate_paths(&[tmp.path().join("nope.yaml")], &ctx());
+        assert_eq!(missing.len(), 1);
+    }
+}
