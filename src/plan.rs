@@ -936,7 +936,7 @@ mod tests {
         // Crash after the rename: only the aside container exists → restore it.
         let p = plan(
             &desired(vec![new.clone()]),
-            &[aside_old.clone()],
+            std::slice::from_ref(&aside_old),
             &BackoffTable::new(),
             now(),
             &opts(),
