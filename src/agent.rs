@@ -29,7 +29,10 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => info!("SIGTERM: stopping; containers keep running"),
@@ -143,7 +146,13 @@ pub async fn run_loop<R: ContainerRuntime>(
             }
         }
         hooks.after_pass(ok);
-        if ok && docker_failures == 0 && controller.status().lock().is_ok_and(|s| s.docker_version.is_none()) {
+        if ok
+            && docker_failures == 0
+            && controller
+                .status()
+                .lock()
+                .is_ok_and(|s| s.docker_version.is_none())
+        {
             if let Ok(v) = controller.refresh_docker_version().await {
                 info!(driver.docker.version = %v, "connected to Docker");
             }

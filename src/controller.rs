@@ -220,11 +220,14 @@ impl<R: ContainerRuntime> Controller<R> {
             .values()
             .flat_map(|def| {
                 (0..def.manifest.count).flat_map(move |index| {
-                    def.manifest.ports.iter().map(move |(label, spec)| PortRequest {
-                        key: (def.name.clone(), index, label.clone()),
-                        file: def.file.clone(),
-                        fixed: spec.r#static,
-                    })
+                    def.manifest
+                        .ports
+                        .iter()
+                        .map(move |(label, spec)| PortRequest {
+                            key: (def.name.clone(), index, label.clone()),
+                            file: def.file.clone(),
+                            fixed: spec.r#static,
+                        })
                 })
             })
             .collect();
@@ -344,7 +347,10 @@ impl<R: ContainerRuntime> Controller<R> {
         let _enter = span.enter();
         match &result {
             Ok(r) if r.plan.actions.is_empty() => {
-                debug!(elapsed_ms = started.elapsed().as_millis() as u64, "pass: nothing to do")
+                debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "pass: nothing to do"
+                )
             }
             Ok(r) => info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -409,40 +415,39 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
             }
         }
-        let instances = keys
-            .into_iter()
-            .map(|key| {
-                let container = report
-                    .observed
-                    .iter()
-                    .find(|c| c.key().as_ref() == Some(&key) && c.name == key.container_name(ns));
-                let backoff = self.backoff.get(&key);
-                let want = desired.instances.get(&key);
-                let backoff_until = want
-                    .and_then(|w| self.backoff.due(&key, &w.restart))
-                    .filter(|t| *t > SystemTime::now())
-                    .map(unix_secs);
-                InstanceStatus {
-                    task: key.task.clone(),
-                    index: key.index,
-                    desired_hash: want.map(|w| w.hash.clone()),
-                    container: container.map(|c| c.name.clone()),
-                    container_id: container.map(|c| c.id.chars().take(12).collect()),
-                    state: match (container, want) {
-                        (Some(c), _) => format!("{:?}", c.state).to_lowercase(),
-                        (None, Some(_)) => "missing".into(),
-                        (None, None) => "unknown".into(),
-                    },
-                    restarts: backoff.map_or(0, |b| b.restarts),
-                    backoff_until,
-                    last_error: self
-                        .last_errors
-                        .get(&key)
-                        .cloned()
-                        .or_else(|| backoff.and_then(|b| b.last_error.clone())),
-                }
-            })
-            .collect();
+        let instances =
+            keys.into_iter()
+                .map(|key| {
+                    let container = report.observed.iter().find(|c| {
+                        c.key().as_ref() == Some(&key) && c.name == key.container_name(ns)
+                    });
+                    let backoff = self.backoff.get(&key);
+                    let want = desired.instances.get(&key);
+                    let backoff_until = want
+                        .and_then(|w| self.backoff.due(&key, &w.restart))
+                        .filter(|t| *t > SystemTime::now())
+                        .map(unix_secs);
+                    InstanceStatus {
+                        task: key.task.clone(),
+                        index: key.index,
+                        desired_hash: want.map(|w| w.hash.clone()),
+                        container: container.map(|c| c.name.clone()),
+                        container_id: container.map(|c| c.id.chars().take(12).collect()),
+                        state: match (container, want) {
+                            (Some(c), _) => format!("{:?}", c.state).to_lowercase(),
+                            (None, Some(_)) => "missing".into(),
+                            (None, None) => "unknown".into(),
+                        },
+                        restarts: backoff.map_or(0, |b| b.restarts),
+                        backoff_until,
+                        last_error: self
+                            .last_errors
+                            .get(&key)
+                            .cloned()
+                            .or_else(|| backoff.and_then(|b| b.last_error.clone())),
+                    }
+                })
+                .collect();
         if let Ok(mut s) = self.status.lock() {
             s.instances = instances;
             s.manifest_errors = report.errors.clone();

@@ -26,7 +26,11 @@ fn reconnect_delay(failures: u32) -> Duration {
 }
 
 /// Follow the namespace's container events until `tx` is closed.
-pub fn follow(runtime: DockerRuntime, namespace: String, tx: mpsc::Sender<Trigger>) -> tokio::task::JoinHandle<()> {
+pub fn follow(
+    runtime: DockerRuntime,
+    namespace: String,
+    tx: mpsc::Sender<Trigger>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut failures: u32 = 0;
         let mut since = SystemTime::now();
@@ -49,7 +53,9 @@ pub fn follow(runtime: DockerRuntime, namespace: String, tx: mpsc::Sender<Trigge
                         debug!(action = %event.action, task = ?event.task, "docker event");
                         if is_interesting(&event.action) {
                             // A full channel already holds a pending trigger.
-                            if tx.try_send(Trigger::DockerEvent { task: event.task }).is_err()
+                            if tx
+                                .try_send(Trigger::DockerEvent { task: event.task })
+                                .is_err()
                                 && tx.is_closed()
                             {
                                 return;
@@ -88,7 +94,12 @@ mod tests {
         for a in ["die", "oom", "destroy", "health_status: unhealthy"] {
             assert!(is_interesting(a), "{a}");
         }
-        for a in ["start", "create", "health_status: healthy", "exec_start: sh"] {
+        for a in [
+            "start",
+            "create",
+            "health_status: healthy",
+            "exec_start: sh",
+        ] {
             assert!(!is_interesting(a), "{a}");
         }
     }

@@ -1,0 +1,196 @@
+//! Hostile and malformed manifests: the loader must never panic, must answer
+//! within bounded time and memory, and crafted names or labels must never
+//! let a manifest reach a container berth does not own.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use berth::desired::load_folder;
+use berth::manifest::parse::parse_manifest_file;
+use berth::manifest::validate::{check_file, ValidationContext};
+use berth::spec::{labels, ContainerSpec, InstanceKey};
+use proptest::prelude::*;
+
+fn ctx() -> ValidationContext {
+    ValidationContext::default()
+}
+
+/// Fragments that make near-valid YAML when glued together at random.
+fn fragment() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "name: web\n",
+        "image: busybox:1\n",
+        "count: 3\n",
+        "count: -1\n",
+        "args: [\"a\", \"b\"]\n",
+        "env:\n  A: 1\n",
+        "env: {B: {file: /x, secret: true}}\n",
+        "ports: {http: {}}\n",
+        "port_map: {http: 80}\n",
+        "---\n",
+        "&a [*a]\n",
+        "key: &x\n  - *x\n",
+        "  - \n",
+        ": :\n",
+        "{{{{\n",
+        "]]]\n",
+        "restart: {delay: 1x}\n",
+        "imgae: x\n",
+        "\t\n",
+        "\"unterminated\n",
+        "labels: {io.berth.namespace: evil}\n",
+        "name: ../../etc\n",
+        "!!binary aGVsbG8=\n",
+        "? complex\n: key\n",
+        "%YAML 1.2\n",
+        "args: [\"${nope}\"]\n",
+        "hostname: \"$${x}\"\n",
+    ])
+    .prop_map(str::to_string)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = check_file("junk.yaml", &text, &ctx());
+    }
+
+    #[test]
+    fn near_valid_yaml_never_panics_and_errors_carry_the_file(parts in prop::collection::vec(fragment(), 0..12)) {
+        let text: String = parts.concat();
+        match check_file("near.yaml", &text, &ctx()) {
+            Ok(tasks) => {
+                for t in tasks {
+                    prop_assert!(berth::manifest::is_valid_name(&t.name), "accepted bad name {:?}", t.name);
+                    prop_assert!(t.manifest.labels.keys().all(|k| !k.starts_with(labels::PREFIX)));
+                }
+            }
+            Err(errors) => {
+                prop_assert!(!errors.is_empty());
+                for e in errors {
+                    prop_assert!(e.to_string().starts_with("near.yaml:"), "{e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_alias_bomb_is_rejected_quickly() {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        text.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    text.push_str("image: *a11\n");
+    let started = Instant::now();
+    let result = parse_manifest_file("bomb.yaml", &text);
+    assert!(result.is_err(), "an alias bomb must be refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn deep_nesting_is_rejected_with_a_clear_error() {
+    let depth = 10_000;
+    let text = format!(
+        "image: busybox\nlabels: {}{}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let started = Instant::now();
+    let errors = parse_manifest_file("deep.yaml", &text).expect_err("must be refused");
+    assert!(
+        errors[0].to_string().starts_with("deep.yaml:"),
+        "{}",
+        errors[0]
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_100_mb_file_is_refused_without_reading_it_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.yaml");
+    let file = std::fs::File::create(&big).expect("create");
+    // A sparse file: 100 MB on paper, no disk or memory spent.
+    file.set_len(100 * 1024 * 1024).expect("set_len");
+    std::fs::write(dir.path().join("ok.yaml"), "image: busybox:1\n").expect("write");
+    let started = Instant::now();
+    let loaded = load_folder(dir.path(), &ctx()).expect("folder loads");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(loaded.failed_files.contains("big.yaml"));
+    assert!(
+        loaded.tasks.contains_key("ok"),
+        "the good file next to it still loads"
+    );
+    let message = loaded
+        .errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(message.contains("big.yaml"), "{message}");
+}
+
+#[test]
+fn binary_junk_and_non_utf8_names_are_errors_not_crashes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("junk.yaml"),
+        [0xff, 0xfe, 0x00, 0x9f, 0x92, 0x96],
+    )
+    .expect("write");
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.yaml");
+    std::fs::write(dir.path().join(odd), "image: busybox:1\n").expect("write");
+    let loaded = load_folder(dir.path(), &ctx()).expect("folder loads");
+    assert!(loaded.tasks.is_empty());
+    assert!(loaded.failed_files.contains("junk.yaml"));
+    assert!(loaded.errors.len() >= 2, "{:?}", loaded.errors);
+}
+
+#[test]
+fn names_crafted_to_escape_are_refused() {
+    for name in [
+        "../etc",
+        "a/b",
+        "web-0/../x",
+        "Web",
+        "-web",
+        "web-",
+        "a b",
+        "other-ns-web",
+    ] {
+        let text = format!("name: \"{name}\"\nimage: busybox:1\n");
+        let result = check_file("crafted.yaml", &text, &ctx());
+        // Only the last is a valid name: it becomes <ns>-other-ns-web-0 in our
+        // namespace, and ownership is by label, not by name.
+        assert_eq!(result.is_ok(), name == "other-ns-web", "{name}: {result:?}");
+    }
+}
+
+#[test]
+fn labels_trying_to_set_berth_labels_are_refused_and_could_not_win_anyway() {
+    let text = "name: web\nimage: busybox:1\nlabels:\n  io.berth.namespace: other\n";
+    let errors = check_file("evil.yaml", text, &ctx()).expect_err("refused");
+    assert!(errors[0].to_string().contains("io.berth"), "{}", errors[0]);
+
+    // Even a spec built by hand cannot override berth's own labels.
+    let mut spec = ContainerSpec::for_image("busybox:1");
+    spec.labels = BTreeMap::from([
+        (labels::NAMESPACE.to_string(), "other".to_string()),
+        (labels::SPEC_HASH.to_string(), "0".repeat(64)),
+    ]);
+    let l = spec.container_labels("berth", &InstanceKey::new("web", 0), "web.yaml");
+    assert_eq!(l[labels::NAMESPACE], "berth");
+    assert_eq!(l[labels::SPEC_HASH], spec.hash());
+}
