@@ -203,6 +203,16 @@ impl<R: ContainerRuntime> Controller<R> {
                 let set = self.tracker.update(loaded);
                 errors.extend(set.errors.iter().map(ToString::to_string));
                 desired.protected_files = set.protected_files.clone();
+                if !set.protected_files.is_empty() {
+                    errors.push(format!(
+                        "removals of deleted tasks are held until these files parse again: {}",
+                        set.protected_files
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
                 self.last_tasks = Some(set.tasks.clone());
                 set.tasks
             }

@@ -51,7 +51,14 @@ impl Berth {
         let child = Command::new(berth_bin())
             .args(["run", "--manifests"])
             .arg(dir)
-            .args(["--namespace", ns, "--resync", "2s", "--listen", "127.0.0.1:0"])
+            .args([
+                "--namespace",
+                ns,
+                "--resync",
+                "2s",
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .env("RUST_LOG", "berth=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -132,7 +139,11 @@ fn berth_converges_to_the_final_folder_after_a_minute_of_chaos() {
     let mut files: Vec<FileState> = Vec::new();
     for i in 0..TASKS {
         let count = 1 + (i as u64 % 2);
-        fs::write(manifests.join(format!("t{i:02}.yaml")), manifest(&image, 0, count)).expect("write");
+        fs::write(
+            manifests.join(format!("t{i:02}.yaml")),
+            manifest(&image, 0, count),
+        )
+        .expect("write");
         files.push(FileState::Good {
             generation: 0,
             count,
@@ -250,28 +261,43 @@ fn berth_converges_to_the_final_folder_after_a_minute_of_chaos() {
     let _berth = Berth::start(&manifests, &ns.ns, &log);
 
     let manifests_arg = manifests.to_string_lossy().to_string();
-    wait_for_sync(Duration::from_secs(90), "the final folder to be running, and nothing else", || {
-        let ps = docker::ps(&ns.ns);
-        let names: BTreeSet<String> = ps.iter().map(|c| c.name.clone()).collect();
-        let all_running = ps.iter().all(|c| c.state == "running");
-        if names != expected || !all_running {
-            return None;
-        }
-        // Every container has the spec the folder asks for: plan has nothing to do.
-        let plan = Command::new(berth_bin())
-            .args(["plan", "--manifests", &manifests_arg, "--namespace", &ns.ns])
-            .output()
-            .ok()?;
-        (plan.status.code() == Some(0)).then_some(())
-    });
+    wait_for_sync(
+        Duration::from_secs(90),
+        "the final folder to be running, and nothing else",
+        || {
+            let ps = docker::ps(&ns.ns);
+            let names: BTreeSet<String> = ps.iter().map(|c| c.name.clone()).collect();
+            let all_running = ps.iter().all(|c| c.state == "running");
+            if names != expected || !all_running {
+                return None;
+            }
+            // Every container has the spec the folder asks for: plan has nothing to do.
+            let plan = Command::new(berth_bin())
+                .args(["plan", "--manifests", &manifests_arg, "--namespace", &ns.ns])
+                .output()
+                .ok()?;
+            (plan.status.code() == Some(0)).then_some(())
+        },
+    );
 
     let ps = docker::ps(&ns.ns);
-    assert!(ps.iter().all(|c| !c.name.contains("-old-")), "leftovers: {ps:?}");
+    assert!(
+        ps.iter().all(|c| !c.name.contains("-old-")),
+        "leftovers: {ps:?}"
+    );
     assert_one_running_per_identity(&ns.ns, seed);
     for (id, name) in &foreign {
-        let c = docker::inspect(id).unwrap_or_else(|| panic!("seed {seed}: foreign {name} was removed"));
-        assert_eq!(c["State"]["Running"], true, "seed {seed}: foreign {name} was stopped");
-        assert_eq!(c["Name"].as_str(), Some(format!("/{name}").as_str()), "renamed");
+        let c = docker::inspect(id)
+            .unwrap_or_else(|| panic!("seed {seed}: foreign {name} was removed"));
+        assert_eq!(
+            c["State"]["Running"], true,
+            "seed {seed}: foreign {name} was stopped"
+        );
+        assert_eq!(
+            c["Name"].as_str(),
+            Some(format!("/{name}").as_str()),
+            "renamed"
+        );
     }
     let text = fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("panicked"), "berth panicked:\n{text}");
