@@ -358,9 +358,19 @@ fn a_fresh_folder_converges_to_named_labelled_running_containers_and_a_second_pa
     three_tasks(&folder);
     fixture_image();
 
+    let since = SystemTime::now();
     let t = Instant::now();
     folder.converge();
     let cold = t.elapsed();
+    // The witness used below sees berth's calls: here, 4 creates and 4 starts.
+    let made = events_between(ns, since, SystemTime::now());
+    for action in ["create", "start"] {
+        let n = made
+            .iter()
+            .filter(|e| e.starts_with(&format!("{action} ")))
+            .count();
+        assert_eq!(n, 4, "{action} events: {made:?}");
+    }
 
     let first = world(ns);
     let expected: Vec<String> = [("api", 0), ("web", 0), ("web", 1), ("worker", 0)]
@@ -642,6 +652,89 @@ fn a_broken_manifest_keeps_its_running_container_while_other_tasks_converge() {
     assert!(extra.running, "the new good task should run");
     assert_eq!(after.len(), before.len() + 1);
     bystanders.assert_untouched();
+}
+
+#[test]
+fn a_missing_manifest_folder_is_an_error_that_removes_nothing() {
+    let guard = TestNamespace::new("nofolder");
+    let ns = guard.ns.as_str();
+    let folder = Folder::new(&guard);
+    three_tasks(&folder);
+    folder.converge();
+    let before = world(ns);
+
+    // The folder vanishes, as with an unmounted disk.
+    let away = tempfile::tempdir().unwrap();
+    let moved = away.path().join("manifests");
+    std::fs::rename(folder.path(), &moved).unwrap();
+    let out = folder.berth("run", &["--once"]);
+    std::fs::rename(&moved, folder.path()).unwrap();
+
+    assert!(!out.status.success(), "a missing folder must fail the pass");
+    let err = stderr(&out);
+    assert!(
+        err.contains(folder.path().to_str().unwrap()),
+        "stderr should name the folder:\n{err}"
+    );
+    assert_eq!(
+        world(ns),
+        before,
+        "a missing folder removed or touched containers"
+    );
+}
+
+#[test]
+fn renaming_a_manifest_file_without_changing_its_tasks_restarts_nothing() {
+    let guard = TestNamespace::new("rename");
+    let ns = guard.ns.as_str();
+    let folder = Folder::new(&guard);
+    three_tasks(&folder);
+    folder.converge();
+    let before = world(ns);
+
+    std::fs::rename(
+        folder.path().join("web.yaml"),
+        folder.path().join("frontend.yml"),
+    )
+    .unwrap();
+    folder.converge();
+
+    let after = world(ns);
+    assert_eq!(names(&after), names(&before));
+    for (name, b) in &before {
+        let a = &after[name];
+        assert_eq!((&a.id, &a.started_at), (&b.id, &b.started_at), "{name}");
+        assert!(a.running, "{name}");
+    }
+}
+
+#[test]
+fn a_renamed_manifest_that_breaks_before_berth_restarts_keeps_its_containers() {
+    let guard = TestNamespace::new("renbroken");
+    let ns = guard.ns.as_str();
+    let folder = Folder::new(&guard);
+    three_tasks(&folder);
+    folder.converge();
+    std::fs::rename(
+        folder.path().join("web.yaml"),
+        folder.path().join("frontend.yaml"),
+    )
+    .unwrap();
+    folder.converge();
+    let before = world(ns);
+    // The containers still say web.yaml: the rename restarted nothing.
+    assert_eq!(
+        before[&guard.container_name("web", 0)].labels["io.berth.manifest"],
+        "web.yaml"
+    );
+
+    // Each run --once is a new berth: the broken file has no last good version.
+    folder.write("frontend.yaml", "name: web\nimage: [unclosed\n");
+    let out = folder.berth("run", &["--once"]);
+
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("frontend.yaml:"), "{}", stderr(&out));
+    assert_eq!(world(ns), before, "a broken file cost running work");
 }
 
 // ---------------------------------------------------------------------------
