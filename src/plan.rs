@@ -583,15 +583,14 @@ fn plan_undesired(
     } else {
         RemoveReason::TaskRemoved
     };
+    // A file broken since startup may define any task: a file can be renamed
+    // or a task moved into it, and the container's `io.berth.manifest` label
+    // still names the old file. While one exists, no task counts as removed.
+    if reason == RemoveReason::TaskRemoved && !desired.protected_files.is_empty() {
+        return;
+    }
     let grace = crate::apply::DEFAULT_GRACE;
     for c in containers {
-        // A task whose file is broken since startup is unknown, not deleted.
-        if reason == RemoveReason::TaskRemoved
-            && c.manifest()
-                .is_some_and(|m| desired.protected_files.contains(m))
-        {
-            continue;
-        }
         if options.cleanup_containers {
             out.actions.push(remove(key, c, reason, grace));
         } else if c.is_running() {
@@ -841,6 +840,11 @@ mod tests {
         let observed = vec![running(&w)];
         let mut d = DesiredState::default();
         d.protected_files.insert("web.yaml".into());
+        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+
+        // The task may have moved into the broken file (a rename, say).
+        let mut d = DesiredState::default();
+        d.protected_files.insert("renamed.yaml".into());
         assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
 
         let mut d = DesiredState::default();
