@@ -737,6 +737,35 @@ fn a_renamed_manifest_that_breaks_before_berth_restarts_keeps_its_containers() {
     assert_eq!(world(ns), before, "a broken file cost running work");
 }
 
+#[test]
+fn a_deleted_manifests_containers_wait_for_a_broken_file_to_be_fixed_then_go() {
+    let guard = TestNamespace::new("delbroken");
+    let ns = guard.ns.as_str();
+    let folder = Folder::new(&guard);
+    three_tasks(&folder);
+    folder.converge();
+    let before = world(ns);
+
+    // The broken file could define `worker` (moved there): nothing is removed yet.
+    folder.remove("worker.yaml");
+    folder.write("new.yaml", "name: new\nimage: [unclosed\n");
+    let out = folder.berth("run", &["--once"]);
+    assert!(!out.status.success());
+    assert_eq!(world(ns), before);
+
+    folder.write("new.yaml", &task("new", 1, &[]));
+    folder.converge();
+
+    let after = world(ns);
+    let worker = guard.container_name("worker", 0);
+    assert!(
+        !after.contains_key(&worker),
+        "{worker} should be removed now"
+    );
+    assert!(after[&guard.container_name("new", 0)].running);
+    assert_unchanged_except(&before, &after, &[&worker]);
+}
+
 // ---------------------------------------------------------------------------
 // 7. Crash safety of a replacement.
 
