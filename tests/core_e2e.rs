@@ -126,7 +126,7 @@ fn events_between(ns: &str, since: SystemTime, until: SystemTime) -> Vec<String>
             "--filter",
             &format!("label=io.berth.namespace={ns}"),
             "--format",
-            "{{.Action}} {{.Actor.Attributes.name}}",
+            "{{.Action}} {{.Actor.Attributes.name}} {{.ID}}",
         ])
         .output()
         .unwrap();
@@ -425,7 +425,9 @@ fn changing_one_tasks_env_replaces_only_that_tasks_container() {
     let before = world(ns);
 
     folder.write("api.yaml", &task("api", 1, &[("MODE", "two")]));
+    let since = SystemTime::now();
     folder.converge();
+    let events = events_between(ns, since, SystemTime::now());
 
     let after = world(ns);
     assert_eq!(names(&after), names(&before));
@@ -435,6 +437,14 @@ fn changing_one_tasks_env_replaces_only_that_tasks_container() {
     assert_ne!(new.hash(), old.hash(), "api's spec hash should change");
     assert!(is_hex64(new.hash()));
     assert!(new.running);
+    // Never two at once: the old one died before the new one started.
+    let at = |action: &str, id: &str| {
+        events
+            .iter()
+            .position(|e| e.starts_with(&format!("{action} ")) && e.ends_with(id))
+            .unwrap_or_else(|| panic!("no {action} event for {id}: {events:#?}"))
+    };
+    assert!(at("die", &old.id) < at("start", &new.id), "{events:#?}");
     assert_unchanged_except(&before, &after, &[&api]);
     bystanders.assert_untouched();
 }
