@@ -584,6 +584,12 @@ fn plan_undesired(
     } else {
         RemoveReason::TaskRemoved
     };
+    // A file broken since startup may define any task: a file can be renamed
+    // or a task moved into it, and the container's `io.berth.manifest` label
+    // still names the old file. While one exists, no task counts as removed.
+    if reason == RemoveReason::TaskRemoved && !desired.protected_files.is_empty() {
+        return;
+    }
     let grace = crate::apply::DEFAULT_GRACE;
     // A file broken since startup may define any task (a container's
     // manifest label can be stale after a rename), so while one exists no
@@ -839,6 +845,11 @@ mod tests {
     fn a_broken_file_or_unreadable_folder_removes_nothing() {
         let w = want("web", 0, "nginx");
         let observed = vec![running(&w)];
+        let mut d = DesiredState::default();
+        d.protected_files.insert("renamed.yaml".into());
+        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+
+        // The task may have moved into the broken file (a rename, say).
         let mut d = DesiredState::default();
         d.protected_files.insert("renamed.yaml".into());
         assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
