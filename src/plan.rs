@@ -591,12 +591,6 @@ fn plan_undesired(
         return;
     }
     let grace = crate::apply::DEFAULT_GRACE;
-    // A file broken since startup may define any task (a container's
-    // manifest label can be stale after a rename), so while one exists no
-    // task counts as deleted: removals wait until the file parses again.
-    if reason == RemoveReason::TaskRemoved && !desired.protected_files.is_empty() {
-        return;
-    }
     for c in containers {
         if options.cleanup_containers {
             out.actions.push(remove(key, c, reason, grace));
