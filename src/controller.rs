@@ -255,6 +255,17 @@ impl<R: ContainerRuntime> Controller<R> {
             node: &self.node,
             manifest_dir: &self.config.manifests,
         };
+        // Read at each pass, like env files: a rotated password is used at once.
+        let agent_auth = match &self.config.docker.auth_config {
+            Some(path) => match crate::registry::AuthConfig::load(path) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
         for def in tasks.values() {
             desired.tasks.insert(def.name.clone());
             if desired.held_tasks.contains(&def.name) {
@@ -265,7 +276,12 @@ impl<R: ContainerRuntime> Controller<R> {
                 .collect();
             match resolved {
                 Ok(instances) => {
-                    for instance in instances {
+                    for mut instance in instances {
+                        instance.credentials = crate::registry::choose_credentials(
+                            &instance.spec.image,
+                            instance.credentials.take(),
+                            agent_auth.as_ref(),
+                        );
                         desired.insert(instance);
                     }
                 }
@@ -338,6 +354,16 @@ impl<R: ContainerRuntime> Controller<R> {
             )
             .await;
             self.record_outcomes(&outcomes);
+            if self.config.docker.cleanup.image {
+                crate::cleanup::remove_unused_images(
+                    self.runtime.as_ref(),
+                    &plan.actions,
+                    &outcomes,
+                    &prepared.observed,
+                    &prepared.desired,
+                )
+                .await;
+            }
             let report = PassReport {
                 plan,
                 outcomes,
