@@ -2,7 +2,8 @@
 //! remove the images they ran that no berth task uses any more.
 //!
 //! The state is only this pass's: the images of the containers it removed
-//! (or replaced), minus every image a desired instance names, minus every
+//! (or replaced), minus every image a task of the folder names (held tasks
+//! included), minus every
 //! image a container of ours that is still there runs. Removal is never
 //! forced, so Docker itself keeps an image any other container (ours or
 //! foreign, running or not) still uses: that `Conflict` is expected and kept
@@ -66,9 +67,9 @@ pub fn unused_images(
         .filter(|i| !i.is_empty())
         .collect();
     let in_use: BTreeSet<&str> = desired
-        .instances
-        .values()
-        .map(|d| d.spec.image.as_str())
+        .images
+        .iter()
+        .map(String::as_str)
         .chain(
             observed
                 .iter()
@@ -281,5 +282,35 @@ mod tests {
             "other.yaml",
         ));
         assert!(unused_images(&ids, &[old], &desired).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod held_task_tests {
+    use super::*;
+
+    #[test]
+    fn the_image_of_a_task_on_hold_is_never_a_candidate() {
+        let gone = ObservedContainer {
+            id: "old".into(),
+            name: "ns-web-0".into(),
+            image: "img:held".into(),
+            labels: BTreeMap::new(),
+            state: crate::runtime::ContainerState::Exited,
+            health: crate::runtime::Health::None,
+            exit_code: Some(0),
+            started_at: None,
+            finished_at: None,
+        };
+        let removed = BTreeSet::from(["old".to_string()]);
+        // The task is in the folder but held this pass (no instance resolved).
+        let mut desired = DesiredState::default();
+        desired.held_tasks.insert("web".into());
+        desired.images.insert("img:held".into());
+        assert!(unused_images(&removed, &[gone.clone()], &desired).is_empty());
+        assert_eq!(
+            unused_images(&removed, &[gone], &DesiredState::default()),
+            BTreeSet::from(["img:held".to_string()])
+        );
     }
 }

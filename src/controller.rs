@@ -268,6 +268,7 @@ impl<R: ContainerRuntime> Controller<R> {
         };
         for def in tasks.values() {
             desired.tasks.insert(def.name.clone());
+            desired.images.insert(def.manifest.image.clone());
             if desired.held_tasks.contains(&def.name) {
                 continue;
             }

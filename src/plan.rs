@@ -63,11 +63,15 @@ pub struct DesiredState {
     pub protected_files: BTreeSet<String>,
     /// The folder itself could not be read: nothing is removed at all.
     pub hold_removals: bool,
+    /// The image of every task the folder defines, held tasks included, so
+    /// image cleanup never removes what a task on hold will need again.
+    pub images: BTreeSet<String>,
 }
 
 impl DesiredState {
     pub fn insert(&mut self, instance: DesiredInstance) {
         self.tasks.insert(instance.key.task.clone());
+        self.images.insert(instance.spec.image.clone());
         self.instances
             .insert(instance.key.clone(), Arc::new(instance));
     }
