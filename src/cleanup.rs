@@ -307,7 +307,7 @@ mod held_task_tests {
         let mut desired = DesiredState::default();
         desired.held_tasks.insert("web".into());
         desired.images.insert("img:held".into());
-        assert!(unused_images(&removed, &[gone.clone()], &desired).is_empty());
+        assert!(unused_images(&removed, std::slice::from_ref(&gone), &desired).is_empty());
         assert_eq!(
             unused_images(&removed, &[gone], &DesiredState::default()),
             BTreeSet::from(["img:held".to_string()])
