@@ -29,7 +29,10 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => info!("SIGTERM: stopping; containers keep running"),
@@ -126,7 +129,10 @@ pub async fn run_loop<R: ContainerRuntime>(
             match result {
                 Some(Ok(report)) => {
                     ok = true;
-                    next_due = report.plan.next_due();
+                    next_due = match (report.plan.next_due(), report.retry_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     if docker_failures > 0 {
                         info!("Docker is reachable again");
                         docker_failures = 0;
@@ -143,7 +149,13 @@ pub async fn run_loop<R: ContainerRuntime>(
             }
         }
         hooks.after_pass(ok);
-        if ok && docker_failures == 0 && controller.status().lock().is_ok_and(|s| s.docker_version.is_none()) {
+        if ok
+            && docker_failures == 0
+            && controller
+                .status()
+                .lock()
+                .is_ok_and(|s| s.docker_version.is_none())
+        {
             if let Ok(v) = controller.refresh_docker_version().await {
                 info!(driver.docker.version = %v, "connected to Docker");
             }

@@ -73,6 +73,10 @@ pub struct PassReport {
     pub errors: Vec<String>,
     pub observed: Vec<ObservedContainer>,
     pub desired_instances: BTreeSet<InstanceKey>,
+    /// The earliest moment an action that failed in this pass may be tried
+    /// again. The plan's waits only cover failures seen *before* the pass;
+    /// without this, a failed create or start would wait for the resync.
+    pub retry_at: Option<SystemTime>,
 }
 
 impl PassReport {
@@ -114,6 +118,17 @@ pub struct Status {
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// Retry delay for actions that failed because Docker was unreachable.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+/// Retry delay for failed removals and stops (not on any task's curve).
+pub const CLEANUP_RETRY: Duration = Duration::from_secs(5);
+
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -220,11 +235,14 @@ impl<R: ContainerRuntime> Controller<R> {
             .values()
             .flat_map(|def| {
                 (0..def.manifest.count).flat_map(move |index| {
-                    def.manifest.ports.iter().map(move |(label, spec)| PortRequest {
-                        key: (def.name.clone(), index, label.clone()),
-                        file: def.file.clone(),
-                        fixed: spec.r#static,
-                    })
+                    def.manifest
+                        .ports
+                        .iter()
+                        .map(move |(label, spec)| PortRequest {
+                            key: (def.name.clone(), index, label.clone()),
+                            file: def.file.clone(),
+                            fixed: spec.r#static,
+                        })
                 })
             })
             .collect();
@@ -312,7 +330,16 @@ impl<R: ContainerRuntime> Controller<R> {
             }
             for w in &plan.waiting {
                 let secs = w.until.duration_since(now).unwrap_or_default().as_secs_f64();
-                info!(task = %w.key.task, index = w.key.index, retry_in = format!("{secs:.1}s"), "backing off");
+                let state = self.backoff.get(&w.key);
+                info!(
+                    task = %w.key.task,
+                    index = w.key.index,
+                    failures = state.map_or(0, |b| b.failures),
+                    retry_in = format!("{secs:.1}s"),
+                    retry_at_unix_ms = unix_millis(w.until),
+                    last_error = state.and_then(|b| b.last_error.as_deref()).unwrap_or(""),
+                    "backing off"
+                );
             }
             let outcomes = apply(
                 self.runtime.as_ref(),
@@ -325,12 +352,14 @@ impl<R: ContainerRuntime> Controller<R> {
             )
             .await;
             self.record_outcomes(&outcomes);
+            let retry_at = self.retry_at(&outcomes, &prepared.desired);
             let report = PassReport {
                 plan,
                 outcomes,
                 errors: prepared.errors,
                 observed: prepared.observed,
                 desired_instances: prepared.desired.instances.keys().cloned().collect(),
+                retry_at,
             };
             self.backoff
                 .retain(|k| report.desired_instances.contains(k));
@@ -344,7 +373,10 @@ impl<R: ContainerRuntime> Controller<R> {
         let _enter = span.enter();
         match &result {
             Ok(r) if r.plan.actions.is_empty() => {
-                debug!(elapsed_ms = started.elapsed().as_millis() as u64, "pass: nothing to do")
+                debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "pass: nothing to do"
+                )
             }
             Ok(r) => info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -378,6 +410,42 @@ impl<R: ContainerRuntime> Controller<R> {
         }
     }
 
+    /// When the actions that failed in this pass are due again: on the task's
+    /// backoff curve for its own failures, after [`UNAVAILABLE_RETRY`] when
+    /// Docker was away, after [`CLEANUP_RETRY`] for failed removals.
+    fn retry_at(&self, outcomes: &[Outcome], desired: &DesiredState) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        outcomes
+            .iter()
+            .filter_map(|o| {
+                let e = o.result.as_ref().err()?;
+                if e.is_unavailable() {
+                    return Some(now + UNAVAILABLE_RETRY);
+                }
+                if !o.counts_as_attempt {
+                    return Some(now + CLEANUP_RETRY);
+                }
+                let due = desired
+                    .instances
+                    .get(&o.key)
+                    .and_then(|w| self.backoff.due(&o.key, &w.restart))
+                    .unwrap_or(now);
+                let state = self.backoff.get(&o.key);
+                let secs = due.duration_since(now).unwrap_or_default().as_secs_f64();
+                info!(
+                    task = %o.key.task,
+                    index = o.key.index,
+                    failures = state.map_or(0, |b| b.failures),
+                    retry_in = format!("{secs:.1}s"),
+                    retry_at_unix_ms = unix_millis(due),
+                    last_error = %e,
+                    "backing off"
+                );
+                Some(due)
+            })
+            .min()
+    }
+
     fn record_docker_error(&self, e: &PassError) {
         if let Ok(mut s) = self.status.lock() {
             s.docker_error = Some(e.to_string());
@@ -409,40 +477,39 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
             }
         }
-        let instances = keys
-            .into_iter()
-            .map(|key| {
-                let container = report
-                    .observed
-                    .iter()
-                    .find(|c| c.key().as_ref() == Some(&key) && c.name == key.container_name(ns));
-                let backoff = self.backoff.get(&key);
-                let want = desired.instances.get(&key);
-                let backoff_until = want
-                    .and_then(|w| self.backoff.due(&key, &w.restart))
-                    .filter(|t| *t > SystemTime::now())
-                    .map(unix_secs);
-                InstanceStatus {
-                    task: key.task.clone(),
-                    index: key.index,
-                    desired_hash: want.map(|w| w.hash.clone()),
-                    container: container.map(|c| c.name.clone()),
-                    container_id: container.map(|c| c.id.chars().take(12).collect()),
-                    state: match (container, want) {
-                        (Some(c), _) => format!("{:?}", c.state).to_lowercase(),
-                        (None, Some(_)) => "missing".into(),
-                        (None, None) => "unknown".into(),
-                    },
-                    restarts: backoff.map_or(0, |b| b.restarts),
-                    backoff_until,
-                    last_error: self
-                        .last_errors
-                        .get(&key)
-                        .cloned()
-                        .or_else(|| backoff.and_then(|b| b.last_error.clone())),
-                }
-            })
-            .collect();
+        let instances =
+            keys.into_iter()
+                .map(|key| {
+                    let container = report.observed.iter().find(|c| {
+                        c.key().as_ref() == Some(&key) && c.name == key.container_name(ns)
+                    });
+                    let backoff = self.backoff.get(&key);
+                    let want = desired.instances.get(&key);
+                    let backoff_until = want
+                        .and_then(|w| self.backoff.due(&key, &w.restart))
+                        .filter(|t| *t > SystemTime::now())
+                        .map(unix_secs);
+                    InstanceStatus {
+                        task: key.task.clone(),
+                        index: key.index,
+                        desired_hash: want.map(|w| w.hash.clone()),
+                        container: container.map(|c| c.name.clone()),
+                        container_id: container.map(|c| c.id.chars().take(12).collect()),
+                        state: match (container, want) {
+                            (Some(c), _) => format!("{:?}", c.state).to_lowercase(),
+                            (None, Some(_)) => "missing".into(),
+                            (None, None) => "unknown".into(),
+                        },
+                        restarts: backoff.map_or(0, |b| b.restarts),
+                        backoff_until,
+                        last_error: self
+                            .last_errors
+                            .get(&key)
+                            .cloned()
+                            .or_else(|| backoff.and_then(|b| b.last_error.clone())),
+                    }
+                })
+                .collect();
         if let Ok(mut s) = self.status.lock() {
             s.instances = instances;
             s.manifest_errors = report.errors.clone();

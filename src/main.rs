@@ -13,12 +13,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use berth::agent::{forward_sighup, run_loop, LoopHooks};
 use berth::config::{AgentConfig, WatchMode};
 use berth::controller::{run_once, Controller, ONCE_DEADLINE};
-use berth::watch::Trigger;
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::ContainerRuntime;
+use berth::watch::Trigger;
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "A reconciling controller for Docker: a folder of task manifests becomes exactly the containers it describes.")]
+#[command(
+    name = "berth",
+    version,
+    about = "A reconciling controller for Docker: a folder of task manifests becomes exactly the containers it describes."
+)]
 struct Cli {
     /// Log format: human-readable text or JSON lines. Level from RUST_LOG.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -215,7 +219,11 @@ impl LoopHooks for Hooks {
     }
 }
 
-async fn run(flags: AgentFlags, once: bool, once_timeout: Option<Duration>) -> anyhow::Result<ExitCode> {
+async fn run(
+    flags: AgentFlags,
+    once: bool,
+    once_timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
     let runtime = connect(&config).await?;
     tracing::info!(
@@ -264,7 +272,11 @@ async fn run(flags: AgentFlags, once: bool, once_timeout: Option<Duration>) -> a
     ) {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!("cannot watch {}: {e}; relying on the {} resync", config.manifests.display(), config.resync);
+            tracing::warn!(
+                "cannot watch {}: {e}; relying on the {} resync",
+                config.manifests.display(),
+                config.resync
+            );
             None
         }
     };
@@ -351,7 +363,10 @@ async fn status(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<24} {:<6} {:<10} {:<14} CONTAINER", "TASK", "INDEX", "STATE", "ID");
+        println!(
+            "{:<24} {:<6} {:<10} {:<14} CONTAINER",
+            "TASK", "INDEX", "STATE", "ID"
+        );
         for c in &containers {
             let key = c.key();
             println!(
@@ -372,10 +387,15 @@ async fn down(flags: AgentFlags) -> anyhow::Result<ExitCode> {
     let runtime = connect(&config).await?;
     let containers = runtime.list(&config.namespace).await?;
     let mut failed = 0;
-    for c in containers.iter().filter(|c| c.namespace() == Some(config.namespace.as_str())) {
+    for c in containers
+        .iter()
+        .filter(|c| c.namespace() == Some(config.namespace.as_str()))
+    {
         let _ = runtime.stop(&c.id, Duration::from_secs(10)).await;
         match runtime.remove(&c.id).await {
-            Ok(()) | Err(berth::runtime::RuntimeError::NotFound(_)) => println!("removed {}", c.name),
+            Ok(()) | Err(berth::runtime::RuntimeError::NotFound(_)) => {
+                println!("removed {}", c.name)
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("cannot remove {}: {e}", c.name);

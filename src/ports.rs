@@ -242,12 +242,19 @@ mod tests {
     #[test]
     fn a_static_port_claimed_by_two_tasks_is_an_error_naming_both_files() {
         let mut alloc = PortAllocator::new();
-        let reqs = [req("a", 0, "web", Some(8080)), req("b", 0, "web", Some(8080))];
+        let reqs = [
+            req("a", 0, "web", Some(8080)),
+            req("b", 0, "web", Some(8080)),
+        ];
         let (ports, errors) = alloc.allocate(&reqs, &[], range(), |_| true);
         assert!(ports.is_empty());
         assert_eq!(errors.len(), 2);
         for e in &errors {
-            assert!(e.message.contains("a.yaml") && e.message.contains("b.yaml"), "{}", e.message);
+            assert!(
+                e.message.contains("a.yaml") && e.message.contains("b.yaml"),
+                "{}",
+                e.message
+            );
         }
     }
 

@@ -84,8 +84,14 @@ fn berth_variables(
     vars.insert("BERTH_INDEX".into(), key.index.to_string());
     vars.insert("BERTH_NAMESPACE".into(), ctx.namespace.to_string());
     for p in ports {
-        vars.insert(format!("BERTH_PORT_{}", p.label), p.container_port.to_string());
-        vars.insert(format!("BERTH_HOST_PORT_{}", p.label), p.host_port.to_string());
+        vars.insert(
+            format!("BERTH_PORT_{}", p.label),
+            p.container_port.to_string(),
+        );
+        vars.insert(
+            format!("BERTH_HOST_PORT_{}", p.label),
+            p.host_port.to_string(),
+        );
         vars.insert(
             format!("BERTH_ADDR_{}", p.label),
             format!("{}:{}", ctx.node.ip, p.host_port),
@@ -167,9 +173,8 @@ pub fn resolve_instance(
         }
         raw_env.get(name).map(|(v, _, _)| v.clone())
     };
-    let expand = |field: &str, s: &str| {
-        interpolate(s, lookup).map_err(|e| fail(format!("{field}: {e}")))
-    };
+    let expand =
+        |field: &str, s: &str| interpolate(s, lookup).map_err(|e| fail(format!("{field}: {e}")));
 
     let mut env: BTreeMap<String, EnvEntry> = berth
         .iter()
@@ -226,9 +231,14 @@ pub fn resolve_instance(
         .iter()
         .map(|(k, v)| Ok((k.clone(), expand(&format!("labels.{k}"), v)?)))
         .collect::<Result<BTreeMap<_, _>, ResolveError>>()?;
-    let hostname = m.hostname.as_deref().map(|h| expand("hostname", h)).transpose()?;
+    let hostname = m
+        .hostname
+        .as_deref()
+        .map(|h| expand("hostname", h))
+        .transpose()?;
 
-    let ns = |d: &crate::manifest::duration::Duration| d.get().as_nanos().min(u64::MAX as u128) as u64;
+    let ns =
+        |d: &crate::manifest::duration::Duration| d.get().as_nanos().min(u64::MAX as u128) as u64;
     let spec = ContainerSpec {
         image: m.image.clone(),
         cmd,
@@ -258,9 +268,7 @@ pub fn resolve_instance(
             retries: h.retries,
             start_period_ns: h.start_period.as_ref().map(ns),
         }),
-        stop_timeout_secs: m
-            .stop_timeout
-            .map(|d| d.get().as_secs_f64().ceil() as i64),
+        stop_timeout_secs: m.stop_timeout.map(|d| d.get().as_secs_f64().ceil() as i64),
     };
 
     let credentials = match &m.auth {
