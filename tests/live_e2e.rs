@@ -603,6 +603,44 @@ fn a_task_whose_image_does_not_exist_backs_off_on_the_restart_curve() {
     assert!(docker::ids(&ns.ns).is_empty());
 }
 
+#[test]
+fn a_task_whose_command_cannot_start_backs_off_on_the_restart_curve() {
+    let ns = TestNamespace::new("badcmd");
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("bad.yaml"),
+        format!(
+            "image: {}\nentrypoint: [\"/no-such-program\"]\nrestart: {{delay: 300ms, max_delay: 1s}}\n",
+            fixture_image()
+        ),
+    )
+    .unwrap();
+    let berth = Berth::start(&ns, dir.path(), &[]);
+    let failed = |l: &str| l.contains("bad[0]") && l.contains(": failed");
+    wait_for_sync(Duration::from_secs(30), "5 failed attempts", || {
+        (berth.log().lines().filter(|l| failed(l)).count() >= 5).then_some(())
+    });
+    let log = berth.log();
+    assert!(log.contains("backing off"), "the wait is logged:\n{log}");
+    // Each attempt waits its delay after the previous failure, then Docker
+    // takes its time to fail the start (up to ~1.5 s on a busy host).
+    let attempts: Vec<i64> = log
+        .lines()
+        .filter(|l| failed(l))
+        .filter_map(log_millis)
+        .collect();
+    let spacing: Vec<i64> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("attempt spacing (ms): {spacing:?}");
+    for (i, (gap, want)) in spacing.iter().zip([0i64, 300, 600, 1000]).enumerate() {
+        assert!(
+            *gap >= want && *gap <= want + 2500,
+            "attempt {} came {gap} ms after the previous one, expected {want} ms + Docker's start; {spacing:?}\n{log}",
+            i + 2
+        );
+    }
+    assert!(running(&ns.container_name("bad", 0)).is_none());
+}
+
 // ---------------------------------------------------------------------------
 // The daemon
 // ---------------------------------------------------------------------------
