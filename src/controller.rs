@@ -551,3 +551,85 @@ pub async fn run_once<R: ContainerRuntime>(
         trigger = TriggerKind::Backoff;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    fn controller(dir: &std::path::Path, manifest: &str) -> Controller<FakeRuntime> {
+        std::fs::write(dir.join("bad.yaml"), manifest).unwrap();
+        let config = AgentConfig {
+            manifests: dir.to_path_buf(),
+            namespace: "t".into(),
+            ..AgentConfig::default()
+        };
+        Controller::new(Arc::new(FakeRuntime::new()), config)
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_is_retried_at_once_then_after_the_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(
+            dir.path(),
+            "image: nope:1\nrestart: {delay: 5s, max_delay: 1m}\n",
+        );
+        c.runtime().make_unpullable("nope:1");
+
+        let before = SystemTime::now();
+        let first = c.pass(TriggerKind::Startup).await.unwrap();
+        assert_eq!(first.failed_actions(), 1);
+        let retry = first.retry_at.expect("a failed create schedules a retry");
+        assert!(
+            retry < before + Duration::from_secs(1),
+            "the first retry is immediate"
+        );
+
+        let second = c.pass(TriggerKind::Backoff).await.unwrap();
+        assert_eq!(second.failed_actions(), 1);
+        let retry = second.retry_at.expect("still scheduled");
+        let wait = retry.duration_since(SystemTime::now()).unwrap_or_default();
+        assert!(
+            wait > Duration::from_secs(4) && wait <= Duration::from_secs(5),
+            "then the delay: {wait:?}"
+        );
+
+        let third = c.pass(TriggerKind::Resync).await.unwrap();
+        assert!(
+            third.plan.actions.is_empty(),
+            "not retried before it is due"
+        );
+        assert_eq!(third.plan.next_due(), Some(retry));
+    }
+
+    #[tokio::test]
+    async fn an_action_cut_short_by_a_docker_outage_is_retried_soon_and_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(dir.path(), "image: img:1\n");
+        c.runtime().add_image("img:1");
+        let prepared = c.prepare().await.unwrap();
+        let plan = c.plan(&prepared, SystemTime::now());
+        c.runtime().set_down(true);
+        let outcomes = apply(
+            c.runtime().as_ref(),
+            plan.actions.clone(),
+            &ApplyOptions {
+                namespace: "t".into(),
+                parallelism: 1,
+            },
+            &c.images,
+        )
+        .await;
+        c.record_outcomes(&outcomes);
+        let retry = c.retry_at(&outcomes, &prepared.desired);
+        let wait = retry
+            .expect("retried")
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        assert!(wait <= UNAVAILABLE_RETRY, "{wait:?}");
+        assert!(
+            c.backoff.get(&InstanceKey::new("bad", 0)).is_none(),
+            "Docker being away is not the task's failure"
+        );
+    }
+}
