@@ -415,6 +415,88 @@ fn invalid_yaml_over_a_good_manifest_keeps_the_container_and_fixing_it_applies()
     assert_ne!(after.id, before.id);
 }
 
+#[test]
+fn a_file_written_in_slow_chunks_is_applied_once_complete_and_nothing_stops_meanwhile() {
+    let ns = TestNamespace::new("chunks");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    fs::write(&file, sleeper("env: {VERSION: one}\n")).unwrap();
+    let berth = Berth::start(&ns, dir.path(), &[]);
+    let name = ns.container_name("web", 0);
+    let before = wait_for_sync(FIRST, "web-0 running", || running(&name));
+
+    let full = sleeper("env: {VERSION: two}\n");
+    let cut = full.find("forever").unwrap() + 3; // inside `args: ["for`
+    fs::write(&file, &full[..cut]).unwrap();
+    berth.wait_for_log(Duration::from_secs(5), "web.yaml:");
+    assert_eq!(
+        running(&name).map(|s| s.id),
+        Some(before.id.clone()),
+        "half a file stops nothing"
+    );
+
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().append(true).open(&file).unwrap();
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
+    drop(f);
+    let after = wait_for_sync(Duration::from_secs(5), "web-0 running VERSION=two", || {
+        running(&name).filter(|s| s.env.iter().any(|e| e == "VERSION=two"))
+    });
+    assert_ne!(after.id, before.id);
+}
+
+#[test]
+fn a_delete_quickly_followed_by_a_recreate_keeps_the_container() {
+    let ns = TestNamespace::new("recreate");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    let content = sleeper("");
+    fs::write(&file, &content).unwrap();
+    let berth = Berth::start(&ns, dir.path(), &[]);
+    let name = ns.container_name("web", 0);
+    let before = wait_for_sync(FIRST, "web-0 running", || running(&name));
+    let passes = berth.passes();
+
+    fs::remove_file(&file).unwrap();
+    fs::write(&file, &content).unwrap();
+    wait_for_sync(FAST, "a pass after the change", || {
+        (berth.passes() > passes).then_some(())
+    });
+    assert_eq!(
+        running(&name),
+        Some(before),
+        "same container, never stopped"
+    );
+}
+
+#[test]
+fn editor_probe_and_swap_files_change_nothing() {
+    let ns = TestNamespace::new("probe");
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("web.yaml"), sleeper("")).unwrap();
+    let berth = Berth::start(&ns, dir.path(), &[]);
+    let name = ns.container_name("web", 0);
+    let before = wait_for_sync(FIRST, "web-0 running", || running(&name));
+    berth.wait_for_log(FAST, "pass done");
+    let passes = berth.passes();
+
+    // vim's write probe, its swap file, and a backup: none is a manifest.
+    fs::write(dir.path().join("4913"), "").unwrap();
+    fs::remove_file(dir.path().join("4913")).unwrap();
+    fs::write(dir.path().join(".web.yaml.swp"), "garbage: [").unwrap();
+    fs::write(dir.path().join("web.yaml~"), "garbage: [").unwrap();
+    wait_for_sync(FAST, "a pass after the change", || {
+        (berth.passes() > passes).then_some(())
+    });
+    assert_eq!(running(&name), Some(before));
+    let log = berth.log();
+    assert!(
+        !log.contains("garbage") && !log.contains("WARN"),
+        "nothing reported:\n{log}"
+    );
+    assert_eq!(docker::ids(&ns.ns).len(), 1);
+}
+
 // ---------------------------------------------------------------------------
 // Restarts
 // ---------------------------------------------------------------------------
