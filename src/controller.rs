@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::apply::{apply, ApplyOptions, ImageLocks, Outcome};
@@ -86,7 +86,7 @@ impl PassReport {
 }
 
 /// One instance, as status reports it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceStatus {
     pub task: String,
     pub index: u32,
@@ -94,13 +94,19 @@ pub struct InstanceStatus {
     pub container: Option<String>,
     pub container_id: Option<String>,
     pub state: String,
+    /// Unix seconds the container last started, when it runs.
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    /// Seconds since `started_at`, as of the last pass or status request.
+    #[serde(default)]
+    pub uptime_secs: Option<u64>,
     pub restarts: u64,
     pub backoff_until: Option<u64>,
     pub last_error: Option<String>,
 }
 
 /// What `/v1/status` and `berth status` show. Never holds a secret.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub berth_version: String,
     pub namespace: String,
@@ -114,6 +120,9 @@ pub struct Status {
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// Called at the end of every pass with its duration and result (metrics).
+pub type PassObserver = Box<dyn Fn(Duration, &Result<PassReport, PassError>) + Send + Sync>;
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -136,6 +145,7 @@ pub struct Controller<R: ContainerRuntime> {
     status: SharedStatus,
     /// Last apply error per instance, for status (failed removals included).
     last_errors: BTreeMap<InstanceKey, String>,
+    observer: Option<PassObserver>,
 }
 
 impl<R: ContainerRuntime> Controller<R> {
@@ -156,11 +166,17 @@ impl<R: ContainerRuntime> Controller<R> {
             node: NodeInfo::detect(),
             status: Arc::new(Mutex::new(status)),
             last_errors: BTreeMap::new(),
+            observer: None,
         }
     }
 
     pub fn status(&self) -> SharedStatus {
         self.status.clone()
+    }
+
+    /// Observe every pass's duration and result (e.g. for `/metrics`).
+    pub fn set_pass_observer(&mut self, observer: PassObserver) {
+        self.observer = Some(observer);
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -354,6 +370,9 @@ impl<R: ContainerRuntime> Controller<R> {
             ),
             Err(e) => error!("pass failed: {e}"),
         }
+        if let Some(observe) = &self.observer {
+            observe(started.elapsed(), &result);
+        }
         result
     }
 
@@ -433,6 +452,15 @@ impl<R: ContainerRuntime> Controller<R> {
                         (None, Some(_)) => "missing".into(),
                         (None, None) => "unknown".into(),
                     },
+                    started_at: container
+                        .filter(|c| c.is_running())
+                        .and_then(|c| c.started_at)
+                        .map(unix_secs),
+                    uptime_secs: container
+                        .filter(|c| c.is_running())
+                        .and_then(|c| c.started_at)
+                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .map(|d| d.as_secs()),
                     restarts: backoff.map_or(0, |b| b.restarts),
                     backoff_until,
                     last_error: self

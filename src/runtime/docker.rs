@@ -508,9 +508,20 @@ impl ContainerRuntime for DockerRuntime {
             None,
             credentials,
         );
+        let mut tally = PullProgress::default();
+        let started = std::time::Instant::now();
+        let mut last_report = started;
         while let Some(item) = progress.next().await {
-            item.map_err(map_err)?;
+            tally.record(&item.map_err(map_err)?);
+            // Throttled: one line every few seconds on a long pull.
+            if last_report.elapsed() >= PULL_PROGRESS_EVERY {
+                last_report = std::time::Instant::now();
+                let (done, layers, current, total) = tally.summary();
+                tracing::info!(image, layers_done = done, layers, bytes = current, bytes_total = total, "pulling: {done}/{layers} layers, {} of {} MB", current / 1_000_000, total / 1_000_000);
+            }
         }
+        let (_, layers, _, total) = tally.summary();
+        debug!(image, layers, bytes_total = total, elapsed_ms = started.elapsed().as_millis() as u64, "pull complete");
         Ok(())
     }
 
@@ -538,6 +549,46 @@ impl ContainerRuntime for DockerRuntime {
         version
             .version
             .ok_or_else(|| RuntimeError::Other("docker reported no version".into()))
+    }
+}
+
+/// How often a long pull logs its progress.
+const PULL_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Per-layer progress of one pull, from Docker's JSON progress stream.
+#[derive(Default)]
+struct PullProgress {
+    /// layer id → (current, total, done)
+    layers: BTreeMap<String, (u64, u64, bool)>,
+}
+
+impl PullProgress {
+    fn record(&mut self, info: &bollard::models::CreateImageInfo) {
+        let Some(id) = info.id.as_deref() else { return };
+        let status = info.status.as_deref().unwrap_or_default();
+        // The first line names the tag, not a layer.
+        if status.starts_with("Pulling from") {
+            return;
+        }
+        let entry = self.layers.entry(id.to_string()).or_default();
+        if let Some(d) = &info.progress_detail {
+            if status == "Downloading" {
+                entry.0 = d.current.unwrap_or(0).max(0) as u64;
+                entry.1 = d.total.unwrap_or(0).max(0) as u64;
+            }
+        }
+        if matches!(status, "Pull complete" | "Already exists" | "Download complete") {
+            entry.0 = entry.1;
+            entry.2 = status != "Download complete" || entry.2;
+        }
+    }
+
+    /// (layers done, layers, bytes downloaded, bytes total)
+    fn summary(&self) -> (usize, usize, u64, u64) {
+        let done = self.layers.values().filter(|l| l.2).count();
+        let current = self.layers.values().map(|l| l.0).sum();
+        let total = self.layers.values().map(|l| l.1).sum();
+        (done, self.layers.len(), current, total)
     }
 }
 
