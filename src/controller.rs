@@ -352,7 +352,14 @@ impl<R: ContainerRuntime> Controller<R> {
                 .retain(|k| report.desired_instances.contains(k));
             self.last_errors
                 .retain(|k, _| report.desired_instances.contains(k));
-            self.publish_status(&prepared.desired, &report);
+            // Status shows the world after this pass's actions, not before:
+            // one more list call, only when something was done.
+            let after = if report.outcomes.is_empty() {
+                None
+            } else {
+                self.runtime.list(&self.config.namespace).await.ok()
+            };
+            self.publish_status(&prepared.desired, &report, after.as_deref());
             Ok(report)
         }
         .instrument(span.clone())
@@ -418,10 +425,16 @@ impl<R: ContainerRuntime> Controller<R> {
         version
     }
 
-    fn publish_status(&self, desired: &DesiredState, report: &PassReport) {
+    fn publish_status(
+        &self,
+        desired: &DesiredState,
+        report: &PassReport,
+        observed_after: Option<&[ObservedContainer]>,
+    ) {
         let ns = &self.config.namespace;
+        let observed = observed_after.unwrap_or(&report.observed);
         let mut keys: BTreeSet<InstanceKey> = desired.instances.keys().cloned().collect();
-        for c in &report.observed {
+        for c in observed {
             if let Some(k) = c.key() {
                 if c.name == k.container_name(ns) {
                     keys.insert(k);
@@ -431,8 +444,7 @@ impl<R: ContainerRuntime> Controller<R> {
         let instances = keys
             .into_iter()
             .map(|key| {
-                let container = report
-                    .observed
+                let container = observed
                     .iter()
                     .find(|c| c.key().as_ref() == Some(&key) && c.name == key.container_name(ns));
                 let backoff = self.backoff.get(&key);

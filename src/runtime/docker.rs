@@ -704,13 +704,40 @@ fn from_summary(s: ContainerSummary) -> Option<ObservedContainer> {
         state,
         health: health_from_status(s.status.as_deref().unwrap_or_default()),
         exit_code: None,
-        started_at: None,
+        // Approximate, for status's uptime: the list call has no start time.
+        started_at: uptime_from_status(s.status.as_deref().unwrap_or_default())
+            .and_then(|up| SystemTime::now().checked_sub(up)),
         finished_at: None,
     })
 }
 
 /// Health as `docker ps` shows it in the status text ("Up 5 minutes
 /// (unhealthy)"): API 1.41's list has no structured health field.
+/// How long a running container has been up, from the list's status text
+/// (`Up 5 minutes`, `Up About an hour (healthy)`): as precise as `docker ps`.
+fn uptime_from_status(status: &str) -> Option<Duration> {
+    let rest = status.strip_prefix("Up ")?;
+    let rest = rest.split(" (").next().unwrap_or(rest);
+    let mut words = rest.split_whitespace();
+    let first = words.next()?;
+    let (n, unit) = match first {
+        "Less" => return Some(Duration::ZERO),
+        "About" => (1, words.nth(1)?),
+        n => (n.parse::<u64>().ok()?, words.next()?),
+    };
+    let secs = match unit.trim_end_matches('s') {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3600,
+        "day" => 86_400,
+        "week" => 7 * 86_400,
+        "month" => 30 * 86_400,
+        "year" => 365 * 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n * secs))
+}
+
 fn health_from_status(status: &str) -> Health {
     if status.contains("(unhealthy)") {
         Health::Unhealthy
@@ -938,6 +965,17 @@ mod tests {
         assert_eq!(parse_docker_time(""), None);
         assert_eq!(parse_docker_time("2024-13-01T00:00:00Z"), None);
         assert_eq!(parse_docker_time("2024-05-01 10:00:00Z"), None);
+    }
+
+    #[test]
+    fn uptime_is_read_from_the_status_text() {
+        let up = |s| uptime_from_status(s).map(|d| d.as_secs());
+        assert_eq!(up("Up 5 minutes"), Some(300));
+        assert_eq!(up("Up About an hour (healthy)"), Some(3600));
+        assert_eq!(up("Up 1 second"), Some(1));
+        assert_eq!(up("Up Less than a second"), Some(0));
+        assert_eq!(up("Up 3 days (Paused)"), Some(3 * 86_400));
+        assert_eq!(up("Exited (0) 3 minutes ago"), None);
     }
 
     #[test]
