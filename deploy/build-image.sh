@@ -20,6 +20,8 @@ binary="$target_dir/x86_64-unknown-linux-gnu/release/berth"
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
 install -m 0755 "$binary" "$rootfs/berth"
+# Debug line tables are for the host's binary; the image needs none.
+if command -v strip >/dev/null 2>&1; then strip "$rootfs/berth"; fi
 mkdir -p "$rootfs/etc/berth/manifests" "$rootfs/tmp"
 chmod 1777 "$rootfs/tmp"
 
