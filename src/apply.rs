@@ -123,10 +123,13 @@ async fn run_chain<R: ContainerRuntime>(
             Action::Remove { .. } | Action::Stop { .. } | Action::Restore { .. }
         );
         let result = run_action(runtime, &action, options, images).await;
+        let container = key.container_name(&options.namespace);
         match &result {
-            Ok(()) => info!(task = %key.task, index = key.index, action = verb, "{action}: done"),
+            Ok(()) => {
+                info!(task = %key.task, index = key.index, %container, action = verb, outcome = "done", "{action}: done")
+            }
             Err(e) => {
-                warn!(task = %key.task, index = key.index, action = verb, error = %e, "{action}: failed")
+                warn!(task = %key.task, index = key.index, %container, action = verb, outcome = "failed", error = %e, "{action}: failed")
             }
         }
         let failed = result.is_err();

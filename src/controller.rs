@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::apply::{apply, ApplyOptions, ImageLocks, Outcome};
@@ -90,7 +90,7 @@ impl PassReport {
 }
 
 /// One instance, as status reports it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceStatus {
     pub task: String,
     pub index: u32,
@@ -98,13 +98,19 @@ pub struct InstanceStatus {
     pub container: Option<String>,
     pub container_id: Option<String>,
     pub state: String,
+    /// Unix seconds the container last started, when it runs.
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    /// Seconds since `started_at`, as of the last pass or status request.
+    #[serde(default)]
+    pub uptime_secs: Option<u64>,
     pub restarts: u64,
     pub backoff_until: Option<u64>,
     pub last_error: Option<String>,
 }
 
 /// What `/v1/status` and `berth status` show. Never holds a secret.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub berth_version: String,
     pub namespace: String,
@@ -129,6 +135,8 @@ fn unix_millis(t: SystemTime) -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+/// Called at the end of every pass with its duration and result (metrics).
+pub type PassObserver = Box<dyn Fn(Duration, &Result<PassReport, PassError>) + Send + Sync>;
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -151,6 +159,7 @@ pub struct Controller<R: ContainerRuntime> {
     status: SharedStatus,
     /// Last apply error per instance, for status (failed removals included).
     last_errors: BTreeMap<InstanceKey, String>,
+    observer: Option<PassObserver>,
 }
 
 impl<R: ContainerRuntime> Controller<R> {
@@ -171,11 +180,17 @@ impl<R: ContainerRuntime> Controller<R> {
             node: NodeInfo::detect(),
             status: Arc::new(Mutex::new(status)),
             last_errors: BTreeMap::new(),
+            observer: None,
         }
     }
 
     pub fn status(&self) -> SharedStatus {
         self.status.clone()
+    }
+
+    /// Observe every pass's duration and result (e.g. for `/metrics`).
+    pub fn set_pass_observer(&mut self, observer: PassObserver) {
+        self.observer = Some(observer);
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -402,7 +417,14 @@ impl<R: ContainerRuntime> Controller<R> {
                 .retain(|k| report.desired_instances.contains(k));
             self.last_errors
                 .retain(|k, _| report.desired_instances.contains(k));
-            self.publish_status(&prepared.desired, &report);
+            // Status shows the world after this pass's actions, not before:
+            // one more list call, only when something was done.
+            let after = if report.outcomes.is_empty() {
+                None
+            } else {
+                self.runtime.list(&self.config.namespace).await.ok()
+            };
+            self.publish_status(&prepared.desired, &report, after.as_deref());
             Ok(report)
         }
         .instrument(span.clone())
@@ -422,6 +444,9 @@ impl<R: ContainerRuntime> Controller<R> {
                 "pass done"
             ),
             Err(e) => error!("pass failed: {e}"),
+        }
+        if let Some(observe) = &self.observer {
+            observe(started.elapsed(), &result);
         }
         result
     }
@@ -504,49 +529,64 @@ impl<R: ContainerRuntime> Controller<R> {
         version
     }
 
-    fn publish_status(&self, desired: &DesiredState, report: &PassReport) {
+    fn publish_status(
+        &self,
+        desired: &DesiredState,
+        report: &PassReport,
+        observed_after: Option<&[ObservedContainer]>,
+    ) {
         let ns = &self.config.namespace;
+        let observed = observed_after.unwrap_or(&report.observed);
         let mut keys: BTreeSet<InstanceKey> = desired.instances.keys().cloned().collect();
-        for c in &report.observed {
+        for c in observed {
             if let Some(k) = c.key() {
                 if c.name == k.container_name(ns) {
                     keys.insert(k);
                 }
             }
         }
-        let instances =
-            keys.into_iter()
-                .map(|key| {
-                    let container = report.observed.iter().find(|c| {
-                        c.key().as_ref() == Some(&key) && c.name == key.container_name(ns)
-                    });
-                    let backoff = self.backoff.get(&key);
-                    let want = desired.instances.get(&key);
-                    let backoff_until = want
-                        .and_then(|w| self.backoff.due(&key, &w.restart))
-                        .filter(|t| *t > SystemTime::now())
-                        .map(unix_secs);
-                    InstanceStatus {
-                        task: key.task.clone(),
-                        index: key.index,
-                        desired_hash: want.map(|w| w.hash.clone()),
-                        container: container.map(|c| c.name.clone()),
-                        container_id: container.map(|c| c.id.chars().take(12).collect()),
-                        state: match (container, want) {
-                            (Some(c), _) => format!("{:?}", c.state).to_lowercase(),
-                            (None, Some(_)) => "missing".into(),
-                            (None, None) => "unknown".into(),
-                        },
-                        restarts: backoff.map_or(0, |b| b.restarts),
-                        backoff_until,
-                        last_error: self
-                            .last_errors
-                            .get(&key)
-                            .cloned()
-                            .or_else(|| backoff.and_then(|b| b.last_error.clone())),
-                    }
-                })
-                .collect();
+        let instances = keys
+            .into_iter()
+            .map(|key| {
+                let container = observed
+                    .iter()
+                    .find(|c| c.key().as_ref() == Some(&key) && c.name == key.container_name(ns));
+                let backoff = self.backoff.get(&key);
+                let want = desired.instances.get(&key);
+                let backoff_until = want
+                    .and_then(|w| self.backoff.due(&key, &w.restart))
+                    .filter(|t| *t > SystemTime::now())
+                    .map(unix_secs);
+                InstanceStatus {
+                    task: key.task.clone(),
+                    index: key.index,
+                    desired_hash: want.map(|w| w.hash.clone()),
+                    container: container.map(|c| c.name.clone()),
+                    container_id: container.map(|c| c.id.chars().take(12).collect()),
+                    state: match (container, want) {
+                        (Some(c), _) => format!("{:?}", c.state).to_lowercase(),
+                        (None, Some(_)) => "missing".into(),
+                        (None, None) => "unknown".into(),
+                    },
+                    started_at: container
+                        .filter(|c| c.is_running())
+                        .and_then(|c| c.started_at)
+                        .map(unix_secs),
+                    uptime_secs: container
+                        .filter(|c| c.is_running())
+                        .and_then(|c| c.started_at)
+                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .map(|d| d.as_secs()),
+                    restarts: backoff.map_or(0, |b| b.restarts),
+                    backoff_until,
+                    last_error: self
+                        .last_errors
+                        .get(&key)
+                        .cloned()
+                        .or_else(|| backoff.and_then(|b| b.last_error.clone())),
+                }
+            })
+            .collect();
         if let Ok(mut s) = self.status.lock() {
             s.instances = instances;
             s.manifest_errors = report.errors.clone();

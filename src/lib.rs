@@ -18,9 +18,15 @@
 //! - [`registry`]: which registry credentials a pull uses (task `auth`, agent `auth_config`).
 //! - [`config`]: the agent config.
 //! - [`watch`]: the manifest folder's file-system activity → debounced triggers.
+//! - [`http`]: `/healthz`, `/metrics`, `/v1/status` on `listen`.
+//! - [`metrics`]: the Prometheus metrics, fed by each pass.
+//! - [`applied`]: the secret-free record of the applied spec (a label) and field diffs.
+//! - [`notify`]: systemd's sd_notify (READY, WATCHDOG) without a crate.
+//! - [`status_client`]: `berth status`'s tiny HTTP client for `/v1/status`.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod applied;
 pub mod apply;
 pub mod backoff;
 pub mod cleanup;
@@ -28,11 +34,15 @@ pub mod config;
 pub mod controller;
 pub mod desired;
 pub mod events;
+pub mod http;
 pub mod manifest;
+pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod ports;
 pub mod registry;
 pub mod resolve;
 pub mod runtime;
 pub mod spec;
+pub mod status_client;
 pub mod watch;

@@ -78,6 +78,11 @@ enum Command {
     },
     /// Print the JSON Schema of a manifest.
     Schema,
+    /// Print a shell completion script (e.g. `berth completions bash > /etc/bash_completion.d/berth`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Agent keys as flags; each overrides the config file.
@@ -194,6 +199,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plan { agent, json } => plan(agent, json).await,
         Command::Status { agent, json } => status(agent, json).await,
         Command::Down { agent } => down(agent).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             let schema = berth::manifest::manifest_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);
@@ -211,9 +221,42 @@ async fn connect(config: &AgentConfig) -> anyhow::Result<Arc<DockerRuntime>> {
 
 struct Hooks {
     flags: AgentFlags,
+    status: berth::controller::SharedStatus,
+    /// READY=1 goes to systemd once, after the first completed pass.
+    ready_sent: bool,
 }
 
 impl LoopHooks for Hooks {
+    fn after_pass(&mut self, ok: bool) {
+        use berth::notify::sd_notify;
+        let mut message = String::new();
+        if !self.ready_sent {
+            message.push_str("READY=1\n");
+        }
+        // The watchdog is pinged from the loop itself, so a stuck pass is
+        // noticed by systemd (WatchdogSec in berth.service).
+        message.push_str("WATCHDOG=1\n");
+        let status_line = if ok {
+            self.status.lock().map_or_else(
+                |_| "converging".to_string(),
+                |s| {
+                    format!(
+                        "{} instances, {} manifest errors",
+                        s.instances.len(),
+                        s.manifest_errors.len()
+                    )
+                },
+            )
+        } else {
+            "Docker is not reachable; retrying".to_string()
+        };
+        message.push_str(&format!("STATUS={status_line}\n"));
+        match sd_notify(&message) {
+            Ok(sent) => self.ready_sent |= sent,
+            Err(e) => tracing::warn!("cannot notify systemd: {e}"),
+        }
+    }
+
     fn reload_config(&mut self) -> Option<AgentConfig> {
         match self.flags.load() {
             Ok(c) => Some(c),
@@ -238,7 +281,34 @@ async fn run(
         "berth {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    // Bind before anything else so a taken port fails the start, clearly.
+    let listener = if once {
+        None
+    } else {
+        Some(berth::http::bind(config.listen).await?)
+    };
+    let resync = config.resync.get();
     let mut controller = Controller::new(runtime, config);
+    let metrics = Arc::new(berth::metrics::Metrics::new());
+    {
+        let metrics = metrics.clone();
+        controller.set_pass_observer(Box::new(move |elapsed, result| {
+            metrics.observe_pass(elapsed, result)
+        }));
+    }
+    if let Some(listener) = listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving /healthz, /metrics and /v1/status");
+        }
+        berth::http::spawn(
+            listener,
+            berth::http::HttpState {
+                status: controller.status(),
+                metrics,
+                resync,
+            },
+        );
+    }
     match controller.refresh_docker_version().await {
         Ok(v) => tracing::info!(driver.docker.version = %v, "connected to Docker"),
         Err(e) => tracing::warn!("Docker is not reachable yet ({e}); will keep trying"),
@@ -291,7 +361,11 @@ async fn run(
         config.namespace.clone(),
         tx.clone(),
     );
-    let mut hooks = Hooks { flags };
+    let mut hooks = Hooks {
+        flags,
+        status: controller.status(),
+        ready_sent: false,
+    };
     run_loop(&mut controller, rx, &mut hooks).await;
     drop(tx);
     Ok(ExitCode::SUCCESS)
@@ -326,8 +400,12 @@ async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
     let mut controller = Controller::new(runtime, config);
     let prepared = controller.prepare().await?;
     let plan = controller.plan(&prepared, SystemTime::now());
+    let changes = berth::applied::replace_changes(&plan, &prepared.observed);
     if json {
-        let view = berth::plan::PlanView::new(&plan, &prepared.errors);
+        let mut view = berth::plan::PlanView::new(&plan, &prepared.errors);
+        for (action, changes) in view.actions.iter_mut().zip(changes) {
+            action.changes = changes;
+        }
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         for e in &prepared.errors {
@@ -336,7 +414,23 @@ async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
         if plan.is_empty() {
             println!("nothing to do");
         } else {
-            print!("{plan}");
+            for (action, changes) in plan.actions.iter().zip(&changes) {
+                println!("{action}");
+                match changes {
+                    Some(fields) => {
+                        for field in fields {
+                            println!("    {field}");
+                        }
+                    }
+                    None if matches!(action, berth::plan::Action::Replace { .. }) => {
+                        println!("    (the old container has no record of its applied spec; fields unknown)")
+                    }
+                    None => {}
+                }
+            }
+            for w in &plan.waiting {
+                println!("wait {} (backing off)", w.key);
+            }
         }
     }
     Ok(if !prepared.errors.is_empty() {
@@ -350,42 +444,108 @@ async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
 
 async fn status(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
-    let runtime = connect(&config).await?;
-    let containers = runtime.list(&config.namespace).await?;
-    if json {
-        let rows: Vec<_> = containers
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "name": c.name,
-                    "id": c.id.chars().take(12).collect::<String>(),
-                    "task": c.key().map(|k| k.task),
-                    "index": c.key().map(|k| k.index),
-                    "state": c.state,
-                    "health": c.health,
-                    "spec_hash": c.spec_hash(),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        println!(
-            "{:<24} {:<6} {:<10} {:<14} CONTAINER",
-            "TASK", "INDEX", "STATE", "ID"
-        );
-        for c in &containers {
-            let key = c.key();
-            println!(
-                "{:<24} {:<6} {:<10} {:<14} {}",
-                key.as_ref().map_or("?", |k| k.task.as_str()),
-                key.as_ref().map_or("?".into(), |k| k.index.to_string()),
-                format!("{:?}", c.state).to_lowercase(),
-                c.id.chars().take(12).collect::<String>(),
-                c.name
-            );
+    let addr = config.listen;
+    let status = match berth::status_client::fetch_status(addr, Duration::from_secs(5)).await {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::debug!("{e}");
+            eprintln!("no berth answering on {addr}; showing what Docker's labels tell");
+            label_status(&config).await?
         }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_status(&status);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The status Docker's labels alone give: no restarts, backoff or errors.
+async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::controller::Status> {
+    let runtime = connect(config).await?;
+    let containers = runtime.list(&config.namespace).await?;
+    let now = SystemTime::now();
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let mut instances: Vec<_> = containers
+        .iter()
+        .map(|c| {
+            let key = c.key();
+            let started = c.started_at.filter(|_| c.is_running());
+            berth::controller::InstanceStatus {
+                task: key.as_ref().map_or_else(|| "?".into(), |k| k.task.clone()),
+                index: key.as_ref().map_or(0, |k| k.index),
+                desired_hash: None,
+                container: Some(c.name.clone()),
+                container_id: Some(c.id.chars().take(12).collect()),
+                state: format!("{:?}", c.state).to_lowercase(),
+                started_at: started.map(secs),
+                uptime_secs: started
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map(|d| d.as_secs()),
+                restarts: 0,
+                backoff_until: None,
+                last_error: None,
+            }
+        })
+        .collect();
+    instances.sort_by(|a, b| (&a.task, a.index).cmp(&(&b.task, b.index)));
+    Ok(berth::controller::Status {
+        berth_version: env!("CARGO_PKG_VERSION").into(),
+        namespace: config.namespace.clone(),
+        docker_version: runtime.version().await.ok(),
+        instances,
+        ..Default::default()
+    })
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86400 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn print_status(status: &berth::controller::Status) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{:<20} {:<5} {:<9} {:<12} {:<8} {:<8} {:<10} LAST ERROR",
+        "TASK", "INDEX", "STATE", "CONTAINER", "UPTIME", "RESTARTS", "NEXT RETRY"
+    );
+    for i in &status.instances {
+        println!(
+            "{:<20} {:<5} {:<9} {:<12} {:<8} {:<8} {:<10} {}",
+            i.task,
+            i.index,
+            i.state,
+            i.container_id.as_deref().unwrap_or("-"),
+            i.uptime_secs.map_or_else(|| "-".into(), human_duration),
+            i.restarts,
+            i.backoff_until.map_or_else(
+                || "-".into(),
+                |t| format!("in {}", human_duration(t.saturating_sub(now)))
+            ),
+            i.last_error.as_deref().unwrap_or("-"),
+        );
+    }
+    if !status.manifest_errors.is_empty() {
+        println!();
+        println!("MANIFEST ERRORS");
+        for e in &status.manifest_errors {
+            println!("{e}");
+        }
+    }
+    if let Some(e) = &status.docker_error {
+        println!();
+        println!("docker: {e}");
+    }
 }
 
 async fn down(flags: AgentFlags) -> anyhow::Result<ExitCode> {

@@ -299,6 +299,10 @@ pub struct ActionView {
     pub image: Option<String>,
     pub spec_hash: Option<String>,
     pub description: String,
+    /// For a replacement: the fields that differ (filled by the caller, which
+    /// has the observed containers; see [`crate::applied`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<crate::applied::FieldChange>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -336,6 +340,7 @@ impl PlanView {
                     image: desired.map(|d| d.spec.image.clone()),
                     spec_hash: desired.map(|d| d.hash.clone()),
                     description: a.to_string(),
+                    changes: None,
                 }
             })
             .collect();

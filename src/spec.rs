@@ -16,6 +16,8 @@ pub mod labels {
     pub const INDEX: &str = "io.berth.index";
     pub const SPEC_HASH: &str = "io.berth.spec-hash";
     pub const MANIFEST: &str = "io.berth.manifest";
+    /// The applied spec without secrets (see [`crate::applied`]), for field diffs.
+    pub const APPLIED: &str = "io.berth.applied";
     /// `io.berth.port.<label>` holds the host port allocated to a port label.
     pub const PORT_PREFIX: &str = "io.berth.port.";
 }
@@ -170,6 +172,9 @@ impl ContainerSpec {
         out.insert(labels::INDEX.into(), key.index.to_string());
         out.insert(labels::SPEC_HASH.into(), self.hash());
         out.insert(labels::MANIFEST.into(), manifest.into());
+        if let Some(applied) = crate::applied::AppliedSpec::label_for(self) {
+            out.insert(labels::APPLIED.into(), applied);
+        }
         for port in &self.ports {
             out.insert(
                 format!("{}{}", labels::PORT_PREFIX, port.label),

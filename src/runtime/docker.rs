@@ -508,9 +508,35 @@ impl ContainerRuntime for DockerRuntime {
             None,
             credentials,
         );
+        let mut tally = PullProgress::default();
+        let started = std::time::Instant::now();
+        let mut last_report = started;
         while let Some(item) = progress.next().await {
-            item.map_err(map_err)?;
+            tally.record(&item.map_err(map_err)?);
+            // Throttled: one line every few seconds on a long pull.
+            if last_report.elapsed() >= PULL_PROGRESS_EVERY {
+                last_report = std::time::Instant::now();
+                let (done, layers, current, total) = tally.summary();
+                tracing::info!(
+                    image,
+                    layers_done = done,
+                    layers,
+                    bytes = current,
+                    bytes_total = total,
+                    "pulling: {done}/{layers} layers, {} of {} MB",
+                    current / 1_000_000,
+                    total / 1_000_000
+                );
+            }
         }
+        let (_, layers, _, total) = tally.summary();
+        debug!(
+            image,
+            layers,
+            bytes_total = total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pull complete"
+        );
         Ok(())
     }
 
@@ -538,6 +564,49 @@ impl ContainerRuntime for DockerRuntime {
         version
             .version
             .ok_or_else(|| RuntimeError::Other("docker reported no version".into()))
+    }
+}
+
+/// How often a long pull logs its progress.
+const PULL_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Per-layer progress of one pull, from Docker's JSON progress stream.
+#[derive(Default)]
+struct PullProgress {
+    /// layer id → (current, total, done)
+    layers: BTreeMap<String, (u64, u64, bool)>,
+}
+
+impl PullProgress {
+    fn record(&mut self, info: &bollard::models::CreateImageInfo) {
+        let Some(id) = info.id.as_deref() else { return };
+        let status = info.status.as_deref().unwrap_or_default();
+        // The first line names the tag, not a layer.
+        if status.starts_with("Pulling from") {
+            return;
+        }
+        let entry = self.layers.entry(id.to_string()).or_default();
+        if let Some(d) = &info.progress_detail {
+            if status == "Downloading" {
+                entry.0 = d.current.unwrap_or(0).max(0) as u64;
+                entry.1 = d.total.unwrap_or(0).max(0) as u64;
+            }
+        }
+        if matches!(
+            status,
+            "Pull complete" | "Already exists" | "Download complete"
+        ) {
+            entry.0 = entry.1;
+            entry.2 = status != "Download complete" || entry.2;
+        }
+    }
+
+    /// (layers done, layers, bytes downloaded, bytes total)
+    fn summary(&self) -> (usize, usize, u64, u64) {
+        let done = self.layers.values().filter(|l| l.2).count();
+        let current = self.layers.values().map(|l| l.0).sum();
+        let total = self.layers.values().map(|l| l.1).sum();
+        (done, self.layers.len(), current, total)
     }
 }
 
@@ -653,13 +722,40 @@ fn from_summary(s: ContainerSummary) -> Option<ObservedContainer> {
         state,
         health: health_from_status(s.status.as_deref().unwrap_or_default()),
         exit_code: None,
-        started_at: None,
+        // Approximate, for status's uptime: the list call has no start time.
+        started_at: uptime_from_status(s.status.as_deref().unwrap_or_default())
+            .and_then(|up| SystemTime::now().checked_sub(up)),
         finished_at: None,
     })
 }
 
 /// Health as `docker ps` shows it in the status text ("Up 5 minutes
 /// (unhealthy)"): API 1.41's list has no structured health field.
+/// How long a running container has been up, from the list's status text
+/// (`Up 5 minutes`, `Up About an hour (healthy)`): as precise as `docker ps`.
+fn uptime_from_status(status: &str) -> Option<Duration> {
+    let rest = status.strip_prefix("Up ")?;
+    let rest = rest.split(" (").next().unwrap_or(rest);
+    let mut words = rest.split_whitespace();
+    let first = words.next()?;
+    let (n, unit) = match first {
+        "Less" => return Some(Duration::ZERO),
+        "About" => (1, words.nth(1)?),
+        n => (n.parse::<u64>().ok()?, words.next()?),
+    };
+    let secs = match unit.trim_end_matches('s') {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3600,
+        "day" => 86_400,
+        "week" => 7 * 86_400,
+        "month" => 30 * 86_400,
+        "year" => 365 * 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n * secs))
+}
+
 fn health_from_status(status: &str) -> Health {
     if status.contains("(unhealthy)") {
         Health::Unhealthy
@@ -887,6 +983,17 @@ mod tests {
         assert_eq!(parse_docker_time(""), None);
         assert_eq!(parse_docker_time("2024-13-01T00:00:00Z"), None);
         assert_eq!(parse_docker_time("2024-05-01 10:00:00Z"), None);
+    }
+
+    #[test]
+    fn uptime_is_read_from_the_status_text() {
+        let up = |s| uptime_from_status(s).map(|d| d.as_secs());
+        assert_eq!(up("Up 5 minutes"), Some(300));
+        assert_eq!(up("Up About an hour (healthy)"), Some(3600));
+        assert_eq!(up("Up 1 second"), Some(1));
+        assert_eq!(up("Up Less than a second"), Some(0));
+        assert_eq!(up("Up 3 days (Paused)"), Some(3 * 86_400));
+        assert_eq!(up("Exited (0) 3 minutes ago"), None);
     }
 
     #[test]

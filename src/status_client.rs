@@ -1,0 +1,128 @@
+//! `berth status` asks the running berth for `/v1/status`: a minimal
+//! HTTP/1.1 GET over a tokio `TcpStream`, enough for one small JSON body on
+//! loopback without pulling in an HTTP client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::controller::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("{addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr} answered, but not like berth: {message}")]
+    Protocol { addr: SocketAddr, message: String },
+}
+
+/// Fetch and parse `/v1/status` from a berth listening on `addr`.
+pub async fn fetch_status(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Status, StatusClientError> {
+    match tokio::time::timeout(timeout, fetch(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(StatusClientError::Timeout { addr, timeout }),
+    }
+}
+
+async fn fetch(addr: SocketAddr) -> Result<Status, StatusClientError> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| StatusClientError::Connect { addr, source })?;
+    let io = |source| StatusClientError::Io { addr, source };
+    let request = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let mut raw = Vec::new();
+    // A status is small; cap what a stranger on the port can make us read.
+    stream
+        .take(16 * 1024 * 1024)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(io)?;
+    parse_response(&raw).map_err(|message| StatusClientError::Protocol { addr, message })
+}
+
+/// Split an HTTP/1.1 response into status and body, and parse the body. Pure.
+pub fn parse_response(raw: &[u8]) -> Result<Status, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("unexpected response: {status_line}"));
+    }
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = &raw[split + 4..];
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    serde_json::from_slice(&body).map_err(|e| format!("not a berth status: {e}"))
+}
+
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunk header")?;
+        let size_text = String::from_utf8_lossy(&body[..end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+        body = &body[end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if body.len() < size {
+            return Err("truncated chunk".into());
+        }
+        out.extend_from_slice(&body[..size]);
+        body = body.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_chunked_bodies_parse_and_errors_are_named() {
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"berth_version\":\"0.1.0\",\"namespace\":\"b\",\"docker_version\":null,\"docker_error\":null,\"last_pass\":null,\"passes\":0,\"instances\":[],\"manifest_errors\":[]}";
+        assert_eq!(parse_response(plain).unwrap().namespace, "b");
+        let body = "{\"berth_version\":\"0.1.0\",\"namespace\":\"c\",\"docker_version\":null,\"docker_error\":null,\"last_pass\":null,\"passes\":0,\"instances\":[],\"manifest_errors\":[]}";
+        let (a, b) = body.split_at(10);
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+            a.len(),
+            b.len()
+        );
+        assert_eq!(parse_response(chunked.as_bytes()).unwrap().namespace, "c");
+        assert!(parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n")
+            .unwrap_err()
+            .contains("404"));
+    }
+}
