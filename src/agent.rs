@@ -129,7 +129,10 @@ pub async fn run_loop<R: ContainerRuntime>(
             match result {
                 Some(Ok(report)) => {
                     ok = true;
-                    next_due = report.plan.next_due();
+                    next_due = match (report.plan.next_due(), report.retry_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     if docker_failures > 0 {
                         info!("Docker is reachable again");
                         docker_failures = 0;

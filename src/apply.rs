@@ -238,9 +238,13 @@ pub async fn ensure_image<R: ContainerRuntime>(
     images: &ImageLocks,
 ) -> Result<(), ApplyError> {
     let image = desired.spec.image.as_str();
-    let image_err = |e: RuntimeError| ApplyError::Image {
-        image: image.to_string(),
-        message: e.to_string(),
+    // Docker being away stays `Unavailable`, so it is not held against the task.
+    let image_err = |e: RuntimeError| match e {
+        RuntimeError::Unavailable(_) => ApplyError::Runtime(e),
+        e => ApplyError::Image {
+            image: image.to_string(),
+            message: e.to_string(),
+        },
     };
     let lock = images.lock_for(image);
     let _guard = lock.lock().await;

@@ -35,6 +35,19 @@ pub struct Backoff {
     pub last_error: Option<String>,
 }
 
+impl Backoff {
+    fn fresh(at: SystemTime) -> Backoff {
+        Backoff {
+            failures: 0,
+            last_failure: at,
+            last_exit_counted: None,
+            unhealthy_counted: None,
+            restarts: 0,
+            last_error: None,
+        }
+    }
+}
+
 /// The delay before the attempt that follows `failures` consecutive failures.
 pub fn delay_after(failures: u32, timings: &RestartSpec) -> Duration {
     if failures <= 1 {
@@ -86,14 +99,10 @@ impl BackoffTable {
         let ran_long = started_at
             .and_then(|s| finished_at.duration_since(s).ok())
             .is_some_and(|ran| ran >= timings.reset_after.get());
-        let entry = self.entries.entry(key.clone()).or_insert(Backoff {
-            failures: 0,
-            last_failure: finished_at,
-            last_exit_counted: None,
-            unhealthy_counted: None,
-            restarts: 0,
-            last_error: None,
-        });
+        let entry = self
+            .entries
+            .entry(key.clone())
+            .or_insert(Backoff::fresh(finished_at));
         if entry.last_exit_counted == Some(finished_at) {
             return;
         }
@@ -124,14 +133,10 @@ impl BackoffTable {
     /// Count a failure that happened now: a failed create, start or pull, or
     /// an unhealthy verdict acted upon.
     pub fn record_failure(&mut self, key: &InstanceKey, now: SystemTime, message: String) {
-        let entry = self.entries.entry(key.clone()).or_insert(Backoff {
-            failures: 0,
-            last_failure: now,
-            last_exit_counted: None,
-            unhealthy_counted: None,
-            restarts: 0,
-            last_error: None,
-        });
+        let entry = self
+            .entries
+            .entry(key.clone())
+            .or_insert(Backoff::fresh(now));
         entry.failures += 1;
         entry.last_failure = now;
         entry.last_error = Some(message);
@@ -141,14 +146,7 @@ impl BackoffTable {
     pub fn record_restart(&mut self, key: &InstanceKey, now: SystemTime) {
         self.entries
             .entry(key.clone())
-            .or_insert(Backoff {
-                failures: 0,
-                last_failure: now,
-                last_exit_counted: None,
-                unhealthy_counted: None,
-                restarts: 0,
-                last_error: None,
-            })
+            .or_insert(Backoff::fresh(now))
             .restarts += 1;
     }
 

@@ -73,6 +73,10 @@ pub struct PassReport {
     pub errors: Vec<String>,
     pub observed: Vec<ObservedContainer>,
     pub desired_instances: BTreeSet<InstanceKey>,
+    /// The earliest moment an action that failed in this pass may be tried
+    /// again. The plan's waits only cover failures seen *before* the pass;
+    /// without this, a failed create or start would wait for the resync.
+    pub retry_at: Option<SystemTime>,
 }
 
 impl PassReport {
@@ -114,6 +118,17 @@ pub struct Status {
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// Retry delay for actions that failed because Docker was unreachable.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+/// Retry delay for failed removals and stops (not on any task's curve).
+pub const CLEANUP_RETRY: Duration = Duration::from_secs(5);
+
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -203,6 +218,16 @@ impl<R: ContainerRuntime> Controller<R> {
                 let set = self.tracker.update(loaded);
                 errors.extend(set.errors.iter().map(ToString::to_string));
                 desired.protected_files = set.protected_files.clone();
+                if !set.protected_files.is_empty() {
+                    errors.push(format!(
+                        "removals of deleted tasks are held until these files parse again: {}",
+                        set.protected_files
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
                 self.last_tasks = Some(set.tasks.clone());
                 set.tasks
             }
@@ -245,8 +270,20 @@ impl<R: ContainerRuntime> Controller<R> {
             node: &self.node,
             manifest_dir: &self.config.manifests,
         };
+        // Read at each pass, like env files: a rotated password is used at once.
+        let agent_auth = match &self.config.docker.auth_config {
+            Some(path) => match crate::registry::AuthConfig::load(path) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
         for def in tasks.values() {
             desired.tasks.insert(def.name.clone());
+            desired.images.insert(def.manifest.image.clone());
             if desired.held_tasks.contains(&def.name) {
                 continue;
             }
@@ -255,7 +292,12 @@ impl<R: ContainerRuntime> Controller<R> {
                 .collect();
             match resolved {
                 Ok(instances) => {
-                    for instance in instances {
+                    for mut instance in instances {
+                        instance.credentials = crate::registry::choose_credentials(
+                            &instance.spec.image,
+                            instance.credentials.take(),
+                            agent_auth.as_ref(),
+                        );
                         desired.insert(instance);
                     }
                 }
@@ -315,7 +357,16 @@ impl<R: ContainerRuntime> Controller<R> {
             }
             for w in &plan.waiting {
                 let secs = w.until.duration_since(now).unwrap_or_default().as_secs_f64();
-                info!(task = %w.key.task, index = w.key.index, retry_in = format!("{secs:.1}s"), "backing off");
+                let state = self.backoff.get(&w.key);
+                info!(
+                    task = %w.key.task,
+                    index = w.key.index,
+                    failures = state.map_or(0, |b| b.failures),
+                    retry_in = format!("{secs:.1}s"),
+                    retry_at_unix_ms = unix_millis(w.until),
+                    last_error = state.and_then(|b| b.last_error.as_deref()).unwrap_or(""),
+                    "backing off"
+                );
             }
             let outcomes = apply(
                 self.runtime.as_ref(),
@@ -328,12 +379,24 @@ impl<R: ContainerRuntime> Controller<R> {
             )
             .await;
             self.record_outcomes(&outcomes);
+            if self.config.docker.cleanup.image {
+                crate::cleanup::remove_unused_images(
+                    self.runtime.as_ref(),
+                    &plan.actions,
+                    &outcomes,
+                    &prepared.observed,
+                    &prepared.desired,
+                )
+                .await;
+            }
+            let retry_at = self.retry_at(&outcomes, &prepared.desired);
             let report = PassReport {
                 plan,
                 outcomes,
                 errors: prepared.errors,
                 observed: prepared.observed,
                 desired_instances: prepared.desired.instances.keys().cloned().collect(),
+                retry_at,
             };
             self.backoff
                 .retain(|k| report.desired_instances.contains(k));
@@ -382,6 +445,42 @@ impl<R: ContainerRuntime> Controller<R> {
                 }
             }
         }
+    }
+
+    /// When the actions that failed in this pass are due again: on the task's
+    /// backoff curve for its own failures, after [`UNAVAILABLE_RETRY`] when
+    /// Docker was away, after [`CLEANUP_RETRY`] for failed removals.
+    fn retry_at(&self, outcomes: &[Outcome], desired: &DesiredState) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        outcomes
+            .iter()
+            .filter_map(|o| {
+                let e = o.result.as_ref().err()?;
+                if e.is_unavailable() {
+                    return Some(now + UNAVAILABLE_RETRY);
+                }
+                if !o.counts_as_attempt {
+                    return Some(now + CLEANUP_RETRY);
+                }
+                let due = desired
+                    .instances
+                    .get(&o.key)
+                    .and_then(|w| self.backoff.due(&o.key, &w.restart))
+                    .unwrap_or(now);
+                let state = self.backoff.get(&o.key);
+                let secs = due.duration_since(now).unwrap_or_default().as_secs_f64();
+                info!(
+                    task = %o.key.task,
+                    index = o.key.index,
+                    failures = state.map_or(0, |b| b.failures),
+                    retry_in = format!("{secs:.1}s"),
+                    retry_at_unix_ms = unix_millis(due),
+                    last_error = %e,
+                    "backing off"
+                );
+                Some(due)
+            })
+            .min()
     }
 
     fn record_docker_error(&self, e: &PassError) {
@@ -487,5 +586,87 @@ pub async fn run_once<R: ContainerRuntime>(
             }
         }
         trigger = TriggerKind::Backoff;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    fn controller(dir: &std::path::Path, manifest: &str) -> Controller<FakeRuntime> {
+        std::fs::write(dir.join("bad.yaml"), manifest).unwrap();
+        let config = AgentConfig {
+            manifests: dir.to_path_buf(),
+            namespace: "t".into(),
+            ..AgentConfig::default()
+        };
+        Controller::new(Arc::new(FakeRuntime::new()), config)
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_is_retried_at_once_then_after_the_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(
+            dir.path(),
+            "image: nope:1\nrestart: {delay: 5s, max_delay: 1m}\n",
+        );
+        c.runtime().make_unpullable("nope:1");
+
+        let before = SystemTime::now();
+        let first = c.pass(TriggerKind::Startup).await.unwrap();
+        assert_eq!(first.failed_actions(), 1);
+        let retry = first.retry_at.expect("a failed create schedules a retry");
+        assert!(
+            retry < before + Duration::from_secs(1),
+            "the first retry is immediate"
+        );
+
+        let second = c.pass(TriggerKind::Backoff).await.unwrap();
+        assert_eq!(second.failed_actions(), 1);
+        let retry = second.retry_at.expect("still scheduled");
+        let wait = retry.duration_since(SystemTime::now()).unwrap_or_default();
+        assert!(
+            wait > Duration::from_secs(4) && wait <= Duration::from_secs(5),
+            "then the delay: {wait:?}"
+        );
+
+        let third = c.pass(TriggerKind::Resync).await.unwrap();
+        assert!(
+            third.plan.actions.is_empty(),
+            "not retried before it is due"
+        );
+        assert_eq!(third.plan.next_due(), Some(retry));
+    }
+
+    #[tokio::test]
+    async fn an_action_cut_short_by_a_docker_outage_is_retried_soon_and_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(dir.path(), "image: img:1\n");
+        c.runtime().add_image("img:1");
+        let prepared = c.prepare().await.unwrap();
+        let plan = c.plan(&prepared, SystemTime::now());
+        c.runtime().set_down(true);
+        let outcomes = apply(
+            c.runtime().as_ref(),
+            plan.actions.clone(),
+            &ApplyOptions {
+                namespace: "t".into(),
+                parallelism: 1,
+            },
+            &c.images,
+        )
+        .await;
+        c.record_outcomes(&outcomes);
+        let retry = c.retry_at(&outcomes, &prepared.desired);
+        let wait = retry
+            .expect("retried")
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        assert!(wait <= UNAVAILABLE_RETRY, "{wait:?}");
+        assert!(
+            c.backoff.get(&InstanceKey::new("bad", 0)).is_none(),
+            "Docker being away is not the task's failure"
+        );
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::ContainerRuntime;
 use crate::watch::Trigger;
 
 /// Whether an event action means "a container may need attention".
@@ -19,6 +20,28 @@ pub fn is_interesting(action: &str) -> bool {
         || action.starts_with("health_status: unhealthy")
         || action == "health_status:unhealthy"
 }
+
+/// Wait until Docker has finished recording what the event announces.
+///
+/// Warning: Docker (20.10 at least) emits `die` while it still holds the
+/// container's lock, before its container list is updated: a pass that lists
+/// right after the event still sees the container running and does nothing.
+/// Inspecting the container takes that lock, so once it answers, the list
+/// agrees with the event. Errors (the container is gone, Docker is away)
+/// only mean there is nothing to wait for.
+async fn settle(runtime: &DockerRuntime, id: &str) {
+    let inspect = runtime.inspect(id);
+    if tokio::time::timeout(SETTLE_LIMIT, inspect).await.is_err() {
+        debug!(
+            container = id,
+            "Docker is slow to settle an event; triggering anyway"
+        );
+    }
+}
+
+/// The longest an event's trigger is held back by [`settle`]. Docker can
+/// hold the lock for seconds on a busy host (network and mount teardown).
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Reconnect delays: 250 ms doubling up to 10 s.
 fn reconnect_delay(failures: u32) -> Duration {
@@ -52,14 +75,17 @@ pub fn follow(
                         since = SystemTime::now();
                         debug!(action = %event.action, task = ?event.task, "docker event");
                         if is_interesting(&event.action) {
-                            // A full channel already holds a pending trigger.
-                            if tx
-                                .try_send(Trigger::DockerEvent { task: event.task })
-                                .is_err()
-                                && tx.is_closed()
-                            {
+                            if tx.is_closed() {
                                 return;
                             }
+                            // Settling may take a while on a busy daemon; it
+                            // must not hold up other containers' events.
+                            let (runtime, tx) = (runtime.clone(), tx.clone());
+                            tokio::spawn(async move {
+                                settle(&runtime, &event.id).await;
+                                // A full channel already holds a pending trigger.
+                                let _ = tx.try_send(Trigger::DockerEvent { task: event.task });
+                            });
                         }
                     }
                     Err(e) => {
@@ -72,15 +98,36 @@ pub fn follow(
                     }
                 }
             }
-            if tx.is_closed() {
-                return;
+            // Wait until the daemon answers before subscribing again: an
+            // event stream that is open gives no sign of life until an event
+            // comes, so the ping is what tells "Docker is back" promptly.
+            let mut reported = false;
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                let delay = reconnect_delay(failures);
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(delay).await;
+                match runtime.version().await {
+                    Ok(_) => break,
+                    Err(e) if !reported => {
+                        reported = true;
+                        warn!(retry_in = ?reconnect_delay(failures), "Docker is unreachable: {e}; berth keeps running and retries");
+                    }
+                    Err(e) => {
+                        debug!(retry_in = ?reconnect_delay(failures), "Docker still unreachable: {e}")
+                    }
+                }
             }
-            let delay = reconnect_delay(failures);
-            failures = failures.saturating_add(1);
-            tokio::time::sleep(delay).await;
+            if reported {
+                info!("Docker answers again; re-subscribing to events");
+            }
             // Ask for a relist: the daemon may have restarted without us
             // seeing a single event (containers not restarted by Docker).
-            let _ = tx.try_send(Trigger::Resync);
+            if tx.try_send(Trigger::Resync).is_err() && tx.is_closed() {
+                return;
+            }
         }
     })
 }

@@ -10,10 +10,12 @@
 //! - [`plan`]: the pure diff (desired, observed, backoff, now) → ordered actions.
 //! - [`backoff`]: per-instance restart state; pure, time passed in.
 //! - [`apply`]: carries out a plan with bounded concurrency, tolerating a changed world.
+//! - [`cleanup`]: after a pass removed containers, the images no task uses any more.
 //! - [`controller`]: the loop: triggers → pass (load, list, plan, apply).
 //! - [`agent`]: `berth run`'s loop: triggers, signals, coalescing, Docker retry.
 //! - [`events`]: Docker events → triggers, reconnecting when the daemon goes away.
 //! - [`ports`]: host port allocation, stable per (task, index, label).
+//! - [`registry`]: which registry credentials a pull uses (task `auth`, agent `auth_config`).
 //! - [`config`]: the agent config.
 //! - [`watch`]: the manifest folder's file-system activity → debounced triggers.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@
 pub mod agent;
 pub mod apply;
 pub mod backoff;
+pub mod cleanup;
 pub mod config;
 pub mod controller;
 pub mod desired;
@@ -28,6 +31,7 @@ pub mod events;
 pub mod manifest;
 pub mod plan;
 pub mod ports;
+pub mod registry;
 pub mod resolve;
 pub mod runtime;
 pub mod spec;

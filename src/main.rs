@@ -143,6 +143,12 @@ impl AgentFlags {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // bollard logs whole request bodies at debug (a create body holds secret
+    // env values): never below info, whatever RUST_LOG says.
+    let filter = ["bollard=info", "bollard::docker=info"]
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -57,16 +57,21 @@ pub struct DesiredState {
     /// Tasks whose spec could not be resolved this pass (say, an env file is
     /// unreadable): their containers are left exactly as they are.
     pub held_tasks: BTreeSet<String>,
-    /// Manifest files that fail and have no last good version: containers
-    /// whose `io.berth.manifest` label names one are left untouched.
+    /// Manifest files that fail and have no last good version. While there
+    /// is one, no container is removed as "task deleted": berth cannot know
+    /// which tasks the broken file defines.
     pub protected_files: BTreeSet<String>,
     /// The folder itself could not be read: nothing is removed at all.
     pub hold_removals: bool,
+    /// The image of every task the folder defines, held tasks included, so
+    /// image cleanup never removes what a task on hold will need again.
+    pub images: BTreeSet<String>,
 }
 
 impl DesiredState {
     pub fn insert(&mut self, instance: DesiredInstance) {
         self.tasks.insert(instance.key.task.clone());
+        self.images.insert(instance.spec.image.clone());
         self.instances
             .insert(instance.key.clone(), Arc::new(instance));
     }
@@ -583,15 +588,14 @@ fn plan_undesired(
     } else {
         RemoveReason::TaskRemoved
     };
+    // A file broken since startup may define any task: a file can be renamed
+    // or a task moved into it, and the container's `io.berth.manifest` label
+    // still names the old file. While one exists, no task counts as removed.
+    if reason == RemoveReason::TaskRemoved && !desired.protected_files.is_empty() {
+        return;
+    }
     let grace = crate::apply::DEFAULT_GRACE;
     for c in containers {
-        // A task whose file is broken since startup is unknown, not deleted.
-        if reason == RemoveReason::TaskRemoved
-            && c.manifest()
-                .is_some_and(|m| desired.protected_files.contains(m))
-        {
-            continue;
-        }
         if options.cleanup_containers {
             out.actions.push(remove(key, c, reason, grace));
         } else if c.is_running() {
@@ -840,7 +844,12 @@ mod tests {
         let w = want("web", 0, "nginx");
         let observed = vec![running(&w)];
         let mut d = DesiredState::default();
-        d.protected_files.insert("web.yaml".into());
+        d.protected_files.insert("renamed.yaml".into());
+        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+
+        // The task may have moved into the broken file (a rename, say).
+        let mut d = DesiredState::default();
+        d.protected_files.insert("renamed.yaml".into());
         assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
 
         let mut d = DesiredState::default();

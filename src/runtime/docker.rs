@@ -977,6 +977,35 @@ mod tests {
     }
 
     #[test]
+    fn docker_tls_applies_to_a_tcp_endpoint_and_is_refused_on_a_unix_socket() {
+        let tls = Some(crate::config::TlsConfig {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            ca: "ca.pem".into(),
+        });
+        let cfg = DockerConfig {
+            endpoint: Some("tcp://10.0.0.1:2376".into()),
+            tls: tls.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Endpoint::resolve(&cfg, |_| None).unwrap(),
+            Endpoint::Tls {
+                addr: "tcp://10.0.0.1:2376".into(),
+                key: "k.pem".into(),
+                cert: "c.pem".into(),
+                ca: "ca.pem".into(),
+            }
+        );
+        let unix = DockerConfig {
+            endpoint: Some("unix:///var/run/docker.sock".into()),
+            tls,
+            ..Default::default()
+        };
+        assert!(Endpoint::resolve(&unix, |_| None).is_err());
+    }
+
+    #[test]
     fn every_spec_field_reaches_the_create_body() {
         let mut spec = ContainerSpec::for_image("berth-fixture:1");
         spec.cmd = Some(vec!["sleep".into(), "forever".into()]);
