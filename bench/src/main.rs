@@ -51,9 +51,12 @@ pub struct Options {
     pub noop_passes: usize,
     /// Container operations at once (berth's default, and the raw baseline's).
     pub parallelism: usize,
+    /// Only the planner (no Docker, no builds): for profiling `plan()`.
+    pub planner_only: bool,
 }
 
-const USAGE: &str = "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--out FILE]";
+const USAGE: &str =
+    "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--out FILE] [--planner-only]";
 
 fn parse_args(workspace: &std::path::Path) -> Result<Options> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +71,7 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
         idle: Duration::from_secs(if quick { 10 } else { 60 }),
         noop_passes: 20,
         parallelism: berth::config::AgentConfig::default().parallelism,
+        planner_only: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -78,6 +82,7 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
         };
         match a.as_str() {
             "--quick" => {}
+            "--planner-only" => o.planner_only = true,
             "--rounds" => o.rounds = value("--rounds")?.parse()?,
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
             "--out" => o.out = PathBuf::from(value("--out")?),
@@ -168,6 +173,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(workspace: PathBuf, options: Options) -> Result<()> {
+    if options.planner_only {
+        let mut results = scenarios::Results::default();
+        scenarios::planner(&mut results);
+        println!("{}", report::text_table(&results.rows, &results.targets));
+        return Ok(());
+    }
     let berth_bin = build_berth(&workspace)?;
     eprintln!("building and importing the fixture image ...");
     let image = fixture_image::ensure(&workspace)?;

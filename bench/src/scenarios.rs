@@ -694,7 +694,7 @@ async fn agent_inner(
     Ok(())
 }
 
-fn planner(res: &mut Results) {
+pub fn planner(res: &mut Results) {
     let mut per_task = HashMap::new();
     for world in [World::Converged, World::Diverged] {
         for n in [100usize, 1_000, 10_000] {
