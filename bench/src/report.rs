@@ -93,8 +93,10 @@ const HEADERS: [&str; 5] = ["measure — subject", "median", "min – max", "n",
 pub fn text_table(rows: &[Row], targets: &[Target]) -> String {
     let cells: Vec<[String; 5]> = rows.iter().map(Row::cells).collect();
     let mut widths = HEADERS.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
+    for (row, cells) in rows.iter().zip(&cells) {
+        // A free-text figure runs on past the columns instead of widening them.
+        let columns = if row.figure.is_some() { 1 } else { cells.len() };
+        for (w, c) in widths.iter_mut().zip(cells).take(columns) {
             *w = (*w).max(c.chars().count());
         }
     }
