@@ -2,10 +2,10 @@
 //! (`berth-fixture`, whose `sleep forever` is the benchmark's workload)
 //! `docker import`ed as `berth-fixture:<sha256 prefix>`, ENTRYPOINT `/fixture`.
 //!
-//! The same recipe as `tests/common/mod.rs` (same target dir, tag and lock,
-//! so a tag made by either is reused by the other).
+//! The one recipe: `tests/common/mod.rs` includes this file too, so the
+//! tests and the benchmark share the image (same target dir, tag and lock).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -28,9 +28,8 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 /// Build the fixture binary (static, into `target/fixture` so the main
-/// build's artefacts keep their RUSTFLAGS) and import it unless the tag
-/// exists. Returns the image reference.
-pub fn ensure(workspace: &Path) -> Result<String> {
+/// build's artefacts keep their RUSTFLAGS) and return its path.
+pub fn build(workspace: &Path) -> Result<PathBuf> {
     let target_dir = workspace.join("target").join("fixture");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
@@ -49,24 +48,41 @@ pub fn ensure(workspace: &Path) -> Result<String> {
             ]),
         "building the fixture binary",
     )?;
-    let binary = target_dir
+    Ok(target_dir
         .join("x86_64-unknown-linux-gnu")
         .join("release")
-        .join("fixture");
-    let bytes = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
-    let tag = format!("{REPO}:{}", &hex::encode(Sha256::digest(&bytes))[..12]);
+        .join("fixture"))
+}
 
+/// `docker import` a folder holding only `binary` as `tag`. With `replace`
+/// false the import is skipped when the tag exists, so a tag never moves.
+/// Runs under `flock`, so concurrent test processes import once.
+pub fn import(binary: &Path, tag: &str, replace: bool) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    std::fs::copy(&binary, dir.path().join("fixture"))?;
+    std::fs::copy(binary, dir.path().join("fixture"))?;
     let lock = std::env::temp_dir().join("berth-fixture-import.lock");
+    let skip = if replace {
+        String::new()
+    } else {
+        format!("docker image inspect '{tag}' >/dev/null 2>&1 ||")
+    };
     let script = format!(
-        "docker image inspect '{tag}' >/dev/null 2>&1 || \
-         tar -C '{}' -c . | docker import -c 'ENTRYPOINT [\"/fixture\"]' - '{tag}' >/dev/null",
+        "{skip} tar -C '{}' -c . | docker import -c 'ENTRYPOINT [\"/fixture\"]' - '{tag}' >/dev/null",
         dir.path().display()
     );
     run(
         Command::new("flock").arg(&lock).args(["sh", "-c", &script]),
         &format!("importing {tag}"),
     )?;
+    Ok(())
+}
+
+/// Build and import the fixture unless its tag exists; returns the image
+/// reference `berth-fixture:<sha256 prefix of the binary>`.
+pub fn ensure(workspace: &Path) -> Result<String> {
+    let binary = build(workspace)?;
+    let bytes = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+    let tag = format!("{REPO}:{}", &hex::encode(Sha256::digest(&bytes))[..12]);
+    import(&binary, &tag, false)?;
     Ok(tag)
 }

@@ -16,7 +16,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-pub const FIXTURE_REPO: &str = "berth-fixture";
+/// How the fixture image is made: shared with the benchmark.
+#[path = "../../bench/src/fixture_image.rs"]
+mod fixture_image_recipe;
+
+pub const FIXTURE_REPO: &str = fixture_image_recipe::REPO;
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,57 +54,12 @@ pub fn fixture_image() -> String {
 }
 
 fn build_and_import_fixture() -> String {
-    let root = workspace_root();
-    let target_dir = root.join("target").join("fixture");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(
-        Command::new(cargo)
-            .current_dir(&root)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "berth-fixture",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-            ]),
-        "building the fixture binary",
-    );
-    let binary = target_dir
-        .join("x86_64-unknown-linux-gnu")
-        .join("release")
-        .join("fixture");
-    let bytes = std::fs::read(&binary).unwrap();
-    let tag = format!(
-        "{FIXTURE_REPO}:{}",
-        &hex::encode(Sha256::digest(&bytes))[..12]
-    );
-    import_binary(&binary, &tag, false);
-    tag
+    fixture_image_recipe::ensure(&workspace_root()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// `docker import` a folder holding only the fixture binary as `tag`. With
-/// `replace` false the import is skipped when the tag already exists.
+/// `docker import` the fixture binary as `tag` (see the recipe).
 fn import_binary(binary: &Path, tag: &str, replace: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(binary, dir.path().join("fixture")).unwrap();
-    let lock = std::env::temp_dir().join("berth-fixture-import.lock");
-    let skip = if replace {
-        String::new()
-    } else {
-        format!("docker image inspect '{tag}' >/dev/null 2>&1 ||")
-    };
-    let script = format!(
-        "{skip} tar -C '{}' -c . | docker import -c 'ENTRYPOINT [\"/fixture\"]' - '{tag}' >/dev/null",
-        dir.path().display()
-    );
-    run(
-        Command::new("flock").arg(&lock).args(["sh", "-c", &script]),
-        &format!("importing {tag}"),
-    );
+    fixture_image_recipe::import(binary, tag, replace).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Another tag for the fixture image (same image id), e.g. for tests that
