@@ -13,9 +13,17 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 tag=${1:-berth:$version}
 target_dir=${CARGO_TARGET_DIR_STATIC:-$root/target/static}
 
+# BERTH_IMAGE_PROFILE=dev builds an unoptimised binary: the same image, made
+# in half the time; the test suite uses it to prove the recipe works offline.
+profile=${BERTH_IMAGE_PROFILE:-release}
+case "$profile" in
+    dev) profile_dir=debug ;;
+    *) profile_dir=$profile ;;
+esac
+
 RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$target_dir" \
-    cargo build --release --locked --quiet --bin berth --target x86_64-unknown-linux-gnu
-binary="$target_dir/x86_64-unknown-linux-gnu/release/berth"
+    cargo build --profile "$profile" --locked --quiet --bin berth --target x86_64-unknown-linux-gnu
+binary="$target_dir/x86_64-unknown-linux-gnu/$profile_dir/berth"
 
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT

@@ -41,6 +41,12 @@ impl Berth {
             .arg("--manifests")
             .arg(manifests)
             .args(["--namespace", &ns.ns, "--resync", "60s"])
+            // Tests run in parallel: each berth serves HTTP on its own port.
+            .args(if extra.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "berth=debug")
             .env_remove("BERTH_CONFIG")
