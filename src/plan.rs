@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::backoff::BackoffTable;
 use crate::manifest::{PullPolicy, RestartPolicy, RestartSpec};
 use crate::runtime::{ContainerState, Health, ObservedContainer, RegistryCredentials};
-use crate::spec::{ContainerSpec, InstanceKey};
+use crate::spec::{labels, ContainerSpec, InstanceKey};
 
 /// One instance berth wants to run, fully resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -424,27 +424,68 @@ pub fn plan(
     let mut out = Plan::default();
 
     // Only our namespace, ever: the list is label-filtered, and this is the
-    // second lock on the door (invariant 1).
-    let mut by_key: BTreeMap<InstanceKey, Vec<&ObservedContainer>> = BTreeMap::new();
+    // second lock on the door (invariant 1). Grouped by borrowed identity:
+    // a pass over ten thousand containers should not allocate per container.
+    let mut by_key: BTreeMap<(&str, u32), Vec<&ObservedContainer>> = BTreeMap::new();
     for c in observed.iter().filter(|c| c.namespace() == Some(ns)) {
-        match c.key() {
-            Some(key) => by_key.entry(key).or_default().push(c),
-            None => out.unrecognised.push(c.name.clone()),
+        let task = c.labels.get(labels::TASK).map(String::as_str);
+        let index = c
+            .labels
+            .get(labels::INDEX)
+            .and_then(|i| i.parse::<u32>().ok());
+        match (task, index) {
+            (Some(task), Some(index)) => by_key.entry((task, index)).or_default().push(c),
+            _ => out.unrecognised.push(c.name.clone()),
         }
     }
     for list in by_key.values_mut() {
-        list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        if list.len() > 1 {
+            list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        }
     }
 
-    let keys: BTreeSet<&InstanceKey> = desired.instances.keys().chain(by_key.keys()).collect();
-    for key in keys {
-        let containers = by_key.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        match desired.instances.get(key) {
-            Some(want) => plan_desired(want, containers, backoff, now, ns, &mut out),
-            None => plan_undesired(key, containers, desired, options, &mut out),
+    // Both maps are sorted by (task, index): walk them side by side.
+    let mut wanted = desired.instances.iter().peekable();
+    let mut seen = by_key.into_iter().peekable();
+    loop {
+        let next_wanted = wanted.peek().map(|(k, _)| (k.task.as_str(), k.index));
+        let next_seen = seen.peek().map(|(k, _)| *k);
+        match (next_wanted, next_seen) {
+            (None, None) => break,
+            (Some(w), s) if s.is_none_or(|s| w <= s) => {
+                let containers = if s == Some(w) {
+                    seen.next().map(|(_, v)| v).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                if let Some((_, want)) = wanted.next() {
+                    plan_desired(want, &containers, backoff, now, ns, &mut out);
+                }
+            }
+            _ => {
+                if let Some(((task, index), containers)) = seen.next() {
+                    let key = InstanceKey::new(task, index);
+                    plan_undesired(&key, &containers, desired, options, &mut out);
+                }
+            }
         }
     }
     out
+}
+
+/// Whether `name` is `<ns>-<task>-<index>`, without building the string.
+fn is_canonical(name: &str, ns: &str, key: &InstanceKey) -> bool {
+    let Some(rest) = name
+        .strip_prefix(ns)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_prefix(key.task.as_str()))
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return false;
+    };
+    let digits_only = !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+    let no_leading_zero = rest == "0" || !rest.starts_with('0');
+    digits_only && no_leading_zero && rest.parse::<u32>().ok() == Some(key.index)
 }
 
 fn plan_desired(
@@ -455,11 +496,12 @@ fn plan_desired(
     ns: &str,
     out: &mut Plan,
 ) {
-    let canonical_name = want.key.container_name(ns);
-    let canonical = containers.iter().find(|c| c.name == canonical_name);
+    let canonical = containers
+        .iter()
+        .find(|c| is_canonical(&c.name, ns, &want.key));
     let asides: Vec<&&ObservedContainer> = containers
         .iter()
-        .filter(|c| c.name != canonical_name)
+        .filter(|c| !is_canonical(&c.name, ns, &want.key))
         .collect();
 
     // A retry that is not due yet becomes a wait instead of an action.
@@ -480,7 +522,7 @@ fn plan_desired(
             out.actions.push(Action::Restore {
                 key: want.key.clone(),
                 id: aside.id.clone(),
-                canonical_name,
+                canonical_name: want.key.container_name(ns),
             });
             for extra in &asides[1..] {
                 out.actions.push(remove(
