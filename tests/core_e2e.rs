@@ -50,14 +50,7 @@ impl Seen {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
-            labels: c["Config"]["Labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            labels: docker::labels_of(c),
         }
     }
 

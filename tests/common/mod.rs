@@ -324,18 +324,23 @@ pub mod docker {
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
-                labels: c["Config"]["Labels"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                labels: labels_of(c),
             })
             .collect();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         entries
+    }
+
+    /// The labels of a container from `docker inspect` JSON.
+    pub fn labels_of(c: &serde_json::Value) -> BTreeMap<String, String> {
+        c["Config"]["Labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// `docker inspect <name>` as JSON, `None` when there is no such container.
