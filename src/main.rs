@@ -212,11 +212,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn connect(config: &AgentConfig) -> anyhow::Result<Arc<DockerRuntime>> {
+/// Connect to Docker. `progress_bar`: draw pulls as bars on stderr when it
+/// is a terminal (`run --once`); the daemon loop only logs them.
+async fn connect(config: &AgentConfig, progress_bar: bool) -> anyhow::Result<Arc<DockerRuntime>> {
+    use std::io::IsTerminal;
     let runtime = DockerRuntime::connect(&config.docker)
         .await
         .context("cannot set up the Docker client")?;
-    Ok(Arc::new(runtime))
+    Ok(Arc::new(runtime.with_progress_bar(
+        progress_bar && std::io::stderr().is_terminal(),
+    )))
 }
 
 struct Hooks {
@@ -274,7 +279,7 @@ async fn run(
     once_timeout: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
-    let runtime = connect(&config).await?;
+    let runtime = connect(&config, once).await?;
     tracing::info!(
         manifests = %config.manifests.display(),
         namespace = %config.namespace,
@@ -396,7 +401,7 @@ fn validate(flags: AgentFlags, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> 
 
 async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
-    let runtime = connect(&config).await?;
+    let runtime = connect(&config, false).await?;
     let mut controller = Controller::new(runtime, config);
     let prepared = controller.prepare().await?;
     let plan = controller.plan(&prepared, SystemTime::now());
@@ -463,7 +468,7 @@ async fn status(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
 
 /// The status Docker's labels alone give: no restarts, backoff or errors.
 async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::controller::Status> {
-    let runtime = connect(config).await?;
+    let runtime = connect(config, false).await?;
     let containers = runtime.list(&config.namespace).await?;
     let now = SystemTime::now();
     let secs = |t: SystemTime| {
@@ -550,7 +555,7 @@ fn print_status(status: &berth::controller::Status) {
 
 async fn down(flags: AgentFlags) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
-    let runtime = connect(&config).await?;
+    let runtime = connect(&config, false).await?;
     let containers = runtime.list(&config.namespace).await?;
     let mut failed = 0;
     for c in containers

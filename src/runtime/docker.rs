@@ -180,6 +180,9 @@ impl Connector {
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     conn: Arc<Connector>,
+    /// Draw a one-line progress bar per pull on stderr (`run --once` on a
+    /// terminal); the log lines are written either way.
+    progress_bar: bool,
 }
 
 /// One Docker container event, narrowed to what triggers a reconcile pass.
@@ -204,6 +207,12 @@ impl DockerRuntime {
     /// unreadable TLS CA, TLS on a unix socket). A daemon that is down or a
     /// socket that does not exist yet is logged and retried on each call,
     /// which then returns [`RuntimeError::Unavailable`].
+    /// Draw pull progress as a bar on stderr (only sensible on a terminal).
+    pub fn with_progress_bar(mut self, on: bool) -> Self {
+        self.progress_bar = on;
+        self
+    }
+
     pub async fn connect(cfg: &DockerConfig) -> Result<DockerRuntime> {
         let endpoint = Endpoint::resolve(cfg, |k| std::env::var(k).ok())?;
         let runtime = DockerRuntime {
@@ -211,6 +220,7 @@ impl DockerRuntime {
                 endpoint,
                 client: Mutex::new(None),
             }),
+            progress_bar: false,
         };
         match runtime.conn.client().await {
             Ok(_) => {}
@@ -511,8 +521,14 @@ impl ContainerRuntime for DockerRuntime {
         let mut tally = PullProgress::default();
         let started = std::time::Instant::now();
         let mut last_report = started;
+        let mut last_bar = started;
         while let Some(item) = progress.next().await {
             tally.record(&item.map_err(map_err)?);
+            if self.progress_bar && last_bar.elapsed() >= PULL_BAR_EVERY {
+                last_bar = std::time::Instant::now();
+                let (done, layers, current, total) = tally.summary();
+                eprint!("\r{}", progress_line(image, done, layers, current, total));
+            }
             // Throttled: one line every few seconds on a long pull.
             if last_report.elapsed() >= PULL_PROGRESS_EVERY {
                 last_report = std::time::Instant::now();
@@ -529,7 +545,15 @@ impl ContainerRuntime for DockerRuntime {
                 );
             }
         }
-        let (_, layers, _, total) = tally.summary();
+        let (done, layers, current, total) = tally.summary();
+        if self.progress_bar {
+            if layers == 0 {
+                // Every layer was already present: nothing was downloaded.
+                eprintln!("\r{image}: pulled, no layer to download");
+            } else {
+                eprintln!("\r{}", progress_line(image, done, layers, current, total));
+            }
+        }
         debug!(
             image,
             layers,
@@ -608,6 +632,28 @@ impl PullProgress {
         let total = self.layers.values().map(|l| l.1).sum();
         (done, self.layers.len(), current, total)
     }
+}
+
+/// How often the terminal progress bar is redrawn.
+const PULL_BAR_EVERY: Duration = Duration::from_millis(200);
+
+/// One line of pull progress: `image [#####-----] 3/5 layers, 12/40 MB`,
+/// padded so a shorter line overwrites a longer one after `\r`.
+fn progress_line(image: &str, done: usize, layers: usize, current: u64, total: u64) -> String {
+    const WIDTH: usize = 20;
+    let filled = (current.min(total) * WIDTH as u64)
+        .checked_div(total)
+        .map(|f| f as usize)
+        .or_else(|| (done * WIDTH).checked_div(layers))
+        .unwrap_or(0)
+        .min(WIDTH);
+    format!(
+        "{image} [{}{}] {done}/{layers} layers, {}/{} MB   ",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        current / 1_000_000,
+        total / 1_000_000
+    )
 }
 
 /// Docker's `t` for a stop: whole seconds, rounded up, and at least 1 when
@@ -1012,6 +1058,22 @@ mod tests {
         );
         assert_eq!(health_from_status("Up 5 minutes"), Health::None);
         assert_eq!(health_from_status("Exited (0) 3 seconds ago"), Health::None);
+    }
+
+    #[test]
+    fn the_pull_progress_bar_fills_with_bytes_then_layers() {
+        assert_eq!(
+            progress_line("img:1", 1, 4, 5_000_000, 20_000_000),
+            "img:1 [#####---------------] 1/4 layers, 5/20 MB   "
+        );
+        // Sizes not known yet: fill by layers.
+        assert_eq!(
+            progress_line("img:1", 2, 4, 0, 0),
+            "img:1 [##########----------] 2/4 layers, 0/0 MB   "
+        );
+        assert!(progress_line("img:1", 0, 0, 0, 0).contains("[--------------------]"));
+        // More bytes than announced never overflows the bar.
+        assert!(progress_line("img:1", 1, 1, 30, 20).contains("[####################]"));
     }
 
     #[test]
