@@ -742,6 +742,11 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
     }
 
+    /// Plan with no backoff history, now, in the default options.
+    fn plan_now(d: &DesiredState, observed: &[ObservedContainer]) -> Plan {
+        plan(d, observed, &BackoffTable::new(), now(), &opts())
+    }
+
     fn render(p: &Plan) -> String {
         p.to_string()
     }
@@ -753,7 +758,7 @@ mod tests {
             want("api", 0, "api"),
             want("web", 0, "nginx"),
         ]);
-        let p = plan(&d, &[], &BackoffTable::new(), now(), &opts());
+        let p = plan_now(&d, &[]);
         assert_eq!(
             render(&p),
             "create api[0] (api)\ncreate web[0] (nginx)\ncreate web[1] (nginx)\n"
@@ -764,13 +769,7 @@ mod tests {
     fn a_converged_host_plans_nothing() {
         let w = want("web", 0, "nginx");
         let observed = vec![running(&w)];
-        let p = plan(
-            &desired(vec![w]),
-            &observed,
-            &BackoffTable::new(),
-            now(),
-            &opts(),
-        );
+        let p = plan_now(&desired(vec![w]), &observed);
         assert!(p.is_empty(), "{p}");
         assert!(p.waiting.is_empty());
     }
@@ -803,13 +802,7 @@ mod tests {
         let w0 = want("web", 0, "nginx");
         let w1 = want("web", 1, "nginx");
         let observed = vec![running(&w0), running(&w1)];
-        let p = plan(
-            &desired(vec![w0]),
-            &observed,
-            &BackoffTable::new(),
-            now(),
-            &opts(),
-        );
+        let p = plan_now(&desired(vec![w0]), &observed);
         assert_eq!(render(&p), "remove web[1] (berth-web-1: scaled down)\n");
     }
 
@@ -817,13 +810,7 @@ mod tests {
     fn a_deleted_task_is_removed_or_with_cleanup_off_only_stopped() {
         let w = want("web", 0, "nginx");
         let observed = vec![running(&w)];
-        let p = plan(
-            &DesiredState::default(),
-            &observed,
-            &BackoffTable::new(),
-            now(),
-            &opts(),
-        );
+        let p = plan_now(&DesiredState::default(), &observed);
         assert_eq!(render(&p), "remove web[0] (berth-web-0: task removed)\n");
 
         let keep = PlanOptions {
@@ -860,13 +847,7 @@ mod tests {
         let mut unlabelled = foreign.clone();
         unlabelled.labels.clear();
         unlabelled.id = "plain".into();
-        let p = plan(
-            &DesiredState::default(),
-            &[foreign, unlabelled],
-            &BackoffTable::new(),
-            now(),
-            &opts(),
-        );
+        let p = plan_now(&DesiredState::default(), &[foreign, unlabelled]);
         assert!(p.is_empty(), "{p}");
     }
 
@@ -875,13 +856,7 @@ mod tests {
         let key = InstanceKey::new("web", 0);
         let mut odd = container("berth-odd", NS, &key, "x", ContainerState::Running);
         odd.labels.remove(labels::INDEX);
-        let p = plan(
-            &DesiredState::default(),
-            &[odd],
-            &BackoffTable::new(),
-            now(),
-            &opts(),
-        );
+        let p = plan_now(&DesiredState::default(), &[odd]);
         assert!(p.is_empty());
         assert_eq!(p.unrecognised, vec!["berth-odd".to_string()]);
     }
@@ -892,22 +867,22 @@ mod tests {
         let observed = vec![running(&w)];
         let mut d = DesiredState::default();
         d.protected_files.insert("renamed.yaml".into());
-        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+        assert!(plan_now(&d, &observed).is_empty());
 
         // The task may have moved into the broken file (a rename, say).
         let mut d = DesiredState::default();
         d.protected_files.insert("renamed.yaml".into());
-        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+        assert!(plan_now(&d, &observed).is_empty());
 
         let mut d = DesiredState::default();
         d.held_tasks.insert("web".into());
-        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+        assert!(plan_now(&d, &observed).is_empty());
 
         let d = DesiredState {
             hold_removals: true,
             ..DesiredState::default()
         };
-        assert!(plan(&d, &observed, &BackoffTable::new(), now(), &opts()).is_empty());
+        assert!(plan_now(&d, &observed).is_empty());
     }
 
     #[test]
@@ -925,13 +900,7 @@ mod tests {
             let mut c = running(&w);
             c.state = ContainerState::Exited;
             c.exit_code = Some(code);
-            let p = plan(
-                &desired(vec![w]),
-                &[c],
-                &BackoffTable::new(),
-                now(),
-                &opts(),
-            );
+            let p = plan_now(&desired(vec![w]), &[c]);
             assert_eq!(!p.is_empty(), restarts, "{policy:?} exit {code}: {p}");
         }
     }
@@ -958,23 +927,11 @@ mod tests {
         let w = want("web", 0, "img");
         let mut c = running(&w);
         c.health = Health::Unhealthy;
-        let p = plan(
-            &desired(vec![w.clone()]),
-            &[c.clone()],
-            &BackoffTable::new(),
-            now(),
-            &opts(),
-        );
+        let p = plan_now(&desired(vec![w.clone()]), &[c.clone()]);
         assert_eq!(p.actions[0].verb(), "restart-unhealthy");
         c.health = Health::None;
         c.state = ContainerState::Created;
-        let p = plan(
-            &desired(vec![w]),
-            &[c],
-            &BackoffTable::new(),
-            now(),
-            &opts(),
-        );
+        let p = plan_now(&desired(vec![w]), &[c]);
         assert_eq!(p.actions[0].verb(), "start");
     }
 
@@ -990,25 +947,16 @@ mod tests {
             ContainerState::Exited,
         );
         // Crash after the rename: only the aside container exists → restore it.
-        let p = plan(
+        let p = plan_now(
             &desired(vec![new.clone()]),
             std::slice::from_ref(&aside_old),
-            &BackoffTable::new(),
-            now(),
-            &opts(),
         );
         assert_eq!(
             render(&p),
             "restore web[0] (rename id-berth-web back to berth-web-0)\n"
         );
         // Crash after the new one started: remove the aside one.
-        let p = plan(
-            &desired(vec![new.clone()]),
-            &[aside_old, running(&new)],
-            &BackoffTable::new(),
-            now(),
-            &opts(),
-        );
+        let p = plan_now(&desired(vec![new.clone()]), &[aside_old, running(&new)]);
         assert_eq!(
             render(&p),
             "remove web[0] (berth-web-0-old-id-old: leftover of an interrupted replacement)\n"

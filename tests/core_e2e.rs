@@ -67,17 +67,8 @@ impl Seen {
 
 /// Every container of the namespace, by name.
 fn world(ns: &str) -> BTreeMap<String, Seen> {
-    let ids = docker::ids(ns);
-    if ids.is_empty() {
-        return BTreeMap::new();
-    }
-    let out = Command::new("docker")
-        .arg("inspect")
-        .args(&ids)
-        .output()
-        .unwrap();
-    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    all.iter()
+    docker::inspect_all(ns)
+        .iter()
         .map(Seen::from_json)
         .map(|s| (s.name.clone(), s))
         .collect()
@@ -128,15 +119,6 @@ fn events_between(ns: &str, since: SystemTime, until: SystemTime) -> Vec<String>
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-fn docker_cli(args: &[&str]) {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -894,8 +876,8 @@ fn a_container_removed_by_hand_is_recreated_and_one_stopped_by_hand_is_started()
     let api = guard.container_name("api", 0);
     let worker = guard.container_name("worker", 0);
 
-    docker_cli(&["rm", "-f", &api]);
-    docker_cli(&["stop", "-t", "1", &worker]);
+    docker::cli(&["rm", "-f", &api]);
+    docker::cli(&["stop", "-t", "1", &worker]);
     assert!(!seen(&worker).unwrap().running);
     folder.converge();
 
@@ -931,7 +913,7 @@ fn down_removes_every_container_of_the_namespace_and_nothing_else() {
     three_tasks(&folder);
     folder.converge();
     // A stopped container of ours is removed too.
-    docker_cli(&["stop", "-t", "1", &guard.container_name("api", 0)]);
+    docker::cli(&["stop", "-t", "1", &guard.container_name("api", 0)]);
     assert_eq!(world(ns).len(), 4);
 
     let out = run_berth_env(&["down", "--namespace", ns], &[], BERTH_TIMEOUT);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{docker, fixture_image, wait_for_sync, TestNamespace};
+use common::{docker, fixture_image, wait_for_sync, DockerProxy, TestNamespace};
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -167,15 +167,6 @@ fn seen(name: &str) -> Option<Seen> {
 
 fn running(name: &str) -> Option<Seen> {
     seen(name).filter(|s| s.running)
-}
-
-fn docker_cli(args: &[&str]) {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Docker's own record of a container's `start`/`die` events since `since`,
@@ -517,7 +508,7 @@ fn a_killed_container_runs_again_within_two_seconds() {
     let before = wait_for_sync(FIRST, "web-0 running", || running(&name));
 
     let killed = Instant::now();
-    docker_cli(&["kill", &name]);
+    docker::cli(&["kill", &name]);
     let after = wait_for_sync(FAST, "web-0 running again within 2 s", || {
         running(&name).filter(|s| s.started_at != before.started_at)
     });
@@ -733,56 +724,6 @@ fn a_task_whose_command_cannot_start_backs_off_on_the_restart_curve() {
 // The daemon
 // ---------------------------------------------------------------------------
 
-/// A Unix-socket proxy to the real Docker socket that a test can cut.
-struct DockerProxy {
-    path: PathBuf,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl DockerProxy {
-    fn start(path: &Path) -> DockerProxy {
-        let _ = fs::remove_file(path);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = {
-            let _g = rt.enter();
-            tokio::net::UnixListener::bind(path).unwrap()
-        };
-        rt.spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        DockerProxy {
-            path: path.to_path_buf(),
-            rt: Some(rt),
-        }
-    }
-
-    /// Drop the listener and every forwarded connection.
-    fn stop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-impl Drop for DockerProxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[test]
 fn berth_survives_a_docker_outage_and_converges_when_it_is_back() {
     let ns = TestNamespace::new("outage");
@@ -799,7 +740,7 @@ fn berth_survives_a_docker_outage_and_converges_when_it_is_back() {
     proxy.stop();
     berth.wait_for_log(Duration::from_secs(5), "unreachable");
     // Meanwhile the container stops, and a file changes: berth cannot see it.
-    docker_cli(&["stop", "-t", "1", &name]);
+    docker::cli(&["stop", "-t", "1", &name]);
     fs::write(dir.path().join("more.yaml"), sleeper("")).unwrap();
     std::thread::sleep(Duration::from_secs(2)); // an outage, not a blip
     assert!(
@@ -958,7 +899,7 @@ fn measure_live_figures() {
     for i in 0..10 {
         let want = ns.container_name(&format!("t{i}"), 0);
         let killed = Instant::now();
-        docker_cli(&["kill", &want]);
+        docker::cli(&["kill", &want]);
         loop {
             let (name, at) = starts.recv_timeout(Duration::from_secs(20)).unwrap();
             if name == want {

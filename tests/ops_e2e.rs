@@ -7,14 +7,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{docker, fixture_image, fixture_image_tag, run_berth, wait_for_sync, TestNamespace};
+use common::{
+    docker, fixture_image, fixture_image_tag, run_berth, wait_for_sync, DockerProxy, TestNamespace,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -173,70 +172,6 @@ fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
     samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
 
-/// A Unix-socket proxy in front of Docker's socket that can be cut, so a
-/// test can make Docker unreachable for berth alone.
-struct DockerProxy {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<UnixStream>>>,
-}
-
-impl DockerProxy {
-    fn start(path: PathBuf) -> DockerProxy {
-        let listener = UnixListener::bind(&path).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
-        let (stop2, conns2) = (stop.clone(), conns.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                let client = match listener.accept() {
-                    Ok((c, _)) => c,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(20));
-                        continue;
-                    }
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(upstream) = UnixStream::connect("/var/run/docker.sock") else {
-                    continue;
-                };
-                {
-                    let mut all = conns2.lock().unwrap();
-                    all.push(client.try_clone().unwrap());
-                    all.push(upstream.try_clone().unwrap());
-                }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
-                    (upstream, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
-                }
-            }
-        });
-        DockerProxy { path, stop, conns }
-    }
-
-    /// Docker becomes unreachable through this proxy: no new connections,
-    /// and the open ones are cut.
-    fn cut(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = std::fs::remove_file(&self.path);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for DockerProxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
-
 #[test]
 fn healthz_is_200_while_converged_and_503_within_a_resync_after_docker_goes_away() {
     let ns = TestNamespace::new("healthz");
@@ -244,7 +179,7 @@ fn healthz_is_200_while_converged_and_503_within_a_resync_after_docker_goes_away
     let manifests = dir.path().join("m");
     std::fs::create_dir(&manifests).unwrap();
     write(&manifests, "app.yaml", &sleeper("app", &fixture_image(), 1));
-    let proxy = DockerProxy::start(dir.path().join("docker.sock"));
+    let mut proxy = DockerProxy::start(&dir.path().join("docker.sock"));
     let endpoint = format!("unix://{}", proxy.path.display());
     let berth = Berth::start(
         &ns,
@@ -257,7 +192,7 @@ fn healthz_is_200_while_converged_and_503_within_a_resync_after_docker_goes_away
         berth.get("/healthz").filter(|(c, _)| *c == 200)
     });
 
-    proxy.cut();
+    proxy.stop();
     // One resync (2 s) plus the time a failing pass takes, with slack for a loaded host.
     let (_, reason) = wait_for_sync(Duration::from_secs(15), "/healthz 503", || {
         berth.get("/healthz").filter(|(c, _)| *c == 503)

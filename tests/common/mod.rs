@@ -297,8 +297,18 @@ pub mod docker {
         }
     }
 
-    /// Every container of a namespace, sorted by name.
-    pub fn ps(ns: &str) -> Vec<PsEntry> {
+    /// `docker <args>`, which must succeed.
+    pub fn cli(args: &[&str]) {
+        let out = Command::new("docker").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `docker inspect` of every container of a namespace.
+    pub fn inspect_all(ns: &str) -> Vec<serde_json::Value> {
         let ids = ids(ns);
         if ids.is_empty() {
             return Vec::new();
@@ -310,7 +320,12 @@ pub mod docker {
             .unwrap();
         // A container removed between ps and inspect makes inspect exit 1
         // but still print the others.
-        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Every container of a namespace, sorted by name.
+    pub fn ps(ns: &str) -> Vec<PsEntry> {
+        let all = inspect_all(ns);
         let mut entries: Vec<PsEntry> = all
             .iter()
             .map(|c| PsEntry {
@@ -354,5 +369,57 @@ pub mod docker {
         }
         let mut all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
         all.pop()
+    }
+}
+
+/// A Unix-socket proxy in front of Docker's socket that a test can cut, so
+/// Docker becomes unreachable for one berth alone (the machine's daemon is
+/// never restarted).
+pub struct DockerProxy {
+    pub path: PathBuf,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl DockerProxy {
+    pub fn start(path: &Path) -> DockerProxy {
+        let _ = std::fs::remove_file(path);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = {
+            let _g = rt.enter();
+            tokio::net::UnixListener::bind(path).unwrap()
+        };
+        rt.spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        DockerProxy {
+            path: path.to_path_buf(),
+            rt: Some(rt),
+        }
+    }
+
+    /// Cut Docker off: the listener and every forwarded connection go.
+    pub fn stop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
