@@ -1,28 +1,31 @@
-//! `berth run`: the long-running loop around [`Controller`].
+//! `berth run`'s loop around the [`Controller`], and `run --once`.
 //!
-//! Triggers (folder changes, Docker events, the resync timer, a due backoff,
-//! SIGHUP) only say "look again"; bursts coalesce into one pass. SIGTERM and
-//! SIGINT end the loop and leave every container running (invariant 4).
+//! Triggers (folder changes, Docker events, timers, SIGHUP, finished work)
+//! only say "look again"; bursts coalesce into one pass. A pass returns as
+//! soon as it has dispatched its work, so the loop always answers: it beats
+//! a heartbeat (for `/healthz` and systemd's watchdog) whatever a slow stop
+//! or a hanging pull is doing. Shutdown arrives as a future; it leaves every
+//! container running.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::AgentConfig;
-use crate::controller::{Controller, TriggerKind};
+use crate::engine::controller::{Controller, OnceVerdict, PassError, PassReport};
+use crate::engine::retry::outage_delay;
 use crate::runtime::ContainerRuntime;
-use crate::watch::Trigger;
+use crate::trigger::Trigger;
 
-/// How long a pass may go on after a shutdown signal before it is abandoned.
-/// Abandoning is safe (a replacement cut short is restored by the next
-/// berth), finishing is tidier.
+/// How long work in flight may go on after a shutdown signal before it is
+/// abandoned. Abandoning is safe (a replacement cut short is restored by the
+/// next berth), finishing is tidier.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Retry delays while Docker is unreachable: 1 s doubling up to 30 s.
-fn docker_retry_delay(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
-}
+/// How often the loop beats when nothing else wakes it.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
@@ -67,10 +70,12 @@ pub fn forward_sighup(tx: mpsc::Sender<Trigger>) {
     });
 }
 
-/// Hooks the loop calls; `main` wires them to the HTTP server, systemd, ...
+/// Hooks the loop calls; `main` wires them to systemd and the config file.
 pub trait LoopHooks: Send {
     /// After each pass (successful or not).
     fn after_pass(&mut self, _ok: bool) {}
+    /// The loop is alive (at least every [`HEARTBEAT_EVERY`]).
+    fn heartbeat(&mut self) {}
     /// Re-read the agent config for SIGHUP; `None` keeps the current one.
     fn reload_config(&mut self) -> Option<AgentConfig> {
         None
@@ -81,116 +86,229 @@ pub trait LoopHooks: Send {
 pub struct NoHooks;
 impl LoopHooks for NoHooks {}
 
-fn kind(t: &Trigger) -> TriggerKind {
-    match t {
-        Trigger::ManifestsChanged => TriggerKind::Manifests,
-        Trigger::DockerEvent { .. } => TriggerKind::DockerEvent,
-        Trigger::Resync | Trigger::Shutdown => TriggerKind::Resync,
-        Trigger::BackoffDue => TriggerKind::Backoff,
-        Trigger::Reload => TriggerKind::Reload,
-    }
-}
-
-/// Run passes until a shutdown signal. Returns when the loop has stopped.
+/// Run passes until `shutdown` resolves. Returns when the loop has stopped.
 pub async fn run_loop<R: ContainerRuntime>(
     controller: &mut Controller<R>,
     mut triggers: mpsc::Receiver<Trigger>,
     hooks: &mut dyn LoopHooks,
+    shutdown: impl Future<Output = ()>,
 ) {
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut trigger = TriggerKind::Startup;
+    let mut trigger = Trigger::Startup;
     let mut docker_failures: u32 = 0;
     let mut triggers_open = true;
+    let mut reload = false;
     loop {
-        if trigger == TriggerKind::Reload {
+        beat(controller, hooks);
+        if reload {
+            reload = false;
             if let Some(config) = hooks.reload_config() {
                 info!("agent config reloaded");
                 controller.reload(config);
             }
         }
-        // Run the pass, but let a shutdown signal cut it short after a grace.
-        let mut next_due: Option<SystemTime> = None;
-        let ok;
-        {
-            let pass = controller.pass(trigger);
-            tokio::pin!(pass);
-            let result = tokio::select! {
-                r = &mut pass => Some(r),
-                _ = &mut shutdown => {
-                    match tokio::time::timeout(SHUTDOWN_GRACE, &mut pass).await {
-                        Ok(_) => info!("finished the current pass"),
-                        Err(_) => warn!("abandoned the current pass; the next start picks up where it stopped"),
-                    }
-                    return;
+        let result = tokio::select! {
+            r = controller.pass(&trigger) => r,
+            () = &mut shutdown => break,
+        };
+        let next_due = match &result {
+            Ok(report) => {
+                if docker_failures > 0 {
+                    info!("Docker is reachable again");
+                    docker_failures = 0;
                 }
-            };
-            match result {
-                Some(Ok(report)) => {
-                    ok = true;
-                    next_due = match (report.plan.next_due(), report.retry_at) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    if docker_failures > 0 {
-                        info!("Docker is reachable again");
-                        docker_failures = 0;
-                    }
-                }
-                Some(Err(e)) => {
-                    ok = false;
-                    let delay = docker_retry_delay(docker_failures);
-                    docker_failures = docker_failures.saturating_add(1);
-                    error!(retry_in = ?delay, "{e}");
-                    next_due = Some(SystemTime::now() + delay);
-                }
-                None => ok = false,
+                report.plan.next_due()
             }
-        }
-        hooks.after_pass(ok);
-        if ok
-            && docker_failures == 0
-            && controller
-                .status()
-                .lock()
-                .is_ok_and(|s| s.docker_version.is_none())
-        {
+            Err(e) => {
+                let delay = outage_delay(docker_failures);
+                docker_failures = docker_failures.saturating_add(1);
+                error!(retry_in = ?delay, "{e}");
+                Some(controller.clock().now() + delay)
+            }
+        };
+        hooks.after_pass(result.is_ok());
+        if result.is_ok() && needs_version(controller) {
             if let Ok(v) = controller.refresh_docker_version().await {
                 info!(driver.docker.version = %v, "connected to Docker");
             }
         }
 
-        // Wait for the next reason to look again.
+        // Wait for the next reason to look again, beating meanwhile.
         let resync = controller.config().resync.get();
-        let wait_due = next_due
-            .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+        let wait = next_due
+            .map(|t| {
+                t.duration_since(controller.clock().now())
+                    .unwrap_or_default()
+            })
             .unwrap_or(resync)
             .min(resync);
-        tokio::select! {
-            t = triggers.recv(), if triggers_open => match t {
-                Some(Trigger::Shutdown) => return,
-                Some(t) => trigger = kind(&t),
-                // Every sender is gone: only timers wake the loop from now on.
-                None => {
-                    triggers_open = false;
-                    trigger = TriggerKind::Resync;
-                    continue;
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        trigger = loop {
+            tokio::select! {
+                done = controller.next_done() => {
+                    let key = done.key.clone();
+                    controller.complete(done);
+                    break Trigger::WorkDone { key };
                 }
-            },
-            _ = tokio::time::sleep(wait_due) => {
-                trigger = if next_due.is_some() { TriggerKind::Backoff } else { TriggerKind::Resync };
+                t = triggers.recv(), if triggers_open => match t {
+                    Some(t) => break t,
+                    // Every sender is gone: only timers wake the loop from now on.
+                    None => triggers_open = false,
+                },
+                () = &mut sleep => {
+                    break if next_due.is_some() { Trigger::BackoffDue } else { Trigger::Resync };
+                }
+                _ = heartbeat.tick() => beat(controller, hooks),
+                () = &mut shutdown => {
+                    finish(controller).await;
+                    return;
+                }
             }
-            _ = &mut shutdown => return,
-        }
+        };
         // Coalesce: everything already queued is answered by the same pass,
-        // but a reload must not be lost.
+        // but a reload must not be lost, and finished work is recorded.
+        reload |= trigger == Trigger::Reload;
         while let Ok(t) = triggers.try_recv() {
-            match t {
-                Trigger::Reload => trigger = TriggerKind::Reload,
-                Trigger::Shutdown => return,
-                _ => {}
-            }
+            reload |= t == Trigger::Reload;
+        }
+        while let Some(done) = controller.try_next_done() {
+            controller.complete(done);
         }
     }
+    finish(controller).await;
+}
+
+fn beat<R: ContainerRuntime>(controller: &Controller<R>, hooks: &mut dyn LoopHooks) {
+    controller.status().beat(SystemTime::now());
+    hooks.heartbeat();
+}
+
+fn needs_version<R: ContainerRuntime>(controller: &Controller<R>) -> bool {
+    controller
+        .status()
+        .view(SystemTime::now())
+        .docker_version
+        .is_none()
+}
+
+async fn finish<R: ContainerRuntime>(controller: &mut Controller<R>) {
+    if controller.busy().is_empty() {
+        return;
+    }
+    match controller.drain(SHUTDOWN_GRACE).await {
+        0 => info!("finished the work in flight"),
+        n => warn!(
+            in_flight = n,
+            "abandoned work in flight; the next start picks up where it stopped"
+        ),
+    }
+}
+
+/// How long `run --once` keeps trying before it gives up.
+pub const ONCE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What `run --once` found.
+#[derive(Debug, Clone)]
+pub struct OnceReport {
+    pub converged: bool,
+    /// Per-instance reasons it did not converge, e.g.
+    /// `api[0]: exited with code 1, 3 times`.
+    pub problems: Vec<String>,
+    /// Manifest and folder errors.
+    pub errors: Vec<String>,
+    pub last: PassReport,
+}
+
+/// `run --once`: pass until every instance converged (its container stayed
+/// up for the settle time), until nothing can change by waiting (permanent
+/// errors, crash loops), or until `deadline`.
+pub async fn run_once<R: ContainerRuntime>(
+    controller: &mut Controller<R>,
+    deadline: Duration,
+) -> Result<OnceReport, PassError> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut trigger = Trigger::Startup;
+    loop {
+        let report = controller.pass(&trigger).await?;
+        let verdict = controller.once_verdict(&report);
+        let out_of_time = tokio::time::Instant::now() >= until;
+        let problems = match verdict {
+            OnceVerdict::Converged => Vec::new(),
+            OnceVerdict::Failed(problems) => problems,
+            OnceVerdict::Pending if out_of_time => pending_reasons(controller, &report),
+            OnceVerdict::Pending => {
+                trigger = wait_for_change(controller, &report, until).await;
+                continue;
+            }
+        };
+        let converged = problems.is_empty() && report.errors.is_empty();
+        return Ok(OnceReport {
+            converged,
+            problems,
+            errors: report.errors.clone(),
+            last: report,
+        });
+    }
+}
+
+/// Wait until work ends or something becomes due, whichever is first.
+async fn wait_for_change<R: ContainerRuntime>(
+    controller: &mut Controller<R>,
+    report: &PassReport,
+    until: tokio::time::Instant,
+) -> Trigger {
+    let due = report.plan.next_due().map(|t| {
+        let wait = t
+            .duration_since(controller.clock().now())
+            .unwrap_or_default();
+        tokio::time::Instant::now() + wait
+    });
+    let wake = due.map_or(until, |d| d.min(until));
+    tokio::select! {
+        done = controller.next_done() => {
+            let key = done.key.clone();
+            controller.complete(done);
+            while let Some(more) = controller.try_next_done() {
+                controller.complete(more);
+            }
+            Trigger::WorkDone { key }
+        }
+        () = tokio::time::sleep_until(wake) => Trigger::BackoffDue,
+    }
+}
+
+/// Why instances are still not converged when time runs out.
+fn pending_reasons<R: ContainerRuntime>(
+    controller: &Controller<R>,
+    report: &PassReport,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let status = controller.status().view(SystemTime::now());
+    for i in &status.instances {
+        let key = crate::spec::InstanceKey::new(i.task.clone(), i.index);
+        let last_error = controller
+            .backoff()
+            .get(&key)
+            .and_then(|b| b.last_error.clone());
+        let doing = if report.busy.contains(&key) {
+            i.work
+                .as_ref()
+                .map_or_else(|| "work in flight".into(), |w| w.describe())
+        } else if report.plan.waiting.iter().any(|w| w.key == key) {
+            "backing off".into()
+        } else if report.plan.settling.iter().any(|w| w.key == key) {
+            "started, not yet settled".into()
+        } else {
+            continue;
+        };
+        match last_error {
+            Some(e) => out.push(format!("{key}: {doing} (last error: {e})")),
+            None => out.push(format!("{key}: {doing}")),
+        }
+    }
+    out
 }

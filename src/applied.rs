@@ -16,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::plan::{Action, Plan};
+use crate::engine::plan::{Action, Plan};
 use crate::runtime::ObservedContainer;
 use crate::spec::{labels, ContainerSpec};
 

@@ -22,6 +22,8 @@ pub struct AgentConfig {
     pub meta: BTreeMap<String, String>,
     pub ports: PortRange,
     pub docker: DockerConfig,
+    /// `/healthz` turns 503 once Docker has been unreachable this long.
+    pub docker_down_limit: Duration,
 }
 
 impl Default for AgentConfig {
@@ -36,6 +38,7 @@ impl Default for AgentConfig {
             meta: BTreeMap::new(),
             ports: PortRange::default(),
             docker: DockerConfig::default(),
+            docker_down_limit: Duration::from_secs(60),
         }
     }
 }

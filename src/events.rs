@@ -10,9 +10,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::engine::retry::reconnect_delay;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::ContainerRuntime;
-use crate::watch::Trigger;
+use crate::trigger::Trigger;
 
 /// Whether an event action means "a container may need attention".
 pub fn is_interesting(action: &str) -> bool {
@@ -42,11 +43,6 @@ async fn settle(runtime: &DockerRuntime, id: &str) {
 /// The longest an event's trigger is held back by [`settle`]. Docker can
 /// hold the lock for seconds on a busy host (network and mount teardown).
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
-
-/// Reconnect delays: 250 ms doubling up to 10 s.
-fn reconnect_delay(failures: u32) -> Duration {
-    Duration::from_millis(250u64 << failures.min(6)).min(Duration::from_secs(10))
-}
 
 /// Follow the namespace's container events until `tx` is closed.
 pub fn follow(
@@ -149,12 +145,5 @@ mod tests {
         ] {
             assert!(!is_interesting(a), "{a}");
         }
-    }
-
-    #[test]
-    fn reconnect_delays_grow_and_are_capped() {
-        assert_eq!(reconnect_delay(0), Duration::from_millis(250));
-        assert_eq!(reconnect_delay(2), Duration::from_secs(1));
-        assert_eq!(reconnect_delay(40), Duration::from_secs(10));
     }
 }

@@ -1,8 +1,10 @@
 //! berth's HTTP endpoints on `listen`: `/healthz`, `/metrics`, `/v1/status`.
 //!
-//! Every handler reads what the loop last published; none calls Docker, so a
-//! hung daemon cannot hang a health probe. "Docker answers" therefore means
-//! "the last pass reached Docker".
+//! Every handler reads what the loop published; none calls Docker, so a
+//! hung daemon cannot hang a health probe. `/healthz` follows the loop's own
+//! heartbeat, not pass completion: a 1 h stop or a 20 min pull in flight
+//! keeps it at 200; a stuck loop, or Docker unreachable for longer than the
+//! agent's `docker_down_limit`, turns it 503.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
-use crate::controller::{SharedStatus, Status};
+use crate::engine::status::{unix_millis, unix_secs, SharedStatus, Status};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +34,14 @@ pub enum HttpError {
 pub struct HttpState {
     pub status: SharedStatus,
     pub metrics: Arc<Metrics>,
-    /// The resync period: a last pass older than 3 × this means the loop is stuck.
-    pub resync: Duration,
+    /// Docker unreachable for longer than this turns `/healthz` 503
+    /// (agent key `docker_down_limit`).
+    pub docker_down_limit: Duration,
 }
+
+/// `/healthz` turns 503 when the loop has not beaten for this long. It beats
+/// every few seconds and a pass waits at most 30 s for Docker's list.
+pub const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Bind `addr` now, so a taken port is an error at startup, not later.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
@@ -60,42 +67,45 @@ pub fn spawn(listener: TcpListener, state: HttpState) -> tokio::task::JoinHandle
     })
 }
 
-fn snapshot(state: &HttpState) -> Status {
-    state.status.lock().map(|s| s.clone()).unwrap_or_default()
-}
-
 /// Why berth is unhealthy, or `None` when it is healthy. Pure.
-pub fn unhealthy_reason(status: &Status, resync: Duration, now: SystemTime) -> Option<String> {
-    if let Some(e) = &status.docker_error {
-        return Some(format!("docker unreachable: {e}"));
-    }
-    let Some(last) = status.last_pass else {
-        return Some("no pass has completed yet".into());
+pub fn unhealthy_reason(
+    status: &Status,
+    docker_down_limit: Duration,
+    now: SystemTime,
+) -> Option<String> {
+    let Some(beat) = status.heartbeat_ms else {
+        return Some("the loop has not started yet".into());
     };
-    let now_secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let age = now_secs.saturating_sub(last);
-    let limit = (resync * 3).as_secs().max(1);
-    if age > limit {
+    let silent = unix_millis(now).saturating_sub(beat) / 1000;
+    if silent > HEARTBEAT_LIMIT.as_secs() {
         return Some(format!(
-            "the last completed pass was {age}s ago (limit {limit}s = 3 x resync)"
+            "the loop has not beaten for {silent}s (limit {}s): it is stuck",
+            HEARTBEAT_LIMIT.as_secs()
         ));
+    }
+    if let Some(since) = status.docker_down_since {
+        let down = unix_secs(now).saturating_sub(since);
+        if down >= docker_down_limit.as_secs() {
+            let why = status.docker_error.as_deref().unwrap_or("no answer");
+            return Some(format!(
+                "Docker has been unreachable for {down}s (limit {}s): {why}",
+                docker_down_limit.as_secs()
+            ));
+        }
     }
     None
 }
 
 async fn healthz(State(state): State<HttpState>) -> Response {
-    let status = snapshot(&state);
-    match unhealthy_reason(&status, state.resync, SystemTime::now()) {
+    let status = state.status.view(SystemTime::now());
+    match unhealthy_reason(&status, state.docker_down_limit, SystemTime::now()) {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
     }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let status = snapshot(&state);
+    let status = state.status.view(SystemTime::now());
     state.metrics.refresh_from(&status, SystemTime::now());
     (
         [(
@@ -108,15 +118,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 }
 
 async fn status(State(state): State<HttpState>) -> Json<Status> {
-    let mut status = snapshot(&state);
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    for i in &mut status.instances {
-        i.uptime_secs = i.started_at.map(|t| now.saturating_sub(t));
-    }
-    Json(status)
+    Json(state.status.view(SystemTime::now()))
 }
 
 #[cfg(test)]
@@ -127,19 +129,43 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    const LIMIT: Duration = Duration::from_secs(60);
+
     #[test]
-    fn healthy_only_with_a_recent_pass_and_docker_answering() {
-        let resync = Duration::from_secs(10);
+    fn healthy_while_the_loop_beats_whatever_work_is_in_flight() {
         let mut s = Status::default();
         assert_eq!(
-            unhealthy_reason(&s, resync, at(100)).as_deref(),
-            Some("no pass has completed yet")
+            unhealthy_reason(&s, LIMIT, at(100)).as_deref(),
+            Some("the loop has not started yet")
         );
-        s.last_pass = Some(95);
-        assert_eq!(unhealthy_reason(&s, resync, at(100)), None);
-        assert!(unhealthy_reason(&s, resync, at(200)).is_some_and(|r| r.contains("105s ago")));
-        s.docker_error = Some("connection refused".into());
-        assert!(unhealthy_reason(&s, resync, at(100))
-            .is_some_and(|r| r.starts_with("docker unreachable")));
+        s.heartbeat_ms = Some(95_000);
+        assert_eq!(unhealthy_reason(&s, LIMIT, at(100)), None);
+        assert_eq!(
+            unhealthy_reason(&s, LIMIT, at(155)),
+            None,
+            "within the limit"
+        );
+        assert!(unhealthy_reason(&s, LIMIT, at(200)).is_some_and(|r| r.contains("105s")));
+    }
+
+    #[test]
+    fn docker_away_turns_unhealthy_only_after_the_limit() {
+        let mut s = Status {
+            heartbeat_ms: Some(1_000_000),
+            docker_down_since: Some(960),
+            docker_error: Some("connection refused".into()),
+            ..Status::default()
+        };
+        assert_eq!(
+            unhealthy_reason(&s, LIMIT, at(1000)),
+            None,
+            "40 s is within the limit"
+        );
+        s.heartbeat_ms = Some(1_030_000);
+        let reason = unhealthy_reason(&s, LIMIT, at(1030)).expect("70 s is not");
+        assert!(
+            reason.contains("unreachable for 70s") && reason.contains("refused"),
+            "{reason}"
+        );
     }
 }

@@ -7,12 +7,10 @@
 //! - [`resolve`]: one task instance → the exact [`spec::ContainerSpec`] Docker is asked for.
 //! - [`spec`]: the resolved spec, its canonical hash, berth's labels and names.
 //! - [`runtime`]: the narrow [`runtime::ContainerRuntime`] trait, over bollard or in memory.
-//! - [`plan`]: the pure diff (desired, observed, backoff, now) → ordered actions.
-//! - [`backoff`]: per-instance restart state; pure, time passed in.
-//! - [`apply`]: carries out a plan with bounded concurrency, tolerating a changed world.
-//! - [`cleanup`]: after a pass removed containers, the images no task uses any more.
-//! - [`controller`]: the loop: triggers → pass (load, list, plan, apply).
-//! - [`agent`]: `berth run`'s loop: triggers, signals, coalescing, Docker retry.
+//! - [`engine`]: plan (pure), backoff, retry policy, per-instance work, pulls, status.
+//! - [`agent`]: `berth run`'s loop: triggers, signals, coalescing, heartbeat.
+//! - [`trigger`]: why the loop looks again, one type for every source.
+//! - [`clock`]: the wall clock, injectable for tests under paused time.
 //! - [`events`]: Docker events → triggers, reconnecting when the daemon goes away.
 //! - [`ports`]: host port allocation, stable per (task, index, label).
 //! - [`registry`]: which registry credentials a pull uses (task `auth`, agent `auth_config`).
@@ -27,22 +25,20 @@
 
 pub mod agent;
 pub mod applied;
-pub mod apply;
-pub mod backoff;
-pub mod cleanup;
+pub mod clock;
 pub mod config;
-pub mod controller;
 pub mod desired;
+pub mod engine;
 pub mod events;
 pub mod http;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
-pub mod plan;
 pub mod ports;
 pub mod registry;
 pub mod resolve;
 pub mod runtime;
 pub mod spec;
 pub mod status_client;
+pub mod trigger;
 pub mod watch;

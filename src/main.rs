@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use berth::agent::{forward_sighup, run_loop, LoopHooks};
+use berth::agent::{forward_sighup, run_loop, run_once, shutdown_signal, LoopHooks, ONCE_DEADLINE};
 use berth::config::{AgentConfig, WatchMode};
-use berth::controller::{run_once, Controller, ONCE_DEADLINE};
+use berth::engine::controller::Controller;
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::ContainerRuntime;
-use berth::watch::Trigger;
+use berth::trigger::Trigger;
 
 #[derive(Parser)]
 #[command(
@@ -71,10 +71,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop and remove every container the namespace owns.
+    /// Stop and remove every container the namespace owns, each with its task's stop grace, all at once.
     Down {
         #[command(flatten)]
         agent: AgentFlags,
+        /// Show what would be removed, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation (it is asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Print the JSON Schema of a manifest.
     Schema,
@@ -106,6 +112,9 @@ struct AgentFlags {
     /// Docker endpoint (unix://, tcp://); default DOCKER_HOST, else the local socket.
     #[arg(long, value_name = "URL")]
     docker_endpoint: Option<String>,
+    /// /healthz turns 503 once Docker has been unreachable this long [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    docker_down_limit: Option<berth::manifest::duration::Duration>,
 }
 
 impl AgentFlags {
@@ -139,6 +148,9 @@ impl AgentFlags {
         }
         if let Some(v) = &self.docker_endpoint {
             config.docker.endpoint = Some(v.clone());
+        }
+        if let Some(v) = self.docker_down_limit {
+            config.docker_down_limit = v;
         }
         config.check()?;
         Ok(config)
@@ -198,7 +210,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { agent, paths } => validate(agent, paths),
         Command::Plan { agent, json } => plan(agent, json).await,
         Command::Status { agent, json } => status(agent, json).await,
-        Command::Down { agent } => down(agent).await,
+        Command::Down {
+            agent,
+            dry_run,
+            yes,
+        } => down(agent, dry_run, yes).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
@@ -212,53 +228,49 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Connect to Docker. `progress_bar`: draw pulls as bars on stderr when it
-/// is a terminal (`run --once`); the daemon loop only logs them.
-async fn connect(config: &AgentConfig, progress_bar: bool) -> anyhow::Result<Arc<DockerRuntime>> {
-    use std::io::IsTerminal;
+/// Connect to Docker.
+async fn connect(config: &AgentConfig) -> anyhow::Result<Arc<DockerRuntime>> {
     let runtime = DockerRuntime::connect(&config.docker)
         .await
         .context("cannot set up the Docker client")?;
-    Ok(Arc::new(runtime.with_progress_bar(
-        progress_bar && std::io::stderr().is_terminal(),
-    )))
+    Ok(Arc::new(runtime))
 }
 
 struct Hooks {
     flags: AgentFlags,
-    status: berth::controller::SharedStatus,
+    status: berth::engine::status::SharedStatus,
     /// READY=1 goes to systemd once, after the first completed pass.
     ready_sent: bool,
 }
 
 impl LoopHooks for Hooks {
     fn after_pass(&mut self, ok: bool) {
-        use berth::notify::sd_notify;
         let mut message = String::new();
         if !self.ready_sent {
             message.push_str("READY=1\n");
         }
-        // The watchdog is pinged from the loop itself, so a stuck pass is
-        // noticed by systemd (WatchdogSec in berth.service).
-        message.push_str("WATCHDOG=1\n");
         let status_line = if ok {
-            self.status.lock().map_or_else(
-                |_| "converging".to_string(),
-                |s| {
-                    format!(
-                        "{} instances, {} manifest errors",
-                        s.instances.len(),
-                        s.manifest_errors.len()
-                    )
-                },
+            let s = self.status.view(SystemTime::now());
+            format!(
+                "{} instances, {} manifest errors",
+                s.instances.len(),
+                s.manifest_errors.len()
             )
         } else {
             "Docker is not reachable; retrying".to_string()
         };
         message.push_str(&format!("STATUS={status_line}\n"));
-        match sd_notify(&message) {
+        match berth::notify::sd_notify(&message) {
             Ok(sent) => self.ready_sent |= sent,
             Err(e) => tracing::warn!("cannot notify systemd: {e}"),
+        }
+    }
+
+    /// The watchdog follows the loop's heartbeat, not pass completion: a
+    /// long stop or pull in flight never gets berth killed by systemd.
+    fn heartbeat(&mut self) {
+        if let Err(e) = berth::notify::sd_notify("WATCHDOG=1\n") {
+            tracing::warn!("cannot notify systemd: {e}");
         }
     }
 
@@ -279,7 +291,7 @@ async fn run(
     once_timeout: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
-    let runtime = connect(&config, once).await?;
+    let runtime = connect(&config).await?;
     tracing::info!(
         manifests = %config.manifests.display(),
         namespace = %config.namespace,
@@ -292,15 +304,9 @@ async fn run(
     } else {
         Some(berth::http::bind(config.listen).await?)
     };
-    let resync = config.resync.get();
     let mut controller = Controller::new(runtime, config);
     let metrics = Arc::new(berth::metrics::Metrics::new());
-    {
-        let metrics = metrics.clone();
-        controller.set_pass_observer(Box::new(move |elapsed, result| {
-            metrics.observe_pass(elapsed, result)
-        }));
-    }
+    controller.set_observer(metrics.clone());
     if let Some(listener) = listener {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving /healthz, /metrics and /v1/status");
@@ -310,7 +316,7 @@ async fn run(
             berth::http::HttpState {
                 status: controller.status(),
                 metrics,
-                resync,
+                docker_down_limit: controller.config().docker_down_limit.get(),
             },
         );
     }
@@ -324,18 +330,11 @@ async fn run(
         for e in &report.errors {
             eprintln!("{e}");
         }
-        let converged = report.converged() && report.errors.is_empty();
-        if !converged {
-            for o in report.outcomes.iter().filter(|o| o.result.is_err()) {
-                if let Err(e) = &o.result {
-                    eprintln!("{} {}: {e}", o.verb, o.key);
-                }
-            }
-            for w in &report.plan.waiting {
-                eprintln!("{} is backing off", w.key);
-            }
+        for p in &report.problems {
+            eprintln!("{p}");
         }
-        return Ok(if converged {
+        return Ok(if report.converged {
+            eprintln!("converged");
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
@@ -371,7 +370,7 @@ async fn run(
         status: controller.status(),
         ready_sent: false,
     };
-    run_loop(&mut controller, rx, &mut hooks).await;
+    run_loop(&mut controller, rx, &mut hooks, shutdown_signal()).await;
     drop(tx);
     Ok(ExitCode::SUCCESS)
 }
@@ -401,13 +400,13 @@ fn validate(flags: AgentFlags, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> 
 
 async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
-    let runtime = connect(&config, false).await?;
+    let runtime = connect(&config).await?;
     let mut controller = Controller::new(runtime, config);
     let prepared = controller.prepare().await?;
     let plan = controller.plan(&prepared, SystemTime::now());
     let changes = berth::applied::replace_changes(&plan, &prepared.observed);
     if json {
-        let mut view = berth::plan::PlanView::new(&plan, &prepared.errors);
+        let mut view = berth::engine::plan::PlanView::new(&plan, &prepared.errors);
         for (action, changes) in view.actions.iter_mut().zip(changes) {
             action.changes = changes;
         }
@@ -427,7 +426,7 @@ async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
                             println!("    {field}");
                         }
                     }
-                    None if matches!(action, berth::plan::Action::Replace { .. }) => {
+                    None if matches!(action, berth::engine::plan::Action::Replace { .. }) => {
                         println!("    (the old container has no record of its applied spec; fields unknown)")
                     }
                     None => {}
@@ -435,6 +434,9 @@ async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
             }
             for w in &plan.waiting {
                 println!("wait {} (backing off)", w.key);
+            }
+            for w in &plan.settling {
+                println!("settle {} (started, not yet settled)", w.key);
             }
         }
     }
@@ -467,8 +469,8 @@ async fn status(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The status Docker's labels alone give: no restarts, backoff or errors.
-async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::controller::Status> {
-    let runtime = connect(config, false).await?;
+async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::engine::status::Status> {
+    let runtime = connect(config).await?;
     let containers = runtime.list(&config.namespace).await?;
     let now = SystemTime::now();
     let secs = |t: SystemTime| {
@@ -480,7 +482,7 @@ async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::controller:
         .map(|c| {
             let key = c.key();
             let started = c.started_at.filter(|_| c.is_running());
-            berth::controller::InstanceStatus {
+            berth::engine::status::InstanceStatus {
                 task: key.as_ref().map_or_else(|| "?".into(), |k| k.task.clone()),
                 index: key.as_ref().map_or(0, |k| k.index),
                 desired_hash: None,
@@ -494,11 +496,12 @@ async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::controller:
                 restarts: 0,
                 backoff_until: None,
                 last_error: None,
+                work: None,
             }
         })
         .collect();
     instances.sort_by(|a, b| (&a.task, a.index).cmp(&(&b.task, b.index)));
-    Ok(berth::controller::Status {
+    Ok(berth::engine::status::Status {
         berth_version: env!("CARGO_PKG_VERSION").into(),
         namespace: config.namespace.clone(),
         docker_version: runtime.version().await.ok(),
@@ -516,7 +519,7 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
-fn print_status(status: &berth::controller::Status) {
+fn print_status(status: &berth::engine::status::Status) {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -529,7 +532,9 @@ fn print_status(status: &berth::controller::Status) {
             "{:<20} {:<5} {:<9} {:<12} {:<8} {:<8} {:<10} {}",
             i.task,
             i.index,
-            i.state,
+            i.work
+                .as_ref()
+                .map_or_else(|| i.state.clone(), |w| w.describe()),
             i.container_id.as_deref().unwrap_or("-"),
             i.uptime_secs.map_or_else(|| "-".into(), human_duration),
             i.restarts,
@@ -553,23 +558,62 @@ fn print_status(status: &berth::controller::Status) {
     }
 }
 
-async fn down(flags: AgentFlags) -> anyhow::Result<ExitCode> {
+/// `down` is a plan over an empty desired set, applied: every instance's
+/// removal at once, each with the grace recorded on its container.
+async fn down(flags: AgentFlags, dry_run: bool, yes: bool) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
     let config = flags.load()?;
-    let runtime = connect(&config, false).await?;
-    let containers = runtime.list(&config.namespace).await?;
+    let runtime = connect(&config).await?;
+    let observed = runtime.list(&config.namespace).await?;
+    let plan = berth::engine::plan::plan(
+        &berth::engine::plan::DesiredState::default(),
+        &observed,
+        berth::engine::plan::Memory::of(&berth::engine::backoff::BackoffTable::new()),
+        SystemTime::now(),
+        &berth::engine::plan::PlanOptions::new(config.namespace.clone()),
+    );
+    for name in &plan.unrecognised {
+        eprintln!("leaving {name} alone: it carries the namespace label but no task/index labels");
+    }
+    if plan.actions.is_empty() {
+        println!("nothing to remove in namespace {}", config.namespace);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for action in &plan.actions {
+        println!("{action}");
+    }
+    if dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !yes && std::io::stdin().is_terminal() {
+        eprint!(
+            "remove these {} containers of namespace {}? [y/N] ",
+            plan.actions.len(),
+            config.namespace
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing removed");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let pulls = berth::engine::pulls::Pulls::new(1, Arc::new(berth::engine::pulls::LogPulls));
+    let executor = berth::engine::apply::Executor::new(
+        runtime,
+        config.namespace.clone(),
+        config.parallelism,
+        pulls,
+        berth::clock::Clock::System,
+    );
+    let outcomes = executor.apply(plan.actions).await;
     let mut failed = 0;
-    for c in containers
-        .iter()
-        .filter(|c| c.namespace() == Some(config.namespace.as_str()))
-    {
-        let _ = runtime.stop(&c.id, Duration::from_secs(10)).await;
-        match runtime.remove(&c.id).await {
-            Ok(()) | Err(berth::runtime::RuntimeError::NotFound(_)) => {
-                println!("removed {}", c.name)
-            }
+    for o in &outcomes {
+        match &o.result {
+            Ok(()) => println!("removed {}", o.key.container_name(&config.namespace)),
             Err(e) => {
                 failed += 1;
-                eprintln!("cannot remove {}: {e}", c.name);
+                eprintln!("cannot remove {}: {e}", o.key);
             }
         }
     }

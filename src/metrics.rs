@@ -1,9 +1,8 @@
 //! Prometheus metrics for `/metrics`.
 //!
-//! Counters and the pass-duration histogram move once per pass, from the
-//! pass report (see [`Metrics::observe_pass`]); gauges are re-read from the
-//! published [`Status`] at scrape time, so they are never staler than the
-//! last pass. No label ever carries a secret: only task names, states,
+//! Counters and the pass-duration histogram move as the engine reports
+//! passes and finished work (see [`EngineObserver`]); gauges are re-read
+//! from the published [`Status`] at scrape time. No label ever carries a secret: only task names, states,
 //! results and the Docker version.
 
 use std::collections::BTreeMap;
@@ -18,7 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::controller::{PassError, PassReport, Status};
+use crate::engine::apply::Outcome;
+use crate::engine::controller::{EngineObserver, PassError, PassReport};
+use crate::engine::status::Status;
 
 type Labels = Vec<(String, String)>;
 
@@ -53,7 +54,7 @@ impl Metrics {
         let passes = Family::<Labels, Counter>::default();
         registry.register(
             "berth_passes",
-            "Reconcile passes by result (ok: converged or progressing; error: Docker could not be listed; failed: some action failed)",
+            "Reconcile passes by result (ok: planned and dispatched; error: Docker could not be listed)",
             passes.clone(),
         );
         // 5 ms .. ~82 s: an idle pass is milliseconds, one with pulls is minutes.
@@ -112,24 +113,18 @@ impl Metrics {
             refresh: Mutex::new(()),
         }
     }
+}
 
-    /// Count one pass: its result, its duration and the restarts it made.
-    pub fn observe_pass(&self, elapsed: Duration, result: &Result<PassReport, PassError>) {
+impl EngineObserver for Metrics {
+    /// Count one pass: its result and duration.
+    fn pass(&self, elapsed: Duration, result: &Result<PassReport, PassError>) {
         self.pass_duration.observe(elapsed.as_secs_f64());
         let outcome = match result {
-            Ok(r) if r.failed_actions() > 0 => "failed",
             Ok(_) => "ok",
             Err(_) => "error",
         };
         self.passes.get_or_create(&label("result", outcome)).inc();
         if let Ok(report) = result {
-            for o in &report.outcomes {
-                if o.result.is_ok() && matches!(o.verb, "restart" | "restart-unhealthy") {
-                    self.restarts
-                        .get_or_create(&label("task", &o.key.task))
-                        .inc();
-                }
-            }
             // Make every current task visible with 0 restarts.
             for key in &report.desired_instances {
                 let _ = self.restarts.get_or_create(&label("task", &key.task));
@@ -137,6 +132,19 @@ impl Metrics {
         }
     }
 
+    /// Count the restarts a finished chain made.
+    fn outcomes(&self, outcomes: &[Outcome]) {
+        for o in outcomes {
+            if o.result.is_ok() && matches!(o.verb, "restart" | "restart-unhealthy") {
+                self.restarts
+                    .get_or_create(&label("task", &o.key.task))
+                    .inc();
+            }
+        }
+    }
+}
+
+impl Metrics {
     /// Re-read the gauges from the published status.
     pub fn refresh_from(&self, status: &Status, now: SystemTime) {
         let _guard = self.refresh.lock();
@@ -184,7 +192,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::InstanceStatus;
+    use crate::engine::status::InstanceStatus;
 
     fn instance(task: &str, state: &str, backoff_until: Option<u64>) -> InstanceStatus {
         InstanceStatus {
@@ -199,6 +207,7 @@ mod tests {
             restarts: 0,
             backoff_until,
             last_error: None,
+            work: None,
         }
     }
 
@@ -240,7 +249,7 @@ mod tests {
     #[test]
     fn a_pass_is_counted_by_result_with_its_duration() {
         let m = Metrics::new();
-        m.observe_pass(
+        m.pass(
             Duration::from_millis(20),
             &Err(PassError::Docker(
                 crate::runtime::RuntimeError::Unavailable("no socket".into()),

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::desired::TaskDef;
+use crate::engine::plan::DesiredInstance;
 use crate::manifest::interpolate::interpolate;
 use crate::manifest::{EnvValue, TaskManifest};
-use crate::plan::DesiredInstance;
 use crate::ports::PortKey;
 use crate::runtime::RegistryCredentials;
 use crate::spec::{ContainerSpec, EnvEntry, HealthcheckSpec, InstanceKey, PortBinding};

@@ -20,7 +20,16 @@ pub mod labels {
     pub const APPLIED: &str = "io.berth.applied";
     /// `io.berth.port.<label>` holds the host port allocated to a port label.
     pub const PORT_PREFIX: &str = "io.berth.port.";
+    /// The task's stop grace in seconds, so removals honour it after the
+    /// manifest is gone.
+    pub const STOP_TIMEOUT: &str = "io.berth.stop-timeout";
 }
+
+/// How long a stop waits before SIGKILL when nothing better is known:
+/// Docker's own default. Every stop berth makes goes through
+/// [`ContainerSpec::stop_grace`] or a container's recorded grace, so this is
+/// the one place the number is written.
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Identity of one instance of a task: (task, index). With the namespace it
 /// gives the container's name, which makes creation idempotent.
@@ -153,6 +162,14 @@ impl ContainerSpec {
         hex::encode(hasher.finalize())
     }
 
+    /// Grace between SIGTERM and SIGKILL: `stop_timeout`, else [`DEFAULT_GRACE`].
+    pub fn stop_grace(&self) -> std::time::Duration {
+        match self.stop_timeout_secs {
+            Some(secs) => std::time::Duration::from_secs(secs.max(0) as u64),
+            None => DEFAULT_GRACE,
+        }
+    }
+
     /// The labels to put on the container: the manifest's own, then berth's,
     /// which always win (a manifest cannot forge `io.berth.*`).
     pub fn container_labels(
@@ -172,6 +189,10 @@ impl ContainerSpec {
         out.insert(labels::INDEX.into(), key.index.to_string());
         out.insert(labels::SPEC_HASH.into(), self.hash());
         out.insert(labels::MANIFEST.into(), manifest.into());
+        out.insert(
+            labels::STOP_TIMEOUT.into(),
+            self.stop_grace().as_secs().to_string(),
+        );
         if let Some(applied) = crate::applied::AppliedSpec::label_for(self) {
             out.insert(labels::APPLIED.into(), applied);
         }

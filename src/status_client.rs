@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::controller::Status;
+use crate::engine::status::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusClientError {

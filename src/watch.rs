@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::WatchMode;
+use crate::trigger::Trigger;
 
 /// How often the poll watcher rescans the folder. Short because manifest
 /// folders are small (a few files hashed per scan) and a person who saves a
@@ -59,24 +60,6 @@ const MAX_WAIT_FACTOR: u32 = 4;
 /// Raw notifications between notify's thread and the debounce task. Bounded
 /// so a flood cannot grow memory; a full queue already means "activity".
 const RAW_QUEUE: usize = 64;
-
-/// Why the controller should look again. Triggers carry no state: every one
-/// of them leads to the same full pass, and many of them coalesce into one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    /// Something changed in the manifest directory.
-    ManifestsChanged,
-    /// Docker reported an event for one of berth's containers (a hint only).
-    DockerEvent { task: Option<String> },
-    /// The periodic resync timer.
-    Resync,
-    /// A restart backoff has expired.
-    BackoffDue,
-    /// SIGHUP or an API request asked for the config to be reloaded.
-    Reload,
-    /// Stop after the current pass.
-    Shutdown,
-}
 
 /// Everything [`FolderWatcher::start`] can be tuned with; [`watch_folder`]
 /// uses the defaults except for mode and debounce.
@@ -237,6 +220,8 @@ struct Status {
 #[derive(Debug)]
 enum RawSignal {
     Activity,
+    /// A file was closed after writing or moved in: it is complete.
+    Complete,
     /// An error about the watched directory itself: check it now rather than
     /// at the next retry tick.
     RootError,
@@ -335,9 +320,21 @@ impl Supervisor {
             tokio::select! {
                 signal = raw_rx.recv() => {
                     let now = Instant::now();
-                    debounce.record(now);
-                    if let Some(RawSignal::RootError) = signal {
-                        self.check(&mut debounce, now);
+                    match signal {
+                        // A file is complete: look now, unless a look was
+                        // just triggered (then it joins the burst).
+                        Some(RawSignal::Complete) if debounce.complete(now) => {
+                            match tx.try_send(Trigger::ManifestsChanged) {
+                                Ok(()) => debug!(dir = %self.dir.display(), "a manifest was written; trigger sent"),
+                                Err(TrySendError::Full(_)) => debug!("trigger queue full; coalesced into the pending one"),
+                                Err(TrySendError::Closed(_)) => return,
+                            }
+                        }
+                        Some(RawSignal::RootError) => {
+                            debounce.record(now);
+                            self.check(&mut debounce, now);
+                        }
+                        _ => debounce.record(now),
                     }
                 }
                 () = sleep_until_opt(due) => {
@@ -470,7 +467,11 @@ fn event_handler(
                 if !triggers(&event.kind) {
                     return;
                 }
-                RawSignal::Activity
+                if completes(&event) {
+                    RawSignal::Complete
+                } else {
+                    RawSignal::Activity
+                }
             }
             Err(error) if error.paths.is_empty() || error.paths.iter().any(|p| p == &dir) => {
                 warn!(dir = %dir.display(), %error, "manifest folder watch error");
@@ -486,6 +487,26 @@ fn event_handler(
         // Full means activity is already queued; closed means we are stopping.
         let _ = raw_tx.try_send(signal);
     }
+}
+
+/// A manifest closed after writing, or moved into the folder, is complete:
+/// no need to wait for the quiet period. Anything else (an editor's swap
+/// file, a `..data` symlink swap) waits for the burst to end.
+fn completes(event: &Event) -> bool {
+    use notify::event::{ModifyKind, RenameMode};
+    let kind_completes = matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    );
+    // For a rename with both paths, the last one is the new name.
+    let is_manifest = event
+        .paths
+        .last()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .is_some_and(crate::desired::is_manifest_file_name);
+    kind_completes && is_manifest
 }
 
 /// Every event triggers except reading: the controller's own rescan opens
@@ -514,13 +535,16 @@ async fn sleep_until_opt(due: Option<Instant>) {
     }
 }
 
-/// Trailing-edge debounce with a maximum wait. Pure: time is passed in.
+/// Trailing-edge debounce with a maximum wait, and a leading edge for files
+/// that are known to be complete. Pure: time is passed in.
 #[derive(Debug, Clone)]
 struct Debounce {
     quiet: Duration,
     max_wait: Duration,
     /// First and last event of the pending burst.
     pending: Option<(Instant, Instant)>,
+    /// When the last trigger fired.
+    last_fire: Option<Instant>,
 }
 
 impl Debounce {
@@ -529,7 +553,25 @@ impl Debounce {
             quiet,
             max_wait: max_wait.max(quiet),
             pending: None,
+            last_fire: None,
         }
+    }
+
+    /// A file is complete. True means "send a trigger now"; when one fired
+    /// within the quiet period, this joins the trailing burst instead, so a
+    /// copy of many files still coalesces into few passes.
+    fn complete(&mut self, now: Instant) -> bool {
+        if self
+            .last_fire
+            .is_some_and(|t| now.saturating_duration_since(t) < self.quiet)
+        {
+            self.record(now);
+            return false;
+        }
+        // What was pending was this file being written.
+        self.pending = None;
+        self.last_fire = Some(now);
+        true
     }
 
     fn record(&mut self, now: Instant) {
@@ -550,6 +592,7 @@ impl Debounce {
         match self.due_at() {
             Some(due) if now >= due => {
                 self.pending = None;
+                self.last_fire = Some(now);
                 true
             }
             _ => false,
@@ -920,8 +963,10 @@ mod tests {
         assert_eq!(count_triggers(&mut rx, SETTLE).await, 0);
     }
 
+    /// The save itself triggers at once (the file is closed after writing);
+    /// the editor's cleanup afterwards coalesces into one trailing trigger.
     #[tokio::test]
-    async fn an_editor_save_with_probe_and_swap_files_triggers_once() {
+    async fn an_editor_save_with_probe_and_swap_files_triggers_at_most_twice() {
         let dir = tempfile::tempdir().expect("tempdir");
         let web = dir.path().join("web.yaml");
         write(&web, "name: web\n");
@@ -937,10 +982,9 @@ mod tests {
         fs::remove_file(dir.path().join(".web.yaml.swp")).expect("rm swap");
 
         expect_trigger(&mut rx, "editor save").await;
-        assert_eq!(
-            count_triggers(&mut rx, SETTLE).await,
-            0,
-            "one save, one trigger"
+        assert!(
+            count_triggers(&mut rx, SETTLE).await <= 1,
+            "one save, at most one more trigger for its cleanup"
         );
     }
 
@@ -1015,6 +1059,30 @@ mod tests {
             }
             assert_eq!(debounce.due_at(), Some(t0 + MAX_WAIT));
             assert!(debounce.take_if_due(t0 + MAX_WAIT));
+        }
+
+        #[test]
+        fn a_complete_file_fires_at_once_but_a_burst_of_them_coalesces() {
+            let t0 = Instant::now();
+            let mut debounce = Debounce::new(QUIET, MAX_WAIT);
+            debounce.record(t0);
+            assert!(debounce.complete(t0), "the first complete file fires now");
+            assert_eq!(debounce.due_at(), None, "its own write events are answered");
+            for i in 1..10 {
+                assert!(
+                    !debounce.complete(t0 + i * 10 * MS),
+                    "the rest join a burst"
+                );
+            }
+            assert!(!debounce.take_if_due(t0 + 90 * MS + QUIET - MS));
+            assert!(
+                debounce.take_if_due(t0 + 90 * MS + QUIET),
+                "one trailing trigger"
+            );
+            assert!(
+                debounce.complete(t0 + 90 * MS + 2 * QUIET),
+                "after a quiet period the next complete file fires now again"
+            );
         }
 
         #[test]

@@ -13,9 +13,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::process::Berth;
 use common::{berth_bin, docker, fixture_image, wait_for_sync, TestNamespace};
 
 const TASKS: usize = 20;
@@ -36,44 +37,14 @@ impl Rng {
     }
 }
 
-/// The berth under test, killed (SIGKILL) when dropped.
-struct Berth {
-    child: Child,
-}
-
-impl Berth {
-    fn start(dir: &Path, ns: &str, log: &Path) -> Berth {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file");
-        let child = Command::new(berth_bin())
-            .args(["run", "--manifests"])
-            .arg(dir)
-            .args([
-                "--namespace",
-                ns,
-                "--resync",
-                "2s",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "berth=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start berth");
-        Berth { child }
-    }
-}
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The berth under test: a 2 s resync, info logs appended to one file
+/// across restarts.
+fn chaos_berth(ns: &TestNamespace, manifests: &Path, log: &Path) -> Berth {
+    Berth::run(ns, manifests)
+        .args(&["--resync", "2s"])
+        .rust_log("berth=info")
+        .log_to(log)
+        .start()
 }
 
 fn manifest(image: &str, generation: u64, count: u64) -> String {
@@ -150,7 +121,7 @@ fn berth_converges_to_the_final_folder_after_a_minute_of_chaos() {
         });
     }
 
-    let mut berth = Berth::start(&manifests, &ns.ns, &log);
+    let mut berth = chaos_berth(&ns, &manifests, &log);
     let mut foreign: BTreeMap<String, String> = BTreeMap::new();
     let mut actions: BTreeMap<&str, u32> = BTreeMap::new();
 
@@ -207,7 +178,7 @@ fn berth_converges_to_the_final_folder_after_a_minute_of_chaos() {
             }
             82..=89 => {
                 drop(berth);
-                berth = Berth::start(&manifests, &ns.ns, &log);
+                berth = chaos_berth(&ns, &manifests, &log);
                 "kill -9 berth"
             }
             _ => {
@@ -258,7 +229,7 @@ fn berth_converges_to_the_final_folder_after_a_minute_of_chaos() {
         }
     }
     drop(berth);
-    let _berth = Berth::start(&manifests, &ns.ns, &log);
+    let _berth = chaos_berth(&ns, &manifests, &log);
 
     let manifests_arg = manifests.to_string_lossy().to_string();
     wait_for_sync(

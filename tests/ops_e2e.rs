@@ -5,111 +5,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::{free_addr, Berth};
 use common::{
     docker, fixture_image, fixture_image_tag, run_berth, wait_for_sync, DockerProxy, TestNamespace,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// A running `berth run`; killed (containers left to the namespace guard) on drop.
-struct Berth {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Berth {
-    fn start(ns: &TestNamespace, manifests: &Path, extra: &[&str]) -> Berth {
-        let addr = free_addr();
-        let log = manifests.with_extension("log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let mut args = vec![
-            "run".to_string(),
-            "--manifests".into(),
-            manifests.display().to_string(),
-            "--namespace".into(),
-            ns.ns.clone(),
-            "--listen".into(),
-            addr.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(common::berth_bin())
-            .args(&args)
-            .env("RUST_LOG", "berth=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        Berth { child, addr, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.addr, path)
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        let (code, body) = self.get("/v1/status")?;
-        (code == 200).then(|| serde_json::from_str(&body).ok())?
-    }
-
-    /// Wait until every listed (task, index) runs, per `/v1/status`.
-    fn wait_running(&self, instances: &[(&str, u64)]) -> serde_json::Value {
-        wait_for_sync(DEADLINE, "instances running in /v1/status", || {
-            let s = self.status()?;
-            let all = s["instances"].as_array()?;
-            instances
-                .iter()
-                .all(|(task, index)| {
-                    all.iter().any(|i| {
-                        i["task"] == *task && i["index"] == *index && i["state"] == "running"
-                    })
-                })
-                .then_some(s)
-        })
-    }
-}
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- berth log ---\n{}", self.log());
-        }
-    }
-}
-
-/// A blocking HTTP/1.1 GET; `None` when nothing answers.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
-}
 
 fn write(dir: &Path, file: &str, text: &str) {
     std::fs::write(dir.join(file), text).unwrap();
@@ -173,7 +78,7 @@ fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
 }
 
 #[test]
-fn healthz_is_200_while_converged_and_503_within_a_resync_after_docker_goes_away() {
+fn healthz_is_200_while_converged_and_503_once_docker_has_been_away_for_the_limit() {
     let ns = TestNamespace::new("healthz");
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("m");
@@ -184,20 +89,33 @@ fn healthz_is_200_while_converged_and_503_within_a_resync_after_docker_goes_away
     let berth = Berth::start(
         &ns,
         &manifests,
-        &["--resync", "2s", "--docker-endpoint", &endpoint],
+        &[
+            "--resync",
+            "2s",
+            "--docker-endpoint",
+            &endpoint,
+            "--docker-down-limit",
+            "3s",
+        ],
     );
 
-    berth.wait_running(&[("app", 0)]);
+    berth.wait_running(DEADLINE, &[("app", 0)]);
     wait_for_sync(DEADLINE, "/healthz 200", || {
         berth.get("/healthz").filter(|(c, _)| *c == 200)
     });
 
     proxy.stop();
-    // One resync (2 s) plus the time a failing pass takes, with slack for a loaded host.
+    let lost = std::time::Instant::now();
+    // One resync (2 s) to notice, the limit (3 s), and slack for a loaded host.
     let (_, reason) = wait_for_sync(Duration::from_secs(15), "/healthz 503", || {
         berth.get("/healthz").filter(|(c, _)| *c == 503)
     });
-    assert!(reason.contains("docker"), "{reason}");
+    assert!(
+        lost.elapsed() >= Duration::from_secs(3),
+        "503 came before the 3 s limit: {:?}",
+        lost.elapsed()
+    );
+    assert!(reason.contains("Docker has been unreachable"), "{reason}");
     assert_eq!(
         reason.trim().lines().count(),
         1,
@@ -214,11 +132,15 @@ fn healthz_is_503_from_the_start_when_docker_is_unreachable() {
     let manifests = dir.path().join("m");
     std::fs::create_dir(&manifests).unwrap();
     let endpoint = format!("unix://{}/nonexistent.sock", dir.path().display());
-    let berth = Berth::start(&ns, &manifests, &["--docker-endpoint", &endpoint]);
+    let berth = Berth::start(
+        &ns,
+        &manifests,
+        &["--docker-endpoint", &endpoint, "--docker-down-limit", "1s"],
+    );
     let (_, reason) = wait_for_sync(DEADLINE, "/healthz answering 503", || {
         berth.get("/healthz").filter(|(c, _)| *c == 503)
     });
-    assert!(reason.contains("docker unreachable"), "{reason}");
+    assert!(reason.contains("Docker has been unreachable"), "{reason}");
     let (code, metrics) = berth.get("/metrics").unwrap();
     assert_eq!(code, 200);
     assert_eq!(
@@ -237,7 +159,7 @@ fn metrics_parse_as_prometheus_text_and_restarts_move_when_a_task_restarts() {
     // A short resync: this test is about the counter, not about how fast a
     // Docker event leads to the restart.
     let berth = Berth::start(&ns, &manifests, &["--resync", "3s"]);
-    berth.wait_running(&[("app", 0)]);
+    berth.wait_running(DEADLINE, &[("app", 0)]);
 
     let (code, text) = berth.get("/metrics").unwrap();
     assert_eq!(code, 200);
@@ -294,7 +216,7 @@ fn status_over_http_and_the_cli_list_every_instance_and_an_invalid_manifests_err
         "name: broken\nimage: [unclosed\n",
     );
     let berth = Berth::start(&ns, &manifests, &[]);
-    let status = berth.wait_running(&[("app", 0), ("app", 1), ("one", 0)]);
+    let status = berth.wait_running(DEADLINE, &[("app", 0), ("app", 1), ("one", 0)]);
 
     let errors = status["manifest_errors"].as_array().unwrap();
     assert!(

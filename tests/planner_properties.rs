@@ -6,9 +6,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use berth::apply::{apply, ApplyOptions, ImageLocks};
-use berth::backoff::BackoffTable;
-use berth::plan::{aside_name, plan, DesiredInstance, DesiredState, PlanOptions};
+use std::sync::Arc;
+
+use berth::clock::Clock;
+use berth::engine::apply::{ApplyError, Executor, Outcome};
+use berth::engine::backoff::BackoffTable;
+use berth::engine::plan::{
+    aside_name, plan, Action, DesiredInstance, DesiredState, Memory, PlanOptions,
+};
+use berth::engine::pulls::{LogPulls, Pulls};
 use berth::runtime::fake::FakeRuntime;
 use berth::runtime::{ContainerState, Health, ObservedContainer};
 use berth::spec::{labels, ContainerSpec, InstanceKey};
@@ -111,35 +117,38 @@ fn build(world: &World) -> (FakeRuntime, DesiredState, Vec<ObservedContainer>) {
     (rt, desired, foreign)
 }
 
-fn options() -> (PlanOptions, ApplyOptions) {
-    (
-        PlanOptions {
-            namespace: NS.into(),
-            cleanup_containers: true,
-        },
-        ApplyOptions {
-            namespace: NS.into(),
-            parallelism: 3,
-        },
-    )
+fn options() -> PlanOptions {
+    PlanOptions::new(NS)
 }
 
-async fn converge(rt: &FakeRuntime, desired: &DesiredState) -> usize {
-    let (plan_opts, apply_opts) = options();
-    let images = ImageLocks::default();
+async fn apply(rt: &Arc<FakeRuntime>, actions: Vec<Action>) -> Vec<Outcome> {
+    let pulls = Pulls::new(3, Arc::new(LogPulls));
+    Executor::new(rt.clone(), NS, 3, pulls, Clock::System)
+        .apply(actions)
+        .await
+}
+
+async fn converge(rt: &Arc<FakeRuntime>, desired: &DesiredState) -> usize {
+    let plan_opts = options();
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     // A restore takes one pass, the replacement it enables another.
     for pass in 0..4 {
         let observed = rt.list(NS).await.expect("fake list");
-        let p = plan(desired, &observed, &BackoffTable::new(), now, &plan_opts);
+        let p = plan(
+            desired,
+            &observed,
+            Memory::of(&BackoffTable::new()),
+            now,
+            &plan_opts,
+        );
         if p.is_empty() {
             return pass;
         }
-        let outcomes = apply(rt, p.actions, &apply_opts, &images).await;
+        let outcomes = apply(rt, p.actions).await;
         for o in &outcomes {
             // A foreign container holding the name is the one legitimate
             // failure: berth reports it and waits, touching nothing.
-            let conflict = matches!(o.result, Err(berth::apply::ApplyError::NameConflict { .. }));
+            let conflict = matches!(o.result, Err(ApplyError::NameConflict { .. }));
             assert!(
                 o.result.is_ok() || conflict,
                 "{} {}: {:?}",
@@ -165,6 +174,7 @@ proptest! {
         let rt_runtime = tokio::runtime::Builder::new_current_thread().build().expect("tokio");
         rt_runtime.block_on(async {
             let (rt, desired, foreign) = build(&w);
+            let rt = Arc::new(rt);
             let passes = converge(&rt, &desired).await;
             prop_assert!(passes <= 4, "did not converge within 4 passes: {w:?}");
 
@@ -197,11 +207,9 @@ proptest! {
             }
             // And a further pass makes no mutating call.
             let before = rt.mutations();
-            let (plan_opts, _) = options();
             let observed = rt.list(NS).await.expect("list");
-            let p = plan(&desired, &observed, &BackoffTable::new(), SystemTime::now(), &plan_opts);
-            let (_, apply_opts) = options();
-            let outcomes = apply(&rt, p.actions, &apply_opts, &ImageLocks::default()).await;
+            let p = plan(&desired, &observed, Memory::of(&BackoffTable::new()), SystemTime::now(), &options());
+            let outcomes = apply(&rt, p.actions).await;
             prop_assert!(outcomes.iter().all(|o| o.result.is_err()), "only blocked creates remain");
             prop_assert_eq!(rt.mutations(), before);
             prop_assert!(ours.iter().all(|c| c.labels.get(labels::NAMESPACE).map(String::as_str) == Some(NS)));

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth::apply::{apply, ApplyError, ApplyOptions, ImageLocks, Outcome};
+use berth::clock::Clock;
+use berth::engine::apply::{ApplyError, Executor, Outcome};
+use berth::engine::plan::{Action, DesiredInstance};
+use berth::engine::pulls::{LogPulls, Pulls};
 use berth::manifest::PullPolicy;
-use berth::plan::{Action, DesiredInstance};
 use berth::runtime::fake::FakeRuntime;
 use berth::runtime::{ContainerRuntime, CreateRequest, RegistryCredentials};
 use berth::spec::{ContainerSpec, InstanceKey};
@@ -28,22 +30,16 @@ fn instance(task: &str, image: &str, pull: PullPolicy) -> Arc<DesiredInstance> {
     Arc::new(d)
 }
 
-async fn run(rt: &FakeRuntime, actions: Vec<Action>) -> Vec<Outcome> {
-    apply(
-        rt,
-        actions,
-        &ApplyOptions {
-            namespace: "ns".into(),
-            parallelism: 4,
-        },
-        &ImageLocks::default(),
-    )
-    .await
+async fn run(rt: &Arc<FakeRuntime>, actions: Vec<Action>) -> Vec<Outcome> {
+    let pulls = Pulls::new(4, Arc::new(LogPulls));
+    Executor::new(rt.clone(), "ns", 4, pulls, Clock::System)
+        .apply(actions)
+        .await
 }
 
 #[tokio::test]
 async fn missing_pulls_only_an_absent_image() {
-    let rt = FakeRuntime::new();
+    let rt = Arc::new(FakeRuntime::new());
     rt.add_image("present:1");
     let out = run(
         &rt,
@@ -63,7 +59,7 @@ async fn missing_pulls_only_an_absent_image() {
 
 #[tokio::test]
 async fn always_pulls_at_each_create_even_when_the_image_is_present() {
-    let rt = FakeRuntime::new();
+    let rt = Arc::new(FakeRuntime::new());
     rt.add_image("app:1");
     let out = run(
         &rt,
@@ -78,7 +74,7 @@ async fn always_pulls_at_each_create_even_when_the_image_is_present() {
 
 #[tokio::test]
 async fn never_never_pulls_and_says_why_when_the_image_is_missing() {
-    let rt = FakeRuntime::new();
+    let rt = Arc::new(FakeRuntime::new());
     let out = run(
         &rt,
         vec![Action::Create {
@@ -97,7 +93,7 @@ async fn never_never_pulls_and_says_why_when_the_image_is_missing() {
 
 #[tokio::test]
 async fn one_pull_per_image_however_many_tasks_need_it() {
-    let rt = FakeRuntime::new();
+    let rt = Arc::new(FakeRuntime::new());
     let actions = (0..4)
         .map(|i| Action::Create {
             desired: instance(&format!("t{i}"), "shared:1", PullPolicy::Missing),
@@ -110,7 +106,7 @@ async fn one_pull_per_image_however_many_tasks_need_it() {
 
 #[tokio::test]
 async fn a_failed_pull_during_a_replacement_leaves_the_old_container_running() {
-    let rt = FakeRuntime::new();
+    let rt = Arc::new(FakeRuntime::new());
     rt.add_image("app:1");
     let old = instance("web", "app:1", PullPolicy::Missing);
     let labels = old.spec.container_labels("ns", &old.key, "web.yaml");
@@ -138,7 +134,7 @@ async fn a_failed_pull_during_a_replacement_leaves_the_old_container_running() {
     .await;
 
     let err = out[0].result.clone().unwrap_err();
-    assert!(matches!(err, ApplyError::Image { .. }), "{err:?}");
+    assert!(matches!(err, ApplyError::Pull { .. }), "{err:?}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert!(out[0].counts_as_attempt);
     // Only the pull was attempted: no stop, rename or create.

@@ -369,7 +369,7 @@ async fn a_pull_from_an_unreachable_registry_fails_with_dockers_message() {
     let rt = runtime().await;
     let port = free_port();
     let err = rt
-        .pull(&format!("127.0.0.1:{port}/nothing:1"), None)
+        .pull(&format!("127.0.0.1:{port}/nothing:1"), None, &|_| {})
         .await
         .unwrap_err();
     // The daemon answered; only the registry is missing.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use berth::runtime::{
-    ContainerRuntime, CreateRequest, ObservedContainer, RegistryCredentials, Result,
+    ContainerRuntime, CreateRequest, ObservedContainer, ProgressFn, RegistryCredentials, Result,
 };
 
 /// Calls made so far, per trait method.
@@ -151,9 +151,14 @@ impl<R: ContainerRuntime> ContainerRuntime for CountingRuntime<R> {
         self.inner.image_present(image).await
     }
 
-    async fn pull(&self, image: &str, credentials: Option<&RegistryCredentials>) -> Result<()> {
+    async fn pull(
+        &self,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+        progress: ProgressFn<'_>,
+    ) -> Result<()> {
         bump(&self.counters.pull);
-        self.inner.pull(image, credentials).await
+        self.inner.pull(image, credentials, progress).await
     }
 
     async fn remove_image(&self, image: &str) -> Result<()> {

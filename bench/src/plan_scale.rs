@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use berth::backoff::BackoffTable;
-use berth::plan::{DesiredInstance, DesiredState, PlanOptions};
+use berth::engine::backoff::BackoffTable;
+use berth::engine::plan::{DesiredInstance, DesiredState, Memory, PlanOptions};
 use berth::runtime::{ContainerState, Health, ObservedContainer};
 use berth::spec::{ContainerSpec, EnvEntry, InstanceKey};
 
@@ -91,10 +91,7 @@ pub fn build(n: usize, world: World) -> PlanInput {
         observed,
         backoff: BackoffTable::new(),
         now: SystemTime::now(),
-        options: PlanOptions {
-            namespace: NAMESPACE.into(),
-            cleanup_containers: true,
-        },
+        options: PlanOptions::new(NAMESPACE),
     }
 }
 
@@ -102,10 +99,10 @@ impl PlanInput {
     /// Run the planner once; returns the number of actions (so the work
     /// cannot be optimised away).
     pub fn plan(&self) -> usize {
-        berth::plan::plan(
+        berth::engine::plan::plan(
             &self.desired,
             &self.observed,
-            &self.backoff,
+            Memory::of(&self.backoff),
             self.now,
             &self.options,
         )

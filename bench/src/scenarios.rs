@@ -12,9 +12,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use berth::config::{AgentConfig, DockerConfig};
-use berth::controller::{Controller, TriggerKind};
+use berth::engine::controller::Controller;
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::ContainerRuntime;
+use berth::trigger::Trigger;
 
 use crate::counting::CountingRuntime;
 use crate::host::{task_name, write_manifest, Host};
@@ -199,7 +200,7 @@ async fn noop(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
         ..AgentConfig::default()
     };
     let mut controller = Controller::new(Arc::clone(&counting), config);
-    let first = controller.pass(TriggerKind::Startup).await?;
+    let first = controller.pass(&Trigger::Startup).await?;
     if !first.converged() || !first.errors.is_empty() {
         bail!(
             "the host is not converged before the no-op pass: {} actions, errors {:?}",
@@ -213,7 +214,7 @@ async fn noop(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
     for _ in 0..o.noop_passes {
         let before = counting.calls();
         let t = Instant::now();
-        let report = controller.pass(TriggerKind::Resync).await?;
+        let report = controller.pass(&Trigger::Resync).await?;
         times.push(ms(t.elapsed()));
         let calls = counting.calls().since(&before);
         if !report.plan.actions.is_empty() {

@@ -28,8 +28,8 @@ use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use tracing::{debug, warn};
 
 use super::{
-    ContainerRuntime, ContainerState, CreateRequest, Health, ObservedContainer,
-    RegistryCredentials, Result, RuntimeError,
+    ContainerRuntime, ContainerState, CreateRequest, Health, ObservedContainer, ProgressFn,
+    PullProgress, RegistryCredentials, Result, RuntimeError,
 };
 use crate::config::DockerConfig;
 use crate::spec::{labels, ContainerSpec};
@@ -180,9 +180,6 @@ impl Connector {
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     conn: Arc<Connector>,
-    /// Draw a one-line progress bar per pull on stderr (`run --once` on a
-    /// terminal); the log lines are written either way.
-    progress_bar: bool,
 }
 
 /// One Docker container event, narrowed to what triggers a reconcile pass.
@@ -207,12 +204,6 @@ impl DockerRuntime {
     /// unreadable TLS CA, TLS on a unix socket). A daemon that is down or a
     /// socket that does not exist yet is logged and retried on each call,
     /// which then returns [`RuntimeError::Unavailable`].
-    /// Draw pull progress as a bar on stderr (only sensible on a terminal).
-    pub fn with_progress_bar(mut self, on: bool) -> Self {
-        self.progress_bar = on;
-        self
-    }
-
     pub async fn connect(cfg: &DockerConfig) -> Result<DockerRuntime> {
         let endpoint = Endpoint::resolve(cfg, |k| std::env::var(k).ok())?;
         let runtime = DockerRuntime {
@@ -220,7 +211,6 @@ impl DockerRuntime {
                 endpoint,
                 client: Mutex::new(None),
             }),
-            progress_bar: false,
         };
         match runtime.conn.client().await {
             Ok(_) => {}
@@ -317,6 +307,7 @@ pub(crate) fn map_err(e: BollardError) -> RuntimeError {
             message,
         } => match status_code {
             304 => RuntimeError::NotModified,
+            400 => RuntimeError::Invalid(message),
             404 => RuntimeError::NotFound(message),
             409 => RuntimeError::Conflict(message),
             _ => RuntimeError::Other(format!("docker answered {status_code}: {message}")),
@@ -493,7 +484,12 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn pull(&self, image: &str, credentials: Option<&RegistryCredentials>) -> Result<()> {
+    async fn pull(
+        &self,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+        progress: ProgressFn<'_>,
+    ) -> Result<()> {
         let docker = self.client().await?;
         let (repo, tag) = split_reference(image);
         // Only the username is logged: the password stays in the header.
@@ -509,7 +505,7 @@ impl ContainerRuntime for DockerRuntime {
             serveraddress: c.server_address.clone(),
             ..Default::default()
         });
-        let mut progress = docker.create_image(
+        let mut stream = docker.create_image(
             Some(CreateImageOptions {
                 from_image: Some(repo.to_string()),
                 tag: Some(tag.to_string()),
@@ -518,49 +514,11 @@ impl ContainerRuntime for DockerRuntime {
             None,
             credentials,
         );
-        let mut tally = PullProgress::default();
-        let started = std::time::Instant::now();
-        let mut last_report = started;
-        let mut last_bar = started;
-        while let Some(item) = progress.next().await {
+        let mut tally = PullTally::default();
+        while let Some(item) = stream.next().await {
             tally.record(&item.map_err(map_err)?);
-            if self.progress_bar && last_bar.elapsed() >= PULL_BAR_EVERY {
-                last_bar = std::time::Instant::now();
-                let (done, layers, current, total) = tally.summary();
-                eprint!("\r{}", progress_line(image, done, layers, current, total));
-            }
-            // Throttled: one line every few seconds on a long pull.
-            if last_report.elapsed() >= PULL_PROGRESS_EVERY {
-                last_report = std::time::Instant::now();
-                let (done, layers, current, total) = tally.summary();
-                tracing::info!(
-                    image,
-                    layers_done = done,
-                    layers,
-                    bytes = current,
-                    bytes_total = total,
-                    "pulling: {done}/{layers} layers, {} of {} MB",
-                    current / 1_000_000,
-                    total / 1_000_000
-                );
-            }
+            progress(&tally.summary());
         }
-        let (done, layers, current, total) = tally.summary();
-        if self.progress_bar {
-            if layers == 0 {
-                // Every layer was already present: nothing was downloaded.
-                eprintln!("\r{image}: pulled, no layer to download");
-            } else {
-                eprintln!("\r{}", progress_line(image, done, layers, current, total));
-            }
-        }
-        debug!(
-            image,
-            layers,
-            bytes_total = total,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "pull complete"
-        );
         Ok(())
     }
 
@@ -591,17 +549,14 @@ impl ContainerRuntime for DockerRuntime {
     }
 }
 
-/// How often a long pull logs its progress.
-const PULL_PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
 /// Per-layer progress of one pull, from Docker's JSON progress stream.
 #[derive(Default)]
-struct PullProgress {
+struct PullTally {
     /// layer id → (current, total, done)
     layers: BTreeMap<String, (u64, u64, bool)>,
 }
 
-impl PullProgress {
+impl PullTally {
     fn record(&mut self, info: &bollard::models::CreateImageInfo) {
         let Some(id) = info.id.as_deref() else { return };
         let status = info.status.as_deref().unwrap_or_default();
@@ -625,35 +580,14 @@ impl PullProgress {
         }
     }
 
-    /// (layers done, layers, bytes downloaded, bytes total)
-    fn summary(&self) -> (usize, usize, u64, u64) {
-        let done = self.layers.values().filter(|l| l.2).count();
-        let current = self.layers.values().map(|l| l.0).sum();
-        let total = self.layers.values().map(|l| l.1).sum();
-        (done, self.layers.len(), current, total)
+    fn summary(&self) -> PullProgress {
+        PullProgress {
+            layers_done: self.layers.values().filter(|l| l.2).count(),
+            layers: self.layers.len(),
+            bytes_done: self.layers.values().map(|l| l.0).sum(),
+            bytes_total: self.layers.values().map(|l| l.1).sum(),
+        }
     }
-}
-
-/// How often the terminal progress bar is redrawn.
-const PULL_BAR_EVERY: Duration = Duration::from_millis(200);
-
-/// One line of pull progress: `image [#####-----] 3/5 layers, 12/40 MB`,
-/// padded so a shorter line overwrites a longer one after `\r`.
-fn progress_line(image: &str, done: usize, layers: usize, current: u64, total: u64) -> String {
-    const WIDTH: usize = 20;
-    let filled = (current.min(total) * WIDTH as u64)
-        .checked_div(total)
-        .map(|f| f as usize)
-        .or_else(|| (done * WIDTH).checked_div(layers))
-        .unwrap_or(0)
-        .min(WIDTH);
-    format!(
-        "{image} [{}{}] {done}/{layers} layers, {}/{} MB   ",
-        "#".repeat(filled),
-        "-".repeat(WIDTH - filled),
-        current / 1_000_000,
-        total / 1_000_000
-    )
 }
 
 /// Docker's `t` for a stop: whole seconds, rounded up, and at least 1 when
@@ -970,6 +904,13 @@ mod tests {
             RuntimeError::Conflict("name in use by abc".into())
         );
         assert_eq!(map_err(server(304, "")), RuntimeError::NotModified);
+        assert_eq!(
+            map_err(server(
+                400,
+                "conflicting options: hostname and the network mode"
+            )),
+            RuntimeError::Invalid("conflicting options: hostname and the network mode".into())
+        );
         let other = map_err(server(500, "driver failed"));
         assert!(
             matches!(&other, RuntimeError::Other(m) if m.contains("500") && m.contains("driver failed")),
@@ -1058,22 +999,6 @@ mod tests {
         );
         assert_eq!(health_from_status("Up 5 minutes"), Health::None);
         assert_eq!(health_from_status("Exited (0) 3 seconds ago"), Health::None);
-    }
-
-    #[test]
-    fn the_pull_progress_bar_fills_with_bytes_then_layers() {
-        assert_eq!(
-            progress_line("img:1", 1, 4, 5_000_000, 20_000_000),
-            "img:1 [#####---------------] 1/4 layers, 5/20 MB   "
-        );
-        // Sizes not known yet: fill by layers.
-        assert_eq!(
-            progress_line("img:1", 2, 4, 0, 0),
-            "img:1 [##########----------] 2/4 layers, 0/0 MB   "
-        );
-        assert!(progress_line("img:1", 0, 0, 0, 0).contains("[--------------------]"));
-        // More bytes than announced never overflows the bar.
-        assert!(progress_line("img:1", 1, 1, 30, 20).contains("[####################]"));
     }
 
     #[test]

@@ -8,14 +8,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::{
-    ContainerRuntime, ContainerState, CreateRequest, Health, ObservedContainer,
-    RegistryCredentials, Result, RuntimeError,
+    ContainerRuntime, ContainerState, CreateRequest, Health, ObservedContainer, ProgressFn,
+    PullProgress, RegistryCredentials, Result, RuntimeError,
 };
+use crate::clock::Clock;
 use crate::spec::labels;
+
+/// How long a call of a given kind (`"list"`, `"stop"`, `"pull"`, ...) takes.
+type LatencyFn = Box<dyn Fn(&'static str) -> Duration + Send + Sync>;
 
 #[derive(Default)]
 struct World {
@@ -34,11 +38,59 @@ struct World {
 pub struct FakeRuntime {
     world: Mutex<World>,
     next_id: AtomicU64,
+    clock: Clock,
+    latency: Mutex<Option<Arc<LatencyFn>>>,
+    /// Calls in progress by kind, and the most ever at once.
+    in_progress: Mutex<BTreeMap<&'static str, (u64, u64)>>,
 }
 
 impl FakeRuntime {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Timestamps (starts, exits) from `clock`, e.g. [`Clock::tokio`] under
+    /// paused time.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Every call takes `latency` (on tokio's clock) before it acts.
+    pub fn set_latency(&self, latency: Duration) {
+        self.set_latency_fn(move |_| latency);
+    }
+
+    /// Each call takes what `f` says for its kind before it acts.
+    pub fn set_latency_fn(&self, f: impl Fn(&'static str) -> Duration + Send + Sync + 'static) {
+        if let Ok(mut l) = self.latency.lock() {
+            *l = Some(Arc::new(Box::new(f)));
+        }
+    }
+
+    /// The most calls of `kind` that were ever in progress at once.
+    pub fn max_concurrent(&self, kind: &str) -> u64 {
+        self.in_progress
+            .lock()
+            .map(|m| m.get(kind).map_or(0, |v| v.1))
+            .unwrap_or(0)
+    }
+
+    async fn delay(&self, kind: &'static str) -> InProgress<'_> {
+        if let Ok(mut m) = self.in_progress.lock() {
+            let entry = m.entry(kind).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(entry.0);
+        }
+        let guard = InProgress { fake: self, kind };
+        let latency = self.latency.lock().ok().and_then(|l| l.clone());
+        if let Some(f) = latency {
+            let d = f(kind);
+            if !d.is_zero() {
+                tokio::time::sleep(d).await;
+            }
+        }
+        guard
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut World) -> Result<T>) -> Result<T> {
@@ -129,6 +181,22 @@ impl FakeRuntime {
     }
 }
 
+/// Counts a call as in progress until dropped.
+struct InProgress<'a> {
+    fake: &'a FakeRuntime,
+    kind: &'static str,
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.fake.in_progress.lock() {
+            if let Some(entry) = m.get_mut(self.kind) {
+                entry.0 = entry.0.saturating_sub(1);
+            }
+        }
+    }
+}
+
 /// Ids that look like Docker's: 64 hex digits whose prefixes differ.
 pub fn fake_id(n: u64) -> String {
     use sha2::{Digest, Sha256};
@@ -153,6 +221,7 @@ fn find(world: &World, id_or_name: &str) -> Result<ObservedContainer> {
 
 impl ContainerRuntime for FakeRuntime {
     async fn list(&self, namespace: &str) -> Result<Vec<ObservedContainer>> {
+        let _busy = self.delay("list").await;
         self.with(|w| {
             Ok(w.containers
                 .values()
@@ -163,10 +232,12 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn inspect(&self, name_or_id: &str) -> Result<ObservedContainer> {
+        let _busy = self.delay("inspect").await;
         self.with(|w| find(w, name_or_id))
     }
 
     async fn create(&self, req: CreateRequest<'_>) -> Result<String> {
+        let _busy = self.delay("create").await;
         let id = fake_id(self.next_id.fetch_add(1, Ordering::SeqCst));
         self.with(|w| {
             if let Some(holder) = w.containers.values().find(|c| c.name == req.name) {
@@ -201,6 +272,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<()> {
+        let _busy = self.delay("start").await;
         self.with(|w| {
             let c = find_mut(w, id)
                 .ok_or_else(|| RuntimeError::NotFound(format!("no such container: {id}")))?;
@@ -210,7 +282,7 @@ impl ContainerRuntime for FakeRuntime {
             c.state = ContainerState::Running;
             c.health = Health::None;
             c.exit_code = None;
-            c.started_at = Some(SystemTime::now());
+            c.started_at = Some(self.clock.now());
             c.finished_at = None;
             Self::count(w, "start");
             Ok(())
@@ -218,6 +290,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn stop(&self, id: &str, _grace: Duration) -> Result<()> {
+        let _busy = self.delay("stop").await;
         self.with(|w| {
             let c = find_mut(w, id)
                 .ok_or_else(|| RuntimeError::NotFound(format!("no such container: {id}")))?;
@@ -226,13 +299,14 @@ impl ContainerRuntime for FakeRuntime {
             }
             c.state = ContainerState::Exited;
             c.exit_code = Some(0);
-            c.finished_at = Some(SystemTime::now());
+            c.finished_at = Some(self.clock.now());
             Self::count(w, "stop");
             Ok(())
         })
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
+        let _busy = self.delay("remove").await;
         self.with(|w| {
             let c = find(w, id)?;
             w.containers.remove(&c.id);
@@ -242,6 +316,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn rename(&self, id: &str, new_name: &str) -> Result<()> {
+        let _busy = self.delay("rename").await;
         self.with(|w| {
             if w.containers
                 .values()
@@ -260,10 +335,21 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn image_present(&self, image: &str) -> Result<bool> {
+        let _busy = self.delay("image_present").await;
         self.with(|w| Ok(w.images.contains(image)))
     }
 
-    async fn pull(&self, image: &str, _credentials: Option<&RegistryCredentials>) -> Result<()> {
+    async fn pull(
+        &self,
+        image: &str,
+        _credentials: Option<&RegistryCredentials>,
+        progress: ProgressFn<'_>,
+    ) -> Result<()> {
+        progress(&PullProgress {
+            layers: 1,
+            ..PullProgress::default()
+        });
+        let _busy = self.delay("pull").await;
         self.with(|w| {
             Self::count(w, "pull");
             if w.unpullable.contains(image) {
@@ -277,6 +363,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn remove_image(&self, image: &str) -> Result<()> {
+        let _busy = self.delay("remove_image").await;
         self.with(|w| {
             if w.containers.values().any(|c| c.image == image) {
                 return Err(RuntimeError::Conflict(format!("image {image} is in use")));
@@ -290,6 +377,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn version(&self) -> Result<String> {
+        let _busy = self.delay("version").await;
         self.with(|_| Ok("fake".into()))
     }
 }

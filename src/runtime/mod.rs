@@ -14,8 +14,8 @@ pub mod docker;
 pub mod fake;
 
 /// Errors every runtime maps its own failures into. The kinds drive apply's
-/// decisions (DESIGN.md: 404 = already gone, 409 = inspect the holder, 304 =
-/// already in that state), so they must be precise; the message is for people.
+/// decisions (404 = already gone, 409 = inspect the holder, 304 = already in
+/// that state), so they must be precise; the message is for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
     #[error("not found: {0}")]
@@ -26,6 +26,10 @@ pub enum RuntimeError {
     NotModified,
     #[error("container engine unavailable: {0}")]
     Unavailable(String),
+    /// The engine refused the request as invalid (HTTP 400: conflicting
+    /// options, an invalid reference). Waiting cannot fix it.
+    #[error("refused by the container engine: {0}")]
+    Invalid(String),
     #[error("{0}")]
     Other(String),
 }
@@ -114,6 +118,17 @@ impl ObservedContainer {
             .ok()
     }
 
+    /// The grace period recorded when berth created the container
+    /// (`io.berth.stop-timeout`, seconds), so a container whose manifest is
+    /// gone still stops as its task asked.
+    pub fn stop_grace(&self) -> Option<Duration> {
+        self.labels
+            .get(labels::STOP_TIMEOUT)?
+            .parse::<u64>()
+            .ok()
+            .map(Duration::from_secs)
+    }
+
     pub fn is_running(&self) -> bool {
         matches!(
             self.state,
@@ -140,6 +155,29 @@ impl std::fmt::Debug for RegistryCredentials {
             .finish()
     }
 }
+
+/// How far a pull has come, summed over its layers. Reported by the runtime
+/// while it pulls; drawn by whoever watches (status, a terminal bar).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullProgress {
+    pub layers_done: usize,
+    pub layers: usize,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+impl PullProgress {
+    /// Whole percent done: by bytes when the sizes are known, else by layers.
+    pub fn percent(&self) -> u8 {
+        let by_bytes = (self.bytes_done.min(self.bytes_total) * 100).checked_div(self.bytes_total);
+        let by_layers =
+            (self.layers_done.min(self.layers) as u64 * 100).checked_div(self.layers as u64);
+        by_bytes.or(by_layers).unwrap_or(0).min(100) as u8
+    }
+}
+
+/// Called by [`ContainerRuntime::pull`] as progress arrives.
+pub type ProgressFn<'a> = &'a (dyn Fn(&PullProgress) + Send + Sync);
 
 /// What to create: a name, the resolved spec and the full label set.
 #[derive(Debug, Clone)]
@@ -177,11 +215,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Whether an image is present locally.
     fn image_present(&self, image: &str) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Pull an image, with credentials when given.
+    /// Pull an image, with credentials when given, reporting progress.
     fn pull(
         &self,
         image: &str,
         credentials: Option<&RegistryCredentials>,
+        progress: ProgressFn<'_>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Remove an image unless a container uses it (never forced): in use →

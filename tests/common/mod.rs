@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+pub mod process;
+
 /// How the fixture image is made: shared with the benchmark.
 #[path = "../../bench/src/fixture_image.rs"]
 mod fixture_image_recipe;

@@ -1,8 +1,9 @@
 //! Per-instance restart state: how many consecutive failures, and when the
 //! next attempt is due. Pure: every function takes `now`, nothing sleeps.
 //!
-//! The curve is DESIGN.md's: the first restart is immediate, then `delay`,
-//! `2×delay`, `4×delay`, ... capped at `max_delay`. A container that ran for
+//! The curve lives in [`crate::engine::retry`]: the first restart is
+//! immediate, then `delay`, `2×delay`, `4×delay`, ... capped at `max_delay`.
+//! A container that ran for
 //! at least `reset_after` before it stopped resets the count, so a service
 //! that crashes once a week restarts at once every time.
 //!
@@ -10,8 +11,9 @@
 //! instance with a clean count; the worst case is one immediate restart.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use crate::engine::retry::{restart_delay, FailureKind, Requeue};
 use crate::manifest::RestartSpec;
 use crate::spec::InstanceKey;
 
@@ -33,6 +35,12 @@ pub struct Backoff {
     pub restarts: u64,
     /// The latest failure's message, for status.
     pub last_error: Option<String>,
+    /// Not before this moment, whatever the curve says: set by failures
+    /// that do not count on the curve (Docker away, a failed removal).
+    hold_until: Option<SystemTime>,
+    /// The latest failure could not be fixed by waiting (see
+    /// [`FailureKind::Permanent`]); cleared by the next success.
+    pub permanent: bool,
 }
 
 impl Backoff {
@@ -44,20 +52,10 @@ impl Backoff {
             unhealthy_counted: None,
             restarts: 0,
             last_error: None,
+            hold_until: None,
+            permanent: false,
         }
     }
-}
-
-/// The delay before the attempt that follows `failures` consecutive failures.
-pub fn delay_after(failures: u32, timings: &RestartSpec) -> Duration {
-    if failures <= 1 {
-        return Duration::ZERO;
-    }
-    let base = timings.delay.get();
-    let max = timings.max_delay.get();
-    // 2^(failures-2), saturating long before it could overflow.
-    let factor = 1u32.checked_shl(failures - 2).unwrap_or(u32::MAX);
-    base.checked_mul(factor).unwrap_or(max).min(max)
 }
 
 /// Backoff state for every instance that has failed at least once.
@@ -78,11 +76,12 @@ impl BackoffTable {
     /// When the next attempt for `key` may happen; `None` means now.
     pub fn due(&self, key: &InstanceKey, timings: &RestartSpec) -> Option<SystemTime> {
         let entry = self.entries.get(key)?;
-        let delay = delay_after(entry.failures, timings);
-        if delay.is_zero() {
-            return None;
+        let delay = restart_delay(entry.failures, timings);
+        let curve = (!delay.is_zero()).then(|| entry.last_failure + delay);
+        match (curve, entry.hold_until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
         }
-        Some(entry.last_failure + delay)
     }
 
     /// Count a container exit once, however many passes see it. `started_at`
@@ -142,6 +141,37 @@ impl BackoffTable {
         entry.last_error = Some(message);
     }
 
+    /// Record a failed action as the retry policy decided it: on the curve
+    /// when it counts, else held for `requeue.after`.
+    pub fn record_requeue(
+        &mut self,
+        key: &InstanceKey,
+        now: SystemTime,
+        message: String,
+        requeue: &Requeue,
+    ) {
+        let entry = self
+            .entries
+            .entry(key.clone())
+            .or_insert(Backoff::fresh(now));
+        if requeue.counted {
+            entry.failures += 1;
+            entry.last_failure = now;
+        }
+        entry.last_error = Some(message);
+        entry.hold_until = (!requeue.counted).then(|| now + requeue.after);
+        entry.permanent = requeue.kind == FailureKind::Permanent;
+    }
+
+    /// An action succeeded: lift holds. The failure count stays; only a long
+    /// enough run resets it, so a crash loop keeps backing off.
+    pub fn record_success(&mut self, key: &InstanceKey) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.hold_until = None;
+            entry.permanent = false;
+        }
+    }
+
     /// Note that berth restarted the instance (status and metrics only).
     pub fn record_restart(&mut self, key: &InstanceKey, now: SystemTime) {
         self.entries
@@ -169,6 +199,7 @@ impl BackoffTable {
 mod tests {
     use super::*;
     use crate::manifest::duration::Duration as D;
+    use std::time::Duration;
 
     fn timings() -> RestartSpec {
         RestartSpec {
@@ -181,19 +212,6 @@ mod tests {
 
     fn t(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)
-    }
-
-    #[test]
-    fn the_first_restart_is_immediate_then_the_delay_doubles_up_to_the_cap() {
-        let delays: Vec<u128> = (1..=8)
-            .map(|n| delay_after(n, &timings()).as_millis())
-            .collect();
-        assert_eq!(delays, vec![0, 200, 400, 800, 1600, 2000, 2000, 2000]);
-    }
-
-    #[test]
-    fn a_huge_failure_count_saturates_at_the_cap() {
-        assert_eq!(delay_after(u32::MAX, &timings()), Duration::from_secs(2));
     }
 
     #[test]
@@ -256,5 +274,37 @@ mod tests {
         assert_eq!(table.due(&key, &timings()), Some(t(210)));
         table.record_failure(&key, t(300), "no such image".into());
         assert_eq!(table.due(&key, &timings()), Some(t(700)));
+    }
+
+    #[test]
+    fn an_uncounted_failure_holds_the_instance_without_moving_the_curve() {
+        let key = InstanceKey::new("web", 0);
+        let mut table = BackoffTable::new();
+        let away = Requeue {
+            after: Duration::from_secs(1),
+            counted: false,
+            kind: FailureKind::Unavailable,
+        };
+        table.record_requeue(&key, t(0), "docker away".into(), &away);
+        assert_eq!(table.get(&key).unwrap().failures, 0);
+        assert_eq!(table.due(&key, &timings()), Some(t(1_000)));
+        table.record_success(&key);
+        assert_eq!(table.due(&key, &timings()), None);
+    }
+
+    #[test]
+    fn a_permanent_failure_is_remembered_until_a_success() {
+        let key = InstanceKey::new("web", 0);
+        let mut table = BackoffTable::new();
+        let refused = Requeue {
+            after: Duration::ZERO,
+            counted: true,
+            kind: FailureKind::Permanent,
+        };
+        table.record_requeue(&key, t(0), "refused".into(), &refused);
+        assert!(table.get(&key).unwrap().permanent);
+        assert_eq!(table.get(&key).unwrap().failures, 1);
+        table.record_success(&key);
+        assert!(!table.get(&key).unwrap().permanent);
     }
 }

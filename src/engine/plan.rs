@@ -1,8 +1,10 @@
 //! The pure diff between what the folder asks for and what Docker has.
 //!
-//! `plan(desired, observed, backoff, now)` returns the actions that converge
+//! `plan(desired, observed, memory, now)` returns the actions that converge
 //! the host, in a deterministic order, and does no I/O. It is where berth's
-//! rules live, so most unit and property tests point here.
+//! rules live, so most unit and property tests point here. `memory` is what
+//! berth knows beyond the world: restart history and the instances that have
+//! work in flight ("busy"), which get no second chain.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::backoff::BackoffTable;
+use crate::engine::backoff::BackoffTable;
 use crate::manifest::{PullPolicy, RestartPolicy, RestartSpec};
 use crate::runtime::{ContainerState, Health, ObservedContainer, RegistryCredentials};
 use crate::spec::{labels, ContainerSpec, InstanceKey};
@@ -37,7 +39,7 @@ impl DesiredInstance {
         let hash = spec.hash();
         DesiredInstance {
             key,
-            stop_grace: Duration::from_secs(spec.stop_timeout_secs.unwrap_or(10).max(0) as u64),
+            stop_grace: spec.stop_grace(),
             spec,
             hash,
             manifest: manifest.into(),
@@ -246,11 +248,31 @@ pub struct Waiting {
     pub until: SystemTime,
 }
 
+/// An instance whose container exited and, by its restart policy, stays so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub key: InstanceKey,
+    pub exit_code: Option<i64>,
+}
+
+impl Finished {
+    /// Exit code 0: the work is done. Anything else: it failed for good.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
 /// The outcome of planning: actions in apply order, and instances waiting.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
+    /// Instances that need a restart or retry but are backing off.
     pub waiting: Vec<Waiting>,
+    /// Instances whose container runs the right spec but has not yet stayed
+    /// up for the settle time (or is not yet healthy): not converged yet.
+    pub settling: Vec<Waiting>,
+    /// Instances whose container exited and is not restarted by policy.
+    pub finished: Vec<Finished>,
     /// Containers labelled with our namespace whose task/index labels do not
     /// parse: never touched, only reported.
     pub unrecognised: Vec<String>,
@@ -261,9 +283,14 @@ impl Plan {
         self.actions.is_empty()
     }
 
-    /// The earliest moment a backing-off instance becomes due.
+    /// The earliest moment a backing-off or settling instance is worth
+    /// another look.
     pub fn next_due(&self) -> Option<SystemTime> {
-        self.waiting.iter().map(|w| w.until).min()
+        self.waiting
+            .iter()
+            .chain(&self.settling)
+            .map(|w| w.until)
+            .min()
     }
 }
 
@@ -274,6 +301,9 @@ impl fmt::Display for Plan {
         }
         for w in &self.waiting {
             writeln!(f, "wait {} (backing off)", w.key)?;
+        }
+        for w in &self.settling {
+            writeln!(f, "settle {} (started, not yet settled)", w.key)?;
         }
         Ok(())
     }
@@ -371,6 +401,51 @@ pub struct PlanOptions {
     pub namespace: String,
     /// `docker.cleanup.container`: false keeps (stopped) containers of removed tasks.
     pub cleanup_containers: bool,
+    /// A started container counts as converged once it has run this long
+    /// (and, with a healthcheck, once healthy).
+    pub settle: Duration,
+}
+
+/// How long a container must stay up before it counts as converged: long
+/// enough to catch a process that dies right after it starts.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
+
+/// How soon an instance in transition (health starting, Docker restarting
+/// or removing it) is looked at again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+impl PlanOptions {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        PlanOptions {
+            namespace: namespace.into(),
+            cleanup_containers: true,
+            settle: DEFAULT_SETTLE,
+        }
+    }
+}
+
+/// What berth knows about instances beyond what Docker shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory<'a> {
+    pub backoff: &'a BackoffTable,
+    /// Instances with a chain in flight: in transition, planned no further.
+    pub busy: &'a BTreeSet<InstanceKey>,
+    /// When berth itself last started each instance's container: more
+    /// precise than the list's "Up N seconds".
+    pub started: &'a BTreeMap<InstanceKey, SystemTime>,
+}
+
+impl<'a> Memory<'a> {
+    /// Only restart history; nothing in flight.
+    pub fn of(backoff: &'a BackoffTable) -> Memory<'a> {
+        static NONE: BTreeSet<InstanceKey> = BTreeSet::new();
+        static NO_STARTS: BTreeMap<InstanceKey, SystemTime> = BTreeMap::new();
+        Memory {
+            backoff,
+            busy: &NONE,
+            started: &NO_STARTS,
+        }
+    }
 }
 
 /// The name a replacement gives the old container while the new one starts.
@@ -416,7 +491,7 @@ pub fn observe_failures(
 pub fn plan(
     desired: &DesiredState,
     observed: &[ObservedContainer],
-    backoff: &BackoffTable,
+    memory: Memory<'_>,
     now: SystemTime,
     options: &PlanOptions,
 ) -> Plan {
@@ -458,14 +533,19 @@ pub fn plan(
                 } else {
                     Vec::new()
                 };
-                if let Some((_, want)) = wanted.next() {
-                    plan_desired(want, &containers, backoff, now, ns, &mut out);
+                if let Some((key, want)) = wanted.next() {
+                    // Work in flight: its containers are in transition.
+                    if !memory.busy.contains(key) {
+                        plan_desired(want, &containers, memory, now, options, &mut out);
+                    }
                 }
             }
             _ => {
                 if let Some(((task, index), containers)) = seen.next() {
                     let key = InstanceKey::new(task, index);
-                    plan_undesired(&key, &containers, desired, options, &mut out);
+                    if !memory.busy.contains(&key) {
+                        plan_undesired(&key, &containers, desired, options, &mut out);
+                    }
                 }
             }
         }
@@ -491,11 +571,13 @@ fn is_canonical(name: &str, ns: &str, key: &InstanceKey) -> bool {
 fn plan_desired(
     want: &Arc<DesiredInstance>,
     containers: &[&ObservedContainer],
-    backoff: &BackoffTable,
+    memory: Memory<'_>,
     now: SystemTime,
-    ns: &str,
+    options: &PlanOptions,
     out: &mut Plan,
 ) {
+    let ns = options.namespace.as_str();
+    let backoff = memory.backoff;
     let canonical = containers
         .iter()
         .find(|c| is_canonical(&c.name, ns, &want.key));
@@ -566,6 +648,12 @@ fn plan_desired(
         return;
     }
 
+    let settling = |until: SystemTime, out: &mut Plan| {
+        out.settling.push(Waiting {
+            key: want.key.clone(),
+            until,
+        })
+    };
     match current.state {
         ContainerState::Running if current.health == Health::Unhealthy => gated(
             Action::Restart {
@@ -574,10 +662,26 @@ fn plan_desired(
             },
             out,
         ),
-        ContainerState::Running
-        | ContainerState::Paused
-        | ContainerState::Restarting
-        | ContainerState::Removing => {}
+        ContainerState::Running if current.health == Health::Starting => {
+            settling(now + RECHECK, out)
+        }
+        ContainerState::Running => {
+            // The later of the two: the list's start time is rounded down to
+            // whole seconds of "Up N seconds".
+            let started = match (current.started_at, memory.started.get(&want.key)) {
+                (Some(a), Some(b)) => Some(a.max(*b)),
+                (a, b) => a.or(b.copied()),
+            };
+            let healthy = current.health == Health::Healthy;
+            if let Some(until) = started.map(|s| s + options.settle) {
+                if until > now && !healthy {
+                    settling(until, out);
+                }
+            }
+        }
+        ContainerState::Restarting | ContainerState::Removing => settling(now + RECHECK, out),
+        // Paused by a person: left as it is.
+        ContainerState::Paused => {}
         ContainerState::Created => gated(
             Action::Start {
                 id: current.id.clone(),
@@ -615,6 +719,11 @@ fn plan_desired(
                     },
                     out,
                 );
+            } else {
+                out.finished.push(Finished {
+                    key: want.key.clone(),
+                    exit_code: current.exit_code,
+                });
             }
         }
     }
@@ -641,8 +750,10 @@ fn plan_undesired(
     if reason == RemoveReason::TaskRemoved && !desired.protected_files.is_empty() {
         return;
     }
-    let grace = crate::apply::DEFAULT_GRACE;
     for c in containers {
+        // The task's own grace, recorded on the container: its manifest may
+        // be gone.
+        let grace = c.stop_grace().unwrap_or(crate::spec::DEFAULT_GRACE);
         if options.cleanup_containers {
             out.actions.push(remove(key, c, reason, grace));
         } else if c.is_running() {
@@ -680,10 +791,7 @@ mod tests {
     const NS: &str = "berth";
 
     fn opts() -> PlanOptions {
-        PlanOptions {
-            namespace: NS.into(),
-            cleanup_containers: true,
-        }
+        PlanOptions::new(NS)
     }
 
     fn want(task: &str, index: u32, image: &str) -> DesiredInstance {
@@ -744,7 +852,13 @@ mod tests {
 
     /// Plan with no backoff history, now, in the default options.
     fn plan_now(d: &DesiredState, observed: &[ObservedContainer]) -> Plan {
-        plan(d, observed, &BackoffTable::new(), now(), &opts())
+        plan(
+            d,
+            observed,
+            Memory::of(&BackoffTable::new()),
+            now(),
+            &opts(),
+        )
     }
 
     fn render(p: &Plan) -> String {
@@ -783,7 +897,7 @@ mod tests {
         let p = plan(
             &desired(vec![web_new, api]),
             &observed,
-            &BackoffTable::new(),
+            Memory::of(&BackoffTable::new()),
             now(),
             &opts(),
         );
@@ -820,7 +934,7 @@ mod tests {
         let p = plan(
             &DesiredState::default(),
             &observed,
-            &BackoffTable::new(),
+            Memory::of(&BackoffTable::new()),
             now(),
             &keep,
         );
@@ -833,7 +947,7 @@ mod tests {
         let p = plan(
             &DesiredState::default(),
             &stopped,
-            &BackoffTable::new(),
+            Memory::of(&BackoffTable::new()),
             now(),
             &keep,
         );
@@ -915,10 +1029,16 @@ mod tests {
         backoff.record_failure(&w.key, now(), "x".into());
         backoff.record_failure(&w.key, now(), "x".into());
         let d = desired(vec![w.clone()]);
-        let p = plan(&d, &[c.clone()], &backoff, now(), &opts());
+        let p = plan(&d, &[c.clone()], Memory::of(&backoff), now(), &opts());
         assert!(p.is_empty());
         assert_eq!(p.next_due(), Some(now() + Duration::from_secs(1)));
-        let later = plan(&d, &[c], &backoff, now() + Duration::from_secs(1), &opts());
+        let later = plan(
+            &d,
+            &[c],
+            Memory::of(&backoff),
+            now() + Duration::from_secs(1),
+            &opts(),
+        );
         assert_eq!(render(&later), "restart job[0] (container id-berth-job)\n");
     }
 

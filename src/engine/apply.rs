@@ -1,0 +1,517 @@
+//! Carrying out one instance's chain of actions against a runtime.
+//!
+//! A chain never trusts the observation it was planned from: the world may
+//! have moved in between. 404 on a stop or remove means "already gone", 304
+//! means "already in that state", and 409 on create means "look at who holds
+//! the name": adopt it when it is ours with the right spec, report a name
+//! conflict when it is not ours (and never touch it).
+//!
+//! The [`Executor`] is shared by every worker. `parallelism` bounds the work
+//! that loads the daemon (creates and starts here, pulls in
+//! [`crate::engine::pulls`]); stops, renames and removals are not bounded,
+//! so a restart never waits behind another instance's slow stop.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::engine::plan::{aside_name, Action, DesiredInstance};
+use crate::engine::pulls::Pulls;
+use crate::manifest::PullPolicy;
+use crate::runtime::{ContainerRuntime, CreateRequest, RuntimeError};
+use crate::spec::InstanceKey;
+
+/// Why an action failed. Feeds backoff, status and logs; never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(
+        "container name {name} is held by container {holder} that berth does not own; \
+         remove or rename it and berth will create its own"
+    )]
+    NameConflict { name: String, holder: String },
+    #[error("image {image} is not present locally, and the task says `pull: never`")]
+    ImageNotPresent { image: String },
+    #[error("cannot pull image {image}: {cause}")]
+    Pull { image: String, cause: RuntimeError },
+    #[error("replacement failed ({cause}); the previous container was put back")]
+    RolledBack { cause: Box<ApplyError> },
+    /// The chain was called off before it changed anything (its manifest
+    /// changed again while it waited for a pull).
+    #[error("called off: the desired spec changed while waiting")]
+    Cancelled,
+}
+
+impl ApplyError {
+    /// Docker itself is unreachable: not the task's fault, so not a task failure.
+    pub fn is_unavailable(&self) -> bool {
+        crate::engine::retry::classify(self) == crate::engine::retry::FailureKind::Unavailable
+    }
+}
+
+/// The result of one action.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub key: InstanceKey,
+    pub verb: &'static str,
+    /// The action counts as a failure of the task when it fails (creates,
+    /// starts, restarts, replacements), as opposed to removals.
+    pub counts_as_attempt: bool,
+    pub result: Result<(), ApplyError>,
+    /// When this action started a container, the moment it did.
+    pub started_at: Option<SystemTime>,
+}
+
+/// What a chain is doing right now, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// `pulling`, `creating`, `starting`, `stopping`, `renaming`, `removing`.
+    pub doing: &'static str,
+    /// The image, while pulling.
+    pub image: Option<String>,
+    pub since: SystemTime,
+}
+
+/// A chain's current step, shared with status.
+#[derive(Debug, Clone)]
+pub struct StepCell(Arc<Mutex<Option<Step>>>);
+
+impl StepCell {
+    pub fn new() -> StepCell {
+        StepCell(Arc::new(Mutex::new(None)))
+    }
+    pub fn get(&self) -> Option<Step> {
+        self.0.lock().ok().and_then(|s| s.clone())
+    }
+    fn set(&self, doing: &'static str, image: Option<&str>, clock: &Clock) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = Some(Step {
+                doing,
+                image: image.map(str::to_string),
+                since: clock.now(),
+            });
+        }
+    }
+}
+
+impl Default for StepCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs chains; one per agent, shared by every worker.
+pub struct Executor<R: ContainerRuntime> {
+    runtime: Arc<R>,
+    namespace: String,
+    /// Bounds creates and starts across all chains.
+    load: Semaphore,
+    pulls: Arc<Pulls>,
+    clock: Clock,
+}
+
+/// What one chain may look at besides its actions.
+struct ChainCtx<'a> {
+    step: &'a StepCell,
+    cancel: watch::Receiver<bool>,
+}
+
+impl<R: ContainerRuntime> Executor<R> {
+    pub fn new(
+        runtime: Arc<R>,
+        namespace: impl Into<String>,
+        parallelism: usize,
+        pulls: Arc<Pulls>,
+        clock: Clock,
+    ) -> Executor<R> {
+        Executor {
+            runtime,
+            namespace: namespace.into(),
+            load: Semaphore::new(parallelism.max(1)),
+            pulls,
+            clock,
+        }
+    }
+
+    pub fn runtime(&self) -> &Arc<R> {
+        &self.runtime
+    }
+
+    pub fn pulls(&self) -> &Arc<Pulls> {
+        &self.pulls
+    }
+
+    /// Apply a whole plan and wait for it: every instance's chain at once
+    /// (the bound on load applies inside). For `down` and tests; the agent
+    /// dispatches chains to workers instead. Outcomes come back in plan order.
+    pub async fn apply(&self, actions: Vec<Action>) -> Vec<Outcome> {
+        let chains = group_chains(actions);
+        let (_tx, rx) = watch::channel(false);
+        let results: Vec<Vec<(usize, Outcome)>> = stream::iter(chains)
+            .map(|(_, chain)| {
+                let rx = rx.clone();
+                async move {
+                    let (order, actions): (Vec<usize>, Vec<Action>) = chain.into_iter().unzip();
+                    let outcomes = self.run_chain(actions, &StepCell::new(), rx).await;
+                    order.into_iter().zip(outcomes).collect::<Vec<_>>()
+                }
+            })
+            .buffer_unordered(usize::MAX)
+            .collect()
+            .await;
+        let mut outcomes: Vec<(usize, Outcome)> = results.into_iter().flatten().collect();
+        outcomes.sort_by_key(|(i, _)| *i);
+        outcomes.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// Run one instance's actions in order, stopping at the first failure:
+    /// later steps assume the earlier ones happened. `cancel` turning true
+    /// calls the chain off while it waits for a pull (nothing changed yet).
+    pub async fn run_chain(
+        &self,
+        chain: Vec<Action>,
+        step: &StepCell,
+        cancel: watch::Receiver<bool>,
+    ) -> Vec<Outcome> {
+        let ctx = ChainCtx { step, cancel };
+        let mut out = Vec::with_capacity(chain.len());
+        for action in chain {
+            let key = action.key().clone();
+            let verb = action.verb();
+            let counts_as_attempt = !matches!(
+                action,
+                Action::Remove { .. } | Action::Stop { .. } | Action::Restore { .. }
+            );
+            let result = self.run_action(&action, &ctx).await;
+            let container = key.container_name(&self.namespace);
+            match &result {
+                Ok(_) => {
+                    info!(task = %key.task, index = key.index, %container, action = verb, outcome = "done", "{action}: done")
+                }
+                Err(ApplyError::Cancelled) => {
+                    info!(task = %key.task, index = key.index, %container, action = verb, outcome = "cancelled", "{action}: called off, the manifest changed again")
+                }
+                Err(e) => {
+                    warn!(task = %key.task, index = key.index, %container, action = verb, outcome = "failed", error = %e, "{action}: failed")
+                }
+            }
+            let failed = result.is_err();
+            out.push(Outcome {
+                key,
+                verb,
+                counts_as_attempt,
+                started_at: result.as_ref().ok().copied().flatten(),
+                result: result.map(|_| ()),
+            });
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// One action. `Ok(Some(t))` when it started a container at `t`.
+    async fn run_action(
+        &self,
+        action: &Action,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<Option<SystemTime>, ApplyError> {
+        let rt = self.runtime.as_ref();
+        let ns = self.namespace.as_str();
+        match action {
+            Action::Create { desired } => {
+                self.ensure_image(desired, ctx).await?;
+                self.create_and_start(desired, ctx).await.map(Some)
+            }
+            Action::Start { id, .. } => self.start(id, ctx).await.map(Some),
+            Action::Restart { id, desired } => {
+                ctx.step.set("stopping", None, &self.clock);
+                tolerate(rt.stop(id, desired.stop_grace).await, &[not_modified])?;
+                self.start(id, ctx).await.map(Some)
+            }
+            Action::Replace {
+                old_id,
+                old_running,
+                desired,
+                ..
+            } => self
+                .replace(old_id, *old_running, desired, ctx)
+                .await
+                .map(Some),
+            Action::Restore {
+                id, canonical_name, ..
+            } => {
+                ctx.step.set("renaming", None, &self.clock);
+                match rt.rename(id, canonical_name).await {
+                    Err(RuntimeError::Conflict(_)) => {
+                        // Someone took the canonical name meanwhile. If it is
+                        // ours, the next pass sees both and removes the leftover.
+                        let holder = rt.inspect(canonical_name).await?;
+                        if holder.namespace() != Some(ns) {
+                            return Err(ApplyError::NameConflict {
+                                name: canonical_name.clone(),
+                                holder: short(&holder.id),
+                            });
+                        }
+                        return Ok(None);
+                    }
+                    Err(RuntimeError::NotFound(_)) => return Ok(None),
+                    other => other?,
+                }
+                self.start(id, ctx).await.map(Some)
+            }
+            Action::Remove { id, grace, .. } => {
+                ctx.step.set("stopping", None, &self.clock);
+                tolerate(rt.stop(id, *grace).await, &[not_modified, not_found])?;
+                ctx.step.set("removing", None, &self.clock);
+                tolerate(rt.remove(id).await, &[not_found])?;
+                Ok(None)
+            }
+            Action::Stop { id, grace, .. } => {
+                ctx.step.set("stopping", None, &self.clock);
+                tolerate(rt.stop(id, *grace).await, &[not_modified, not_found])?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Start a container under the load bound; returns when it started.
+    async fn start(&self, id: &str, ctx: &ChainCtx<'_>) -> Result<SystemTime, ApplyError> {
+        ctx.step.set("starting", None, &self.clock);
+        let _permit = self.load.acquire().await;
+        tolerate(self.runtime.start(id).await, &[not_modified])?;
+        Ok(self.clock.now())
+    }
+
+    /// Make sure the image is present according to the pull policy, joining
+    /// (or starting) the background pull. Called off by `cancel` meanwhile.
+    async fn ensure_image(
+        &self,
+        desired: &DesiredInstance,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<(), ApplyError> {
+        let image = desired.spec.image.as_str();
+        let pull_error = |cause: RuntimeError| match cause {
+            // Docker being away stays `Unavailable`: not held against the task.
+            RuntimeError::Unavailable(_) => ApplyError::Runtime(cause),
+            cause => ApplyError::Pull {
+                image: image.to_string(),
+                cause,
+            },
+        };
+        let present = || async { self.runtime.image_present(image).await.map_err(&pull_error) };
+        match desired.pull {
+            PullPolicy::Never if !present().await? => {
+                return Err(ApplyError::ImageNotPresent {
+                    image: image.to_string(),
+                })
+            }
+            PullPolicy::Never => return Ok(()),
+            PullPolicy::Missing if self.pulls.state(image).is_none() && present().await? => {
+                return Ok(())
+            }
+            PullPolicy::Missing | PullPolicy::Always => {}
+        }
+        ctx.step.set("pulling", Some(image), &self.clock);
+        let mut cancel = ctx.cancel.clone();
+        let pull = self
+            .pulls
+            .pull(&self.runtime, image, desired.credentials.as_ref());
+        tokio::select! {
+            result = pull => result.map_err(pull_error),
+            () = called_off(&mut cancel) => Err(ApplyError::Cancelled),
+        }
+    }
+
+    /// Create the canonical container and start it. A taken name is resolved
+    /// by looking at the holder: adopt it when ours with this spec.
+    async fn create_and_start(
+        &self,
+        desired: &DesiredInstance,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<SystemTime, ApplyError> {
+        let rt = self.runtime.as_ref();
+        let ns = self.namespace.as_str();
+        let name = desired.key.container_name(ns);
+        let labels = desired
+            .spec
+            .container_labels(ns, &desired.key, &desired.manifest);
+        let request = CreateRequest {
+            name: &name,
+            spec: &desired.spec,
+            labels: &labels,
+        };
+        ctx.step.set("creating", None, &self.clock);
+        let created = {
+            let _permit = self.load.acquire().await;
+            rt.create(request).await
+        };
+        let id = match created {
+            Ok(id) => id,
+            Err(RuntimeError::Conflict(message)) => {
+                let holder = match rt.inspect(&name).await {
+                    Ok(holder) => holder,
+                    // Gone between create and inspect: the next pass creates it.
+                    Err(RuntimeError::NotFound(_)) => {
+                        return Err(RuntimeError::Conflict(message).into())
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if holder.namespace() != Some(ns) || holder.key().as_ref() != Some(&desired.key) {
+                    return Err(ApplyError::NameConflict {
+                        name,
+                        holder: short(&holder.id),
+                    });
+                }
+                if holder.spec_hash() != Some(desired.hash.as_str()) {
+                    // Ours but outdated (created since we listed): the next pass replaces it.
+                    return Err(RuntimeError::Conflict(message).into());
+                }
+                debug!(container = %name, "adopting a container of ours that already has this spec");
+                holder.id
+            }
+            Err(e) => return Err(e.into()),
+        };
+        crash_point("after-create");
+        self.start(&id, ctx).await
+    }
+
+    /// Swap `old_id` for a container of the new spec without ever running two
+    /// at once, and so that a crash at any step leaves something the next
+    /// pass recognises: stop old → rename old aside → create new → start new
+    /// → remove old. If the new container cannot be created or started, the
+    /// old one is renamed back and started again.
+    async fn replace(
+        &self,
+        old_id: &str,
+        old_running: bool,
+        desired: &DesiredInstance,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<SystemTime, ApplyError> {
+        let rt = self.runtime.as_ref();
+        let ns = self.namespace.as_str();
+        // Pull before stopping anything: a registry outage must cost no running work.
+        self.ensure_image(desired, ctx).await?;
+
+        let canonical = desired.key.container_name(ns);
+        ctx.step.set("stopping", None, &self.clock);
+        match rt.stop(old_id, desired.stop_grace).await {
+            Ok(()) | Err(RuntimeError::NotModified) => {}
+            Err(RuntimeError::NotFound(_)) => return self.create_and_start(desired, ctx).await,
+            Err(e) => return Err(e.into()),
+        }
+        crash_point("replace:after-stop");
+        let aside = aside_name(&canonical, old_id);
+        ctx.step.set("renaming", None, &self.clock);
+        match rt.rename(old_id, &aside).await {
+            Ok(()) => {}
+            Err(RuntimeError::NotFound(_)) => return self.create_and_start(desired, ctx).await,
+            Err(e) => {
+                // Could not move it aside: put it back as it was.
+                if old_running {
+                    let _ = rt.start(old_id).await;
+                }
+                return Err(e.into());
+            }
+        }
+        crash_point("replace:after-rename");
+
+        let started = match self.create_and_start(desired, ctx).await {
+            Ok(started) => started,
+            Err(cause) => {
+                warn!(container = %canonical, error = %cause, "new container failed; restoring the previous one");
+                if let Ok(new) = rt.inspect(&canonical).await {
+                    if new.id != old_id && new.namespace() == Some(ns) {
+                        let _ = rt.remove(&new.id).await;
+                    }
+                }
+                rt.rename(old_id, &canonical).await?;
+                if old_running {
+                    tolerate(rt.start(old_id).await, &[not_modified])?;
+                }
+                return Err(ApplyError::RolledBack {
+                    cause: Box::new(cause),
+                });
+            }
+        };
+        crash_point("replace:after-start");
+
+        // The old container is stopped and aside; failing to remove it now only
+        // leaves a leftover the next pass removes.
+        ctx.step.set("removing", None, &self.clock);
+        if let Err(e) = tolerate(rt.remove(old_id).await, &[not_found]) {
+            warn!(container = %aside, error = %e, "could not remove the replaced container; the next pass will");
+        }
+        Ok(started)
+    }
+}
+
+/// Group a plan into per-instance chains, keeping the plan's order within
+/// each and remembering each action's place in the plan.
+pub fn group_chains(actions: Vec<Action>) -> Vec<(InstanceKey, Vec<(usize, Action)>)> {
+    let mut chains: std::collections::BTreeMap<InstanceKey, Vec<(usize, Action)>> =
+        std::collections::BTreeMap::new();
+    for (i, action) in actions.into_iter().enumerate() {
+        chains
+            .entry(action.key().clone())
+            .or_default()
+            .push((i, action));
+    }
+    chains.into_iter().collect()
+}
+
+/// Resolves once `cancel` turns true; never when its sender is gone.
+async fn called_off(cancel: &mut watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// Treat "already in that state" and "already gone" as success.
+fn tolerate(
+    result: Result<(), RuntimeError>,
+    tolerated: &[fn(&RuntimeError) -> bool],
+) -> Result<(), RuntimeError> {
+    match result {
+        Err(e) if tolerated.iter().any(|t| t(&e)) => Ok(()),
+        other => other,
+    }
+}
+
+fn not_modified(e: &RuntimeError) -> bool {
+    matches!(e, RuntimeError::NotModified)
+}
+fn not_found(e: &RuntimeError) -> bool {
+    matches!(e, RuntimeError::NotFound(_))
+}
+
+/// Test hook, compiled only with the `test-hooks` feature (which the test
+/// suite turns on, and a release build never has):
+/// `BERTH_TEST_CRASH_AT=<point>` aborts the process at that point, exactly
+/// like `kill -9`, so tests can prove a replacement is crash-safe. Points:
+/// `replace:after-stop`, `replace:after-rename`, `after-create` (any create,
+/// before its start), `replace:after-start`.
+#[cfg(feature = "test-hooks")]
+fn crash_point(point: &str) {
+    if std::env::var("BERTH_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("berth: BERTH_TEST_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point(_point: &str) {}

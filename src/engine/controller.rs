@@ -1,0 +1,942 @@
+//! The reconciler: a pass re-derives everything and hands work to workers.
+//!
+//! A pass loads the folder, lists the containers berth owns (one call),
+//! plans, and gives each instance's chain of actions to a worker of its own,
+//! without waiting for it (after kube-runtime's runner and the kubelet's pod
+//! workers). An instance with a chain in flight is busy: the planner gives
+//! it no second chain. When a chain ends, [`Controller::complete`] records
+//! its outcomes and the loop looks again. Nothing is carried over between
+//! passes except what cannot be observed: the last good version of a broken
+//! file, backoff counts, dynamic port allocations and the work in flight.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::clock::Clock;
+use crate::config::AgentConfig;
+use crate::desired::{load_folder, DesiredTracker, TaskDef};
+use crate::engine::apply::{group_chains, Executor, Outcome, StepCell};
+use crate::engine::backoff::BackoffTable;
+use crate::engine::plan::{
+    observe_failures, plan, Action, DesiredState, Memory, Plan, PlanOptions,
+};
+use crate::engine::pulls::{LogPulls, PullObserver, Pulls};
+use crate::engine::retry::{error_policy, ONCE_MAX_FAILURES};
+use crate::engine::status::{
+    unix_millis, unix_secs, InstanceStatus, LiveWork, SharedStatus, Status, StatusBoard,
+};
+use crate::manifest::validate::ValidationContext;
+use crate::ports::{host_port_is_free, PortAllocator, PortRequest};
+use crate::resolve::{resolve_instance, NodeInfo, ResolveContext};
+use crate::runtime::{ContainerRuntime, ObservedContainer, RuntimeError};
+use crate::spec::InstanceKey;
+use crate::trigger::Trigger;
+
+/// An error that is not about one task, e.g. Docker being unreachable.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("cannot list containers: {0}")]
+    Docker(#[from] RuntimeError),
+}
+
+/// The longest a pass waits for Docker's container list. A daemon that
+/// accepts the call and never answers counts as unreachable, and the loop
+/// stays responsive.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything known before planning: the desired state and the world.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub desired: DesiredState,
+    pub observed: Vec<ObservedContainer>,
+    /// Manifest, folder, port and resolution errors, as `file:line:column: message`.
+    pub errors: Vec<String>,
+}
+
+/// What a pass decided. Its work runs on after it returns.
+#[derive(Debug, Clone)]
+pub struct PassReport {
+    pub plan: Plan,
+    pub errors: Vec<String>,
+    pub observed: Vec<ObservedContainer>,
+    pub desired_instances: BTreeSet<InstanceKey>,
+    /// Chains handed to workers by this pass.
+    pub dispatched: usize,
+    /// Instances with work in flight after this pass.
+    pub busy: BTreeSet<InstanceKey>,
+}
+
+impl PassReport {
+    /// Nothing to do, nothing in flight, nothing waiting or settling.
+    pub fn converged(&self) -> bool {
+        self.plan.actions.is_empty()
+            && self.plan.waiting.is_empty()
+            && self.plan.settling.is_empty()
+            && self.busy.is_empty()
+    }
+}
+
+/// A chain that ended, with its outcomes in order.
+#[derive(Debug)]
+pub struct ChainDone {
+    pub key: InstanceKey,
+    pub outcomes: Vec<Outcome>,
+    /// Images of the containers the chain's removals and replacements
+    /// targeted, by container id: candidates for image cleanup.
+    images: BTreeMap<String, String>,
+    actions: Vec<Action>,
+}
+
+/// Sees what the engine does, e.g. for `/metrics`.
+pub trait EngineObserver: Send + Sync {
+    fn pass(&self, _elapsed: Duration, _result: &Result<PassReport, PassError>) {}
+    fn outcomes(&self, _outcomes: &[Outcome]) {}
+}
+
+/// A chain in flight.
+struct Worker {
+    live: LiveWork,
+    /// The spec hash the chain works towards (creates and replacements).
+    target: Option<String>,
+    cancel: watch::Sender<bool>,
+}
+
+/// Sends the chain's end even when the worker's task panics or is dropped,
+/// so an instance can never stay busy forever.
+struct DoneGuard {
+    tx: mpsc::UnboundedSender<ChainDone>,
+    done: Option<ChainDone>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = self.tx.send(done);
+        }
+    }
+}
+
+/// How `run --once` judges one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnceVerdict {
+    /// Every instance converged.
+    Converged,
+    /// Something is still on its way.
+    Pending,
+    /// Nothing more will happen by waiting: these problems remain.
+    Failed(Vec<String>),
+}
+
+/// The reconciler's state between passes.
+pub struct Controller<R: ContainerRuntime> {
+    runtime: Arc<R>,
+    config: AgentConfig,
+    clock: Clock,
+    tracker: DesiredTracker,
+    /// The last desired task set, reused (without removals) when the folder
+    /// cannot be read.
+    last_tasks: Option<BTreeMap<String, TaskDef>>,
+    /// The last pass's resolved instances, for the restart timings and
+    /// stop graces of outcomes that arrive later.
+    last_desired: DesiredState,
+    backoff: BackoffTable,
+    ports: PortAllocator,
+    node: NodeInfo,
+    pulls: Arc<Pulls>,
+    executor: Arc<Executor<R>>,
+    workers: BTreeMap<InstanceKey, Worker>,
+    done_tx: mpsc::UnboundedSender<ChainDone>,
+    done_rx: mpsc::UnboundedReceiver<ChainDone>,
+    /// When berth itself last started each instance's container.
+    started: BTreeMap<InstanceKey, SystemTime>,
+    /// Images whose containers were removed; checked for use at the next pass.
+    cleanup_candidates: BTreeSet<String>,
+    status: SharedStatus,
+    /// Last apply error per instance, for status (failed removals included).
+    last_errors: BTreeMap<InstanceKey, String>,
+    observer: Option<Arc<dyn EngineObserver>>,
+}
+
+impl<R: ContainerRuntime> Controller<R> {
+    pub fn new(runtime: Arc<R>, config: AgentConfig) -> Self {
+        Self::with_parts(runtime, config, Clock::System, Arc::new(LogPulls))
+    }
+
+    /// With an explicit clock (tests under paused time) and pull observer
+    /// (a terminal progress bar).
+    pub fn with_parts(
+        runtime: Arc<R>,
+        config: AgentConfig,
+        clock: Clock,
+        pull_observer: Arc<dyn PullObserver>,
+    ) -> Self {
+        let status = StatusBoard::new(Status {
+            berth_version: env!("CARGO_PKG_VERSION").into(),
+            namespace: config.namespace.clone(),
+            ..Status::default()
+        });
+        let pulls = Pulls::new(config.parallelism, pull_observer);
+        status.set_pulls(pulls.clone());
+        let executor = Arc::new(Executor::new(
+            runtime.clone(),
+            config.namespace.clone(),
+            config.parallelism,
+            pulls.clone(),
+            clock,
+        ));
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Controller {
+            runtime,
+            config,
+            clock,
+            tracker: DesiredTracker::default(),
+            last_tasks: None,
+            last_desired: DesiredState::default(),
+            backoff: BackoffTable::new(),
+            ports: PortAllocator::new(),
+            node: NodeInfo::detect(),
+            pulls,
+            executor,
+            workers: BTreeMap::new(),
+            done_tx,
+            done_rx,
+            started: BTreeMap::new(),
+            cleanup_candidates: BTreeSet::new(),
+            status,
+            last_errors: BTreeMap::new(),
+            observer: None,
+        }
+    }
+
+    pub fn status(&self) -> SharedStatus {
+        self.status.clone()
+    }
+
+    /// Observe passes and outcomes (e.g. for `/metrics`).
+    pub fn set_observer(&mut self, observer: Arc<dyn EngineObserver>) {
+        self.observer = Some(observer);
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn runtime(&self) -> &Arc<R> {
+        &self.runtime
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// The executor chains run on, e.g. for `down`.
+    pub fn executor(&self) -> &Arc<Executor<R>> {
+        &self.executor
+    }
+
+    pub fn backoff(&self) -> &BackoffTable {
+        &self.backoff
+    }
+
+    /// Instances with work in flight.
+    pub fn busy(&self) -> BTreeSet<InstanceKey> {
+        self.workers.keys().cloned().collect()
+    }
+
+    /// Swap in a re-read agent config (SIGHUP). The namespace and listen
+    /// address need a restart to change; everything else applies now (work
+    /// in flight finishes under the old settings).
+    pub fn reload(&mut self, mut config: AgentConfig) {
+        if config.namespace != self.config.namespace {
+            warn!(
+                old = %self.config.namespace,
+                new = %config.namespace,
+                "the namespace cannot change while berth runs; keeping the old one until restart"
+            );
+            config.namespace = self.config.namespace.clone();
+        }
+        if config.parallelism != self.config.parallelism {
+            self.executor = Arc::new(Executor::new(
+                self.runtime.clone(),
+                config.namespace.clone(),
+                config.parallelism,
+                self.pulls.clone(),
+                self.clock,
+            ));
+        }
+        self.config = config;
+    }
+
+    pub fn validation_context(&self) -> ValidationContext {
+        ValidationContext {
+            allow_privileged: self.config.docker.privileged.enabled,
+            allow_host_volumes: self.config.docker.volumes.enabled,
+            meta: self.config.meta.clone(),
+        }
+    }
+
+    fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            cleanup_containers: self.config.docker.cleanup.container,
+            ..PlanOptions::new(self.config.namespace.clone())
+        }
+    }
+
+    /// Load the folder, list the containers, allocate ports and resolve
+    /// every instance. Fails only when Docker cannot be listed.
+    pub async fn prepare(&mut self) -> Result<Prepared, PassError> {
+        let mut errors = Vec::new();
+        let mut desired = DesiredState::default();
+        let tasks = match load_folder(&self.config.manifests, &self.validation_context()) {
+            Ok(loaded) => {
+                let set = self.tracker.update(loaded);
+                errors.extend(set.errors.iter().map(ToString::to_string));
+                desired.protected_files = set.protected_files.clone();
+                if !set.protected_files.is_empty() {
+                    errors.push(format!(
+                        "removals of deleted tasks are held until these files parse again: {}",
+                        set.protected_files
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                self.last_tasks = Some(set.tasks.clone());
+                set.tasks
+            }
+            Err(e) => {
+                // Never an empty set: keep what we had, and remove nothing.
+                errors.push(e.to_string());
+                desired.hold_removals = true;
+                self.last_tasks.clone().unwrap_or_default()
+            }
+        };
+
+        let observed =
+            match tokio::time::timeout(LIST_TIMEOUT, self.runtime.list(&self.config.namespace))
+                .await
+            {
+                Ok(list) => list?,
+                Err(_) => {
+                    return Err(PassError::Docker(RuntimeError::Unavailable(format!(
+                        "Docker did not answer the container list within {}s",
+                        LIST_TIMEOUT.as_secs()
+                    ))))
+                }
+            };
+
+        let requests: Vec<PortRequest> = tasks
+            .values()
+            .flat_map(|def| {
+                (0..def.manifest.count).flat_map(move |index| {
+                    def.manifest
+                        .ports
+                        .iter()
+                        .map(move |(label, spec)| PortRequest {
+                            key: (def.name.clone(), index, label.clone()),
+                            file: def.file.clone(),
+                            fixed: spec.r#static,
+                        })
+                })
+            })
+            .collect();
+        let (host_ports, port_errors) =
+            self.ports
+                .allocate(&requests, &observed, self.config.ports, host_port_is_free);
+        for e in port_errors {
+            errors.push(format!("{}: task {}: {}", e.file, e.task, e.message));
+            desired.held_tasks.insert(e.task);
+        }
+
+        let ctx = ResolveContext {
+            namespace: &self.config.namespace,
+            meta: &self.config.meta,
+            node: &self.node,
+            manifest_dir: &self.config.manifests,
+        };
+        // Read at each pass, like env files: a rotated password is used at once.
+        let agent_auth = match &self.config.docker.auth_config {
+            Some(path) => match crate::registry::AuthConfig::load(path) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        for def in tasks.values() {
+            desired.tasks.insert(def.name.clone());
+            desired.images.insert(def.manifest.image.clone());
+            if desired.held_tasks.contains(&def.name) {
+                continue;
+            }
+            let resolved: Result<Vec<_>, _> = (0..def.manifest.count)
+                .map(|index| resolve_instance(def, index, &host_ports, &ctx))
+                .collect();
+            match resolved {
+                Ok(instances) => {
+                    for mut instance in instances {
+                        instance.credentials = crate::registry::choose_credentials(
+                            &instance.spec.image,
+                            instance.credentials.take(),
+                            agent_auth.as_ref(),
+                        );
+                        desired.insert(instance);
+                    }
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    desired.held_tasks.insert(def.name.clone());
+                }
+            }
+        }
+        Ok(Prepared {
+            desired,
+            observed,
+            errors,
+        })
+    }
+
+    /// The plan for the current world, without dispatching it. Instances
+    /// with work in flight are left out.
+    pub fn plan(&mut self, prepared: &Prepared, now: SystemTime) -> Plan {
+        let busy = self.busy();
+        // A busy instance's container is in transition: a stop berth itself
+        // makes is not a crash.
+        let settled: Vec<ObservedContainer> = prepared
+            .observed
+            .iter()
+            .filter(|c| c.key().is_none_or(|k| !busy.contains(&k)))
+            .cloned()
+            .collect();
+        observe_failures(
+            &mut self.backoff,
+            &prepared.desired,
+            &settled,
+            &self.config.namespace,
+            now,
+        );
+        plan(
+            &prepared.desired,
+            &prepared.observed,
+            Memory {
+                backoff: &self.backoff,
+                busy: &busy,
+                started: &self.started,
+            },
+            now,
+            &self.plan_options(),
+        )
+    }
+
+    /// One pass: prepare, plan, dispatch. Returns without waiting for the
+    /// dispatched work.
+    pub async fn pass(&mut self, trigger: &Trigger) -> Result<PassReport, PassError> {
+        let started = Instant::now();
+        let span = info_span!("pass", trigger = %trigger);
+        let result = self.pass_inner().instrument(span.clone()).await;
+        let _enter = span.enter();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(r) if r.dispatched == 0 => debug!(elapsed_ms, "pass: nothing to do"),
+            Ok(r) => info!(
+                elapsed_ms,
+                dispatched = r.dispatched,
+                busy = r.busy.len(),
+                "pass done"
+            ),
+            Err(e) => error!("pass failed: {e}"),
+        }
+        if let Some(observer) = &self.observer {
+            observer.pass(started.elapsed(), &result);
+        }
+        result
+    }
+
+    async fn pass_inner(&mut self) -> Result<PassReport, PassError> {
+        let prepared = match self.prepare().await {
+            Ok(p) => p,
+            Err(e) => {
+                let now = self.clock.now();
+                self.status.update(|s| {
+                    s.docker_error = Some(e.to_string());
+                    s.docker_down_since.get_or_insert(unix_secs(now));
+                });
+                return Err(e);
+            }
+        };
+        for e in &prepared.errors {
+            warn!("{e}");
+        }
+        let now = self.clock.now();
+        let plan = self.plan(&prepared, now);
+        for name in &plan.unrecognised {
+            warn!(container = %name, "container carries our namespace label but no valid task/index labels; leaving it alone");
+        }
+        for w in &plan.waiting {
+            self.log_backoff(&w.key, w.until, now);
+        }
+        self.call_off_stale_work(&prepared.desired);
+        let dispatched = self.dispatch(plan.actions.clone(), &prepared.observed);
+        if self.config.docker.cleanup.image {
+            self.clean_images(&prepared);
+        }
+        let desired_instances: BTreeSet<InstanceKey> =
+            prepared.desired.instances.keys().cloned().collect();
+        let busy = self.busy();
+        self.backoff
+            .retain(|k| desired_instances.contains(k) || busy.contains(k));
+        self.last_errors
+            .retain(|k, _| desired_instances.contains(k) || busy.contains(k));
+        self.started.retain(|k, _| desired_instances.contains(k));
+        let report = PassReport {
+            plan,
+            errors: prepared.errors,
+            observed: prepared.observed,
+            desired_instances,
+            dispatched,
+            busy,
+        };
+        self.last_desired = prepared.desired;
+        self.publish_status(&report);
+        Ok(report)
+    }
+
+    fn log_backoff(&self, key: &InstanceKey, until: SystemTime, now: SystemTime) {
+        let secs = until.duration_since(now).unwrap_or_default().as_secs_f64();
+        let state = self.backoff.get(key);
+        info!(
+            task = %key.task,
+            index = key.index,
+            failures = state.map_or(0, |b| b.failures),
+            retry_in = format!("{secs:.1}s"),
+            retry_at_unix_ms = unix_millis(until),
+            last_error = state.and_then(|b| b.last_error.as_deref()).unwrap_or(""),
+            "backing off"
+        );
+    }
+
+    /// A chain still waiting for a pull works towards a spec the folder no
+    /// longer asks for: call it off, so the new spec applies at once.
+    fn call_off_stale_work(&self, desired: &DesiredState) {
+        for (key, worker) in &self.workers {
+            let Some(target) = &worker.target else {
+                continue;
+            };
+            let wanted = desired.instances.get(key).map(|d| d.hash.as_str());
+            let waiting = worker.live.step.get().is_some_and(|s| s.doing == "pulling");
+            if waiting && wanted != Some(target.as_str()) && !*worker.cancel.borrow() {
+                info!(task = %key.task, index = key.index, "the manifest changed while its image was pulling; calling the old update off");
+                let _ = worker.cancel.send(true);
+            }
+        }
+    }
+
+    /// Hand each instance's chain to a worker of its own.
+    fn dispatch(&mut self, actions: Vec<Action>, observed: &[ObservedContainer]) -> usize {
+        let chains = group_chains(actions);
+        let dispatched = chains.len();
+        for (key, chain) in chains {
+            let actions: Vec<Action> = chain.into_iter().map(|(_, a)| a).collect();
+            let images = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Remove { id, .. } | Action::Replace { old_id: id, .. } => {
+                        let image = observed.iter().find(|c| &c.id == id)?.image.clone();
+                        Some((id.clone(), image))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let target = actions.iter().find_map(|a| match a {
+                Action::Create { desired } | Action::Replace { desired, .. } => {
+                    Some(desired.hash.clone())
+                }
+                _ => None,
+            });
+            let step = StepCell::new();
+            let (cancel, cancel_rx) = watch::channel(false);
+            let live = LiveWork {
+                action: actions.first().map_or("work", Action::verb),
+                since: self.clock.now(),
+                step: step.clone(),
+            };
+            let mut guard = DoneGuard {
+                tx: self.done_tx.clone(),
+                done: Some(ChainDone {
+                    key: key.clone(),
+                    outcomes: Vec::new(),
+                    images,
+                    actions: actions.clone(),
+                }),
+            };
+            let executor = self.executor.clone();
+            tokio::spawn(async move {
+                let outcomes = executor.run_chain(actions, &step, cancel_rx).await;
+                if let Some(done) = guard.done.as_mut() {
+                    done.outcomes = outcomes;
+                }
+                drop(guard);
+            });
+            self.workers.insert(
+                key,
+                Worker {
+                    live,
+                    target,
+                    cancel,
+                },
+            );
+        }
+        self.publish_work();
+        dispatched
+    }
+
+    fn publish_work(&self) {
+        self.status.set_work(
+            self.workers
+                .iter()
+                .map(|(k, w)| (k.clone(), w.live.clone()))
+                .collect(),
+        );
+    }
+
+    /// Wait for the next chain to end. Never resolves while none is in flight.
+    pub async fn next_done(&mut self) -> ChainDone {
+        match self.done_rx.recv().await {
+            Some(done) => done,
+            // The controller holds a sender, so the channel never closes.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A chain that already ended, without waiting.
+    pub fn try_next_done(&mut self) -> Option<ChainDone> {
+        self.done_rx.try_recv().ok()
+    }
+
+    /// Record a chain's end: outcomes feed backoff (through the retry
+    /// policy), status and image cleanup; the instance is no longer busy.
+    pub fn complete(&mut self, done: ChainDone) {
+        self.workers.remove(&done.key);
+        self.publish_work();
+        if let Some(observer) = &self.observer {
+            observer.outcomes(&done.outcomes);
+        }
+        let now = self.clock.now();
+        let restart = self
+            .last_desired
+            .instances
+            .get(&done.key)
+            .map(|d| d.restart.clone())
+            .unwrap_or_default();
+        for (action, o) in done.actions.iter().zip(&done.outcomes) {
+            match &o.result {
+                Ok(()) => {
+                    self.last_errors.remove(&o.key);
+                    self.backoff.record_success(&o.key);
+                    if matches!(o.verb, "restart" | "restart-unhealthy") {
+                        self.backoff.record_restart(&o.key, now);
+                    }
+                    if let Some(at) = o.started_at {
+                        self.started.insert(o.key.clone(), at);
+                    }
+                    if let Action::Remove { id, .. } | Action::Replace { old_id: id, .. } = action {
+                        if let Some(image) = done.images.get(id) {
+                            self.cleanup_candidates.insert(image.clone());
+                        }
+                    }
+                }
+                Err(crate::engine::apply::ApplyError::Cancelled) => {}
+                Err(e) => {
+                    let failures = self.backoff.get(&o.key).map_or(0, |b| b.failures);
+                    let requeue = error_policy(e, o.counts_as_attempt, failures, &restart);
+                    self.backoff
+                        .record_requeue(&o.key, now, e.to_string(), &requeue);
+                    self.last_errors.insert(o.key.clone(), e.to_string());
+                    if requeue.counted {
+                        let due = self.backoff.due(&o.key, &restart).unwrap_or(now);
+                        self.log_backoff(&o.key, due, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait up to `grace` for work in flight to end (on shutdown): finishing
+    /// is tidier, abandoning is safe (the next berth picks up the pieces).
+    pub async fn drain(&mut self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.workers.is_empty() {
+            match tokio::time::timeout_at(deadline, self.next_done()).await {
+                Ok(done) => self.complete(done),
+                Err(_) => break,
+            }
+        }
+        self.workers.len()
+    }
+
+    /// Remove the images of removed containers that nothing uses any more,
+    /// in the background.
+    fn clean_images(&mut self, prepared: &Prepared) {
+        if self.cleanup_candidates.is_empty() {
+            return;
+        }
+        let candidates = std::mem::take(&mut self.cleanup_candidates);
+        let unused = crate::engine::cleanup::unused_images(
+            &candidates,
+            &prepared.observed,
+            &prepared.desired,
+        );
+        if unused.is_empty() {
+            return;
+        }
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            crate::engine::cleanup::remove_images(runtime.as_ref(), &unused).await;
+        });
+    }
+
+    /// Ask Docker for its version and remember it for status and logs.
+    pub async fn refresh_docker_version(&self) -> Result<String, RuntimeError> {
+        let version = self.runtime.version().await;
+        let now = self.clock.now();
+        self.status.update(|s| match &version {
+            Ok(v) => {
+                s.docker_version = Some(v.clone());
+                s.docker_error = None;
+                s.docker_down_since = None;
+            }
+            Err(e) => {
+                s.docker_error = Some(e.to_string());
+                s.docker_down_since.get_or_insert(unix_secs(now));
+            }
+        });
+        version
+    }
+
+    /// How `run --once` judges the world after `report`'s pass.
+    pub fn once_verdict(&self, report: &PassReport) -> OnceVerdict {
+        let mut problems = Vec::new();
+        let mut pending = false;
+        let given_up = |key: &InstanceKey| -> Option<String> {
+            let b = self.backoff.get(key)?;
+            let why = b.last_error.clone().unwrap_or_else(|| "failed".into());
+            if b.permanent {
+                Some(format!("{key}: {why}"))
+            } else if b.failures >= ONCE_MAX_FAILURES {
+                Some(format!("{key}: {why}, {} times", b.failures))
+            } else {
+                None
+            }
+        };
+        let mut seen = BTreeSet::new();
+        let planned = report.plan.actions.iter().map(Action::key);
+        let waiting = report
+            .plan
+            .waiting
+            .iter()
+            .chain(&report.plan.settling)
+            .map(|w| &w.key);
+        for key in report.busy.iter().chain(planned).chain(waiting) {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            match given_up(key) {
+                Some(problem) => problems.push(problem),
+                None => pending = true,
+            }
+        }
+        for f in &report.plan.finished {
+            if !f.succeeded() {
+                let code = f
+                    .exit_code
+                    .map_or("exited".to_string(), |c| format!("exited with code {c}"));
+                problems.push(format!(
+                    "{}: {code} and its restart policy does not restart it",
+                    f.key
+                ));
+            }
+        }
+        if pending {
+            OnceVerdict::Pending
+        } else if problems.is_empty() && report.errors.is_empty() {
+            OnceVerdict::Converged
+        } else {
+            OnceVerdict::Failed(problems)
+        }
+    }
+
+    /// Whether any failure in flight is permanent (for tests and status).
+    pub fn is_permanent(&self, key: &InstanceKey) -> bool {
+        self.backoff.get(key).is_some_and(|b| b.permanent)
+    }
+
+    fn publish_status(&self, report: &PassReport) {
+        let ns = &self.config.namespace;
+        let now = self.clock.now();
+        let observed = &report.observed;
+        let desired = &self.last_desired;
+        let mut keys: BTreeSet<InstanceKey> = report.desired_instances.clone();
+        keys.extend(report.busy.iter().cloned());
+        for c in observed {
+            if let Some(k) = c.key() {
+                if c.name == k.container_name(ns) {
+                    keys.insert(k);
+                }
+            }
+        }
+        let settling: BTreeSet<&InstanceKey> =
+            report.plan.settling.iter().map(|w| &w.key).collect();
+        let finished: BTreeMap<&InstanceKey, bool> = report
+            .plan
+            .finished
+            .iter()
+            .map(|f| (&f.key, f.succeeded()))
+            .collect();
+        let instances = keys
+            .into_iter()
+            .map(|key| {
+                let container = observed
+                    .iter()
+                    .find(|c| c.key().as_ref() == Some(&key) && c.name == key.container_name(ns));
+                let backoff = self.backoff.get(&key);
+                let want = desired.instances.get(&key);
+                let backoff_until = want
+                    .and_then(|w| self.backoff.due(&key, &w.restart))
+                    .filter(|t| *t > now)
+                    .map(unix_secs);
+                let state = match (container, want) {
+                    _ if finished.get(&key) == Some(&true) => "succeeded".into(),
+                    _ if finished.get(&key) == Some(&false) => "failed".into(),
+                    (Some(_), _) if settling.contains(&key) => "starting".into(),
+                    (Some(c), _) => format!("{:?}", c.state).to_lowercase(),
+                    (None, Some(_)) => "missing".into(),
+                    (None, None) => "unknown".into(),
+                };
+                let started_at = container
+                    .filter(|c| c.is_running())
+                    .and_then(|c| c.started_at)
+                    .map(unix_secs);
+                InstanceStatus {
+                    task: key.task.clone(),
+                    index: key.index,
+                    desired_hash: want.map(|w| w.hash.clone()),
+                    container: container.map(|c| c.name.clone()),
+                    container_id: container.map(|c| c.id.chars().take(12).collect()),
+                    state,
+                    started_at,
+                    uptime_secs: started_at.map(|t| unix_secs(now).saturating_sub(t)),
+                    restarts: backoff.map_or(0, |b| b.restarts),
+                    backoff_until,
+                    last_error: self
+                        .last_errors
+                        .get(&key)
+                        .cloned()
+                        .or_else(|| backoff.and_then(|b| b.last_error.clone())),
+                    work: None,
+                }
+            })
+            .collect();
+        self.status.update(|s| {
+            s.instances = instances;
+            s.manifest_errors = report.errors.clone();
+            s.last_pass = Some(unix_secs(now));
+            s.passes += 1;
+            s.docker_error = None;
+            s.docker_down_since = None;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::RestartSpec;
+    use crate::runtime::fake::FakeRuntime;
+
+    fn controller(dir: &std::path::Path, manifest: &str) -> Controller<FakeRuntime> {
+        std::fs::write(dir.join("bad.yaml"), manifest).unwrap();
+        let config = AgentConfig {
+            manifests: dir.to_path_buf(),
+            namespace: "t".into(),
+            ..AgentConfig::default()
+        };
+        let clock = Clock::tokio();
+        Controller::with_parts(
+            Arc::new(FakeRuntime::new().with_clock(clock)),
+            config,
+            clock,
+            Arc::new(LogPulls),
+        )
+    }
+
+    async fn pass_and_finish(c: &mut Controller<FakeRuntime>) -> PassReport {
+        let report = c.pass(&Trigger::BackoffDue).await.unwrap();
+        while !c.workers.is_empty() {
+            let done = c.next_done().await;
+            c.complete(done);
+        }
+        report
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_create_is_retried_at_once_then_after_the_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(
+            dir.path(),
+            "image: nope:1\nrestart: {delay: 5s, max_delay: 1m}\n",
+        );
+        c.runtime().make_unpullable("nope:1");
+        let key = InstanceKey::new("bad", 0);
+
+        let first = pass_and_finish(&mut c).await;
+        assert_eq!(first.dispatched, 1);
+        assert_eq!(c.backoff.get(&key).unwrap().failures, 1);
+        assert!(
+            c.backoff.due(&key, &RestartSpec::default()).is_none(),
+            "the first retry is immediate"
+        );
+
+        let second = pass_and_finish(&mut c).await;
+        assert_eq!(second.dispatched, 1);
+        let restart = c.last_desired.instances[&key].restart.clone();
+        let due = c.backoff.due(&key, &restart).expect("then the delay");
+        let wait = due.duration_since(c.clock.now()).unwrap_or_default();
+        assert!(
+            wait > Duration::from_secs(4) && wait <= Duration::from_secs(5),
+            "{wait:?}"
+        );
+
+        let third = c.pass(&Trigger::Resync).await.unwrap();
+        assert_eq!(third.dispatched, 0, "not retried before it is due");
+        assert_eq!(third.plan.next_due(), Some(due));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_action_cut_short_by_a_docker_outage_is_retried_soon_and_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(dir.path(), "image: img:1\n");
+        c.runtime().add_image("img:1");
+        c.runtime().set_latency(Duration::from_millis(50));
+        let report = c.pass(&Trigger::Startup).await.unwrap();
+        assert_eq!(report.dispatched, 1);
+        c.runtime().set_down(true);
+        let done = c.next_done().await;
+        c.complete(done);
+        let key = InstanceKey::new("bad", 0);
+        let entry = c.backoff.get(&key).expect("held");
+        assert_eq!(
+            entry.failures, 0,
+            "Docker being away is not the task's failure"
+        );
+        let due = c.backoff.due(&key, &RestartSpec::default()).unwrap();
+        let wait = due.duration_since(c.clock.now()).unwrap_or_default();
+        assert!(wait <= crate::engine::retry::UNAVAILABLE_RETRY, "{wait:?}");
+    }
+}

@@ -1,0 +1,261 @@
+//! One pull per image at a time, shared by every instance that needs it, and
+//! running in the background (after Nomad's `coordinator.go`).
+//!
+//! A pull runs in a task of its own: the instances that wait for it can be
+//! cancelled (their manifest changed again) without cutting the pull short,
+//! and a later instance that needs the same image joins the pull in flight.
+//! Progress is published for status and handed to a [`PullObserver`], so the
+//! CLI can draw it and the daemon can log it; the runtime only reports.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+use tracing::info;
+
+use crate::runtime::{ContainerRuntime, PullProgress, RegistryCredentials, RuntimeError};
+
+/// Where one image's pull is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullState {
+    /// Waiting for a pull slot (`parallelism` pulls run at once).
+    Queued,
+    Running(PullProgress),
+    Done(Result<(), RuntimeError>),
+}
+
+/// Sees every pull's progress; the CLI draws, the daemon logs.
+pub trait PullObserver: Send + Sync {
+    fn progress(&self, image: &str, progress: &PullProgress);
+    fn done(&self, image: &str, result: &Result<(), RuntimeError>, elapsed: Duration);
+}
+
+/// Logs a line every few seconds of a long pull, and its end.
+pub struct LogPulls;
+
+/// How often [`LogPulls`] reports a pull that is still going.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl PullObserver for LogPulls {
+    fn progress(&self, _image: &str, _progress: &PullProgress) {}
+
+    fn done(&self, image: &str, result: &Result<(), RuntimeError>, elapsed: Duration) {
+        match result {
+            Ok(()) => info!(
+                image,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "pulled image"
+            ),
+            Err(e) => info!(image, error = %e, "pull failed"),
+        }
+    }
+}
+
+/// The coordinator. Cheap to share.
+pub struct Pulls {
+    in_flight: Mutex<HashMap<String, watch::Receiver<PullState>>>,
+    slots: Arc<Semaphore>,
+    observer: Arc<dyn PullObserver>,
+}
+
+impl Pulls {
+    /// At most `parallelism` pulls run at once; more wait in [`PullState::Queued`].
+    pub fn new(parallelism: usize, observer: Arc<dyn PullObserver>) -> Arc<Pulls> {
+        Arc::new(Pulls {
+            in_flight: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(parallelism.max(1))),
+            observer,
+        })
+    }
+
+    /// Join `image`'s pull, starting it when none is in flight, and wait for
+    /// its end. Dropping the future leaves the pull running.
+    pub async fn pull<R: ContainerRuntime>(
+        self: &Arc<Self>,
+        runtime: &Arc<R>,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+    ) -> Result<(), RuntimeError> {
+        let mut rx = self.join(runtime, image, credentials);
+        loop {
+            if let PullState::Done(result) = &*rx.borrow_and_update() {
+                return result.clone();
+            }
+            if rx.changed().await.is_err() {
+                return Err(RuntimeError::Other(format!(
+                    "the pull of {image} ended without a result"
+                )));
+            }
+        }
+    }
+
+    fn join<R: ContainerRuntime>(
+        self: &Arc<Self>,
+        runtime: &Arc<R>,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+    ) -> watch::Receiver<PullState> {
+        let Ok(mut map) = self.in_flight.lock() else {
+            // A poisoned map (a panic elsewhere) costs sharing, not the pull.
+            let (tx, rx) = watch::channel(PullState::Queued);
+            self.spawn(runtime, image, credentials, tx);
+            return rx;
+        };
+        if let Some(rx) = map.get(image) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(PullState::Queued);
+        map.insert(image.to_string(), rx.clone());
+        drop(map);
+        self.spawn(runtime, image, credentials, tx);
+        rx
+    }
+
+    fn spawn<R: ContainerRuntime>(
+        self: &Arc<Self>,
+        runtime: &Arc<R>,
+        image: &str,
+        credentials: Option<&RegistryCredentials>,
+        tx: watch::Sender<PullState>,
+    ) {
+        let (this, runtime) = (Arc::clone(self), Arc::clone(runtime));
+        let (image, credentials) = (image.to_string(), credentials.cloned());
+        tokio::spawn(async move {
+            let result = match this.slots.clone().acquire_owned().await {
+                Ok(_permit) => {
+                    tx.send_replace(PullState::Running(PullProgress::default()));
+                    let started = Instant::now();
+                    let last_log = Mutex::new(started);
+                    let report = |p: &PullProgress| {
+                        tx.send_replace(PullState::Running(*p));
+                        this.observer.progress(&image, p);
+                        log_now_and_then(&image, p, &last_log);
+                    };
+                    info!(image = %image, "pulling image");
+                    let result = runtime.pull(&image, credentials.as_ref(), &report).await;
+                    this.observer.done(&image, &result, started.elapsed());
+                    result
+                }
+                Err(_) => Err(RuntimeError::Other("pull slots closed".into())),
+            };
+            // Forget the pull before announcing its end: a caller arriving
+            // later starts a fresh one (what `pull: always` means).
+            if let Ok(mut map) = this.in_flight.lock() {
+                map.remove(&image);
+            }
+            tx.send_replace(PullState::Done(result));
+        });
+    }
+
+    /// The progress of `image`'s pull, when one is in flight.
+    pub fn state(&self, image: &str) -> Option<PullState> {
+        let map = self.in_flight.lock().ok()?;
+        map.get(image).map(|rx| rx.borrow().clone())
+    }
+
+    /// Every pull in flight, by image.
+    pub fn all(&self) -> Vec<(String, PullState)> {
+        let Ok(map) = self.in_flight.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<_> = map
+            .iter()
+            .map(|(image, rx)| (image.clone(), rx.borrow().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+fn log_now_and_then(image: &str, p: &PullProgress, last: &Mutex<Instant>) {
+    let Ok(mut last) = last.lock() else { return };
+    if last.elapsed() < LOG_EVERY {
+        return;
+    }
+    *last = Instant::now();
+    info!(
+        image,
+        layers_done = p.layers_done,
+        layers = p.layers,
+        bytes = p.bytes_done,
+        bytes_total = p.bytes_total,
+        "pulling: {}%, {}/{} layers, {} of {} MB",
+        p.percent(),
+        p.layers_done,
+        p.layers,
+        p.bytes_done / 1_000_000,
+        p.bytes_total / 1_000_000
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    #[tokio::test(start_paused = true)]
+    async fn instances_that_need_one_image_share_one_pull() {
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.set_latency(Duration::from_secs(3));
+        let pulls = Pulls::new(4, Arc::new(LogPulls));
+        let (a, b, c) = tokio::join!(
+            pulls.pull(&runtime, "img:1", None),
+            pulls.pull(&runtime, "img:1", None),
+            pulls.pull(&runtime, "img:1", None),
+        );
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        assert_eq!(runtime.calls("pull"), 1);
+        assert!(pulls.all().is_empty(), "a finished pull is forgotten");
+        pulls.pull(&runtime, "img:1", None).await.unwrap();
+        assert_eq!(runtime.calls("pull"), 2, "a later caller pulls afresh");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gives_up_leaves_the_pull_running() {
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.set_latency(Duration::from_secs(10));
+        let pulls = Pulls::new(1, Arc::new(LogPulls));
+        let waited =
+            tokio::time::timeout(Duration::from_secs(1), pulls.pull(&runtime, "big:1", None)).await;
+        assert!(waited.is_err());
+        assert!(matches!(pulls.state("big:1"), Some(PullState::Running(_))));
+        // Joining again waits for the same pull, not a new one.
+        pulls.pull(&runtime, "big:1", None).await.unwrap();
+        assert_eq!(runtime.calls("pull"), 1);
+        assert!(runtime.image_present("big:1").await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pulls_beyond_the_limit_queue() {
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.set_latency(Duration::from_secs(5));
+        let pulls = Pulls::new(1, Arc::new(LogPulls));
+        let first = {
+            let (p, r) = (pulls.clone(), runtime.clone());
+            tokio::spawn(async move { p.pull(&r, "a:1", None).await })
+        };
+        let second = {
+            let (p, r) = (pulls.clone(), runtime.clone());
+            tokio::spawn(async move { p.pull(&r, "b:1", None).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let states: Vec<_> = pulls.all().into_iter().map(|(_, s)| s).collect();
+        assert!(states.contains(&PullState::Queued), "{states:?}");
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_pull_reports_to_every_waiter() {
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.make_unpullable("nope:1");
+        let pulls = Pulls::new(2, Arc::new(LogPulls));
+        let (a, b) = tokio::join!(
+            pulls.pull(&runtime, "nope:1", None),
+            pulls.pull(&runtime, "nope:1", None)
+        );
+        assert!(a.is_err() && b.is_err());
+        assert_eq!(runtime.calls("pull"), 1);
+    }
+}

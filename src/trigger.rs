@@ -1,0 +1,51 @@
+//! Why the loop looks again. One type for every source (folder, Docker
+//! events, timers, signals, finished work), carried into the pass's span.
+//! A trigger carries no state the pass depends on: every pass looks at
+//! everything, and many triggers coalesce into one pass.
+
+use std::fmt;
+
+use crate::spec::InstanceKey;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// The first pass after start.
+    Startup,
+    /// Something changed in the manifest folder.
+    ManifestsChanged,
+    /// Docker reported an event for one of berth's containers (a hint).
+    DockerEvent { task: Option<String> },
+    /// The periodic resync, or Docker's event stream came back.
+    Resync,
+    /// A backoff or settle time is over.
+    BackoffDue,
+    /// SIGHUP: re-read the agent config, then look again.
+    Reload,
+    /// An instance's chain of actions ended.
+    WorkDone { key: InstanceKey },
+}
+
+impl Trigger {
+    /// A short name for logs and spans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::ManifestsChanged => "manifests",
+            Trigger::DockerEvent { .. } => "docker-event",
+            Trigger::Resync => "resync",
+            Trigger::BackoffDue => "backoff",
+            Trigger::Reload => "reload",
+            Trigger::WorkDone { .. } => "work-done",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::DockerEvent { task: Some(task) } => write!(f, "docker-event({task})"),
+            Trigger::WorkDone { key } => write!(f, "work-done({key})"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
