@@ -57,7 +57,13 @@ impl BerthBuilder {
         self
     }
 
-    pub fn start(self) -> Berth {
+    pub fn start(mut self) -> Berth {
+        // A `--resync` among the extra arguments replaces the default one.
+        if self.args.iter().filter(|a| *a == "--resync").count() > 1 {
+            if let Some(i) = self.args.iter().position(|a| a == "--resync") {
+                self.args.drain(i..i + 2);
+            }
+        }
         let dir = tempfile::tempdir().unwrap();
         let log = self.log.unwrap_or_else(|| dir.path().join("berth.log"));
         let stderr = std::fs::OpenOptions::new()
