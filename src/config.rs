@@ -510,4 +510,19 @@ source:
         assert!(err.contains("token_file"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
     }
+
+    #[test]
+    fn the_commented_source_example_in_the_sample_config_is_valid() {
+        let sample = include_str!("../deploy/berth.yaml");
+        let start = sample.find("# source:").unwrap();
+        let block: String = sample[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = load_text(&block).unwrap();
+        let git = c.source.unwrap().git;
+        assert_eq!(git.path, "hosts");
+        assert!(git.verify.is_some() && git.ssh_key_file.is_some());
+    }
 }

@@ -900,7 +900,7 @@ async fn over_ssh_a_pinned_host_key_and_deploy_key_fetch_and_a_wrong_host_key_is
         eprintln!("SKIPPED: /usr/sbin/sshd is not installed (apt-get install openssh-server)");
         return;
     };
-    let whoami = run(&mut Command::new("id").arg("-un"));
+    let whoami = run(Command::new("id").arg("-un"));
     let first = remote.commit(&[("hosts/web.yaml", Some(WEB_V1))], None, "main");
     let url = format!(
         "ssh://{whoami}@127.0.0.1:{}{}",

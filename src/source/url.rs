@@ -147,7 +147,7 @@ fn parse_with_scheme(url: &str, scheme: &str, rest: &str) -> Result<GitUrl, Stri
                     .into(),
             )
         }
-        Some(user) if user.is_empty() => None,
+        Some("") => None,
         Some(user) => Some(user.to_string()),
         None => None,
     };
