@@ -60,7 +60,7 @@ pub(crate) fn read_current(layout: &Layout) -> Option<String> {
 }
 
 /// A name no other writer uses at the same time.
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

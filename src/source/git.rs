@@ -120,7 +120,7 @@ impl Repo {
         let tmp = self
             .layout
             .base
-            .join(format!(".repo.tmp-{}", std::process::id()));
+            .join(format!(".repo.tmp-{}", checkouts::unique_suffix()));
         let _ = std::fs::remove_dir_all(&tmp);
         self.git
             .local(
