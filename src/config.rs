@@ -24,6 +24,11 @@ pub struct AgentConfig {
     pub docker: DockerConfig,
     /// `/healthz` turns 503 once Docker has been unreachable this long.
     pub docker_down_limit: Duration,
+    /// Where berth keeps what it must remember across restarts (the git
+    /// source's clone and checkouts).
+    pub state_dir: PathBuf,
+    /// Manifests from a git repository instead of a folder someone fills.
+    pub source: Option<SourceConfig>,
 }
 
 impl Default for AgentConfig {
@@ -39,6 +44,8 @@ impl Default for AgentConfig {
             ports: PortRange::default(),
             docker: DockerConfig::default(),
             docker_down_limit: Duration::from_secs(60),
+            state_dir: PathBuf::from("/var/lib/berth"),
+            source: None,
         }
     }
 }
@@ -129,6 +136,124 @@ impl<const DEFAULT: bool> Default for Toggle<DEFAULT> {
     }
 }
 
+/// `source:`: where the manifests come from when berth fetches them itself.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub git: GitSourceConfig,
+}
+
+/// `source.git`: one repository, one ref, one folder in it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSourceConfig {
+    /// `ssh://`, `https://`, `file://`, `git://` or scp-like `user@host:path`.
+    /// Never with a password in it: that would show in `ps`; use `token_file`.
+    pub url: String,
+    /// A branch, a tag, a full ref (`refs/heads/x`) or a full commit id (pinned).
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The folder of the repository that holds the manifests; empty = its root.
+    #[serde(default)]
+    pub path: String,
+    /// How often the remote is asked for the ref.
+    #[serde(default = "default_source_interval")]
+    pub interval: Duration,
+    /// Hard limit on any one git command (a dead remote must not hold berth).
+    #[serde(default = "default_source_timeout")]
+    pub timeout: Duration,
+    /// Private key for ssh (`-i`, with `IdentitiesOnly`).
+    #[serde(default)]
+    pub ssh_key_file: Option<PathBuf>,
+    /// A token for https, read at every fetch; sent as HTTP basic auth.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The only host keys ssh accepts (`StrictHostKeyChecking=yes`).
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    #[serde(default)]
+    pub verify: Option<VerifyConfig>,
+}
+
+/// `source.git.verify`: apply only commits whose ssh signature verifies.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// git's `gpg.ssh.allowedSignersFile`: lines `PRINCIPAL KEYTYPE KEY`.
+    pub allowed_signers: PathBuf,
+}
+
+fn default_source_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_source_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl GitSourceConfig {
+    /// Rules serde cannot express; the message names the key to fix.
+    pub fn check(&self) -> Result<(), String> {
+        let url = crate::source::GitUrl::parse(&self.url).map_err(|e| format!("url: {e}"))?;
+        check_git_ref(&self.git_ref).map_err(|e| format!("ref: {e}"))?;
+        crate::source::check_repo_path(&self.path).map_err(|e| format!("path: {e}"))?;
+        if self.interval.get().is_zero() {
+            return Err("interval must be longer than 0s".into());
+        }
+        if self.timeout.get().is_zero() {
+            return Err("timeout must be longer than 0s".into());
+        }
+        let ssh = url.transport() == crate::source::Transport::Ssh;
+        if !ssh && self.ssh_key_file.is_some() {
+            return Err(format!(
+                "ssh_key_file is set but url {} is not an ssh URL",
+                url.redacted()
+            ));
+        }
+        if !ssh && self.known_hosts_file.is_some() {
+            return Err(format!(
+                "known_hosts_file is set but url {} is not an ssh URL",
+                url.redacted()
+            ));
+        }
+        if self.token_file.is_some() && url.transport() != crate::source::Transport::Https {
+            return Err(format!(
+                "token_file is set but url {} is not https:// (a token is only ever sent over https)",
+                url.redacted()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A ref as git would accept it, minus what could be read as an option or
+/// a revision expression (`main~1`, `@{u}`): berth follows names, not formulas.
+fn check_git_ref(git_ref: &str) -> Result<(), String> {
+    if git_ref.is_empty() {
+        return Err("is empty; write a branch (main), a tag (v1.2) or a full commit id".into());
+    }
+    let bad_char = git_ref
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(*c));
+    if let Some(c) = bad_char {
+        return Err(format!(
+            "`{git_ref}` contains {c:?}, which a git ref cannot contain"
+        ));
+    }
+    if git_ref.starts_with(['-', '/', '.'])
+        || git_ref.ends_with(['/', '.'])
+        || git_ref.ends_with(".lock")
+        || git_ref.contains("..")
+        || git_ref.contains("//")
+        || git_ref.contains("@{")
+        || git_ref == "@"
+        || git_ref.contains("/.")
+    {
+        return Err(format!("`{git_ref}` is not a valid git ref name"));
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read agent config {path}: {source}")]
@@ -196,6 +321,15 @@ impl AgentConfig {
         if self.resync.get().is_zero() {
             return Err(ConfigError::Invalid("resync must be longer than 0s".into()));
         }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("state_dir must not be empty".into()));
+        }
+        if let Some(source) = &self.source {
+            source
+                .git
+                .check()
+                .map_err(|e| ConfigError::Invalid(format!("source.git.{e}")))?;
+        }
         Ok(())
     }
 }
@@ -259,5 +393,139 @@ docker:
         let err = AgentConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("paralelism"), "{err}");
         assert!(err.contains(":2:"), "{err}");
+    }
+
+    fn load_text(text: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.yaml");
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&path)
+    }
+
+    #[test]
+    fn the_git_source_parses_with_its_defaults() {
+        let c = load_text(
+            "state_dir: /srv/berth\nsource:\n  git:\n    url: ssh://git@example.com/ops/edge.git\n    ref: main\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/srv/berth"));
+        let git = &c.source.unwrap().git;
+        assert_eq!(git.git_ref, "main");
+        assert_eq!(git.path, "");
+        assert_eq!(git.interval, Duration::from_secs(60));
+        assert_eq!(git.timeout, Duration::from_secs(60));
+        assert!(git.verify.is_none());
+        assert_eq!(
+            AgentConfig::default().state_dir,
+            PathBuf::from("/var/lib/berth")
+        );
+        assert!(AgentConfig::default().source.is_none());
+    }
+
+    #[test]
+    fn every_git_source_key_parses() {
+        let c = load_text(
+            r#"
+source:
+  git:
+    url: git@example.com:ops/edge.git
+    ref: 0123456789abcdef0123456789abcdef01234567
+    path: hosts/edge
+    interval: 30s
+    timeout: 20s
+    ssh_key_file: /etc/berth/deploy_key
+    known_hosts_file: /etc/berth/known_hosts
+    verify:
+      allowed_signers: /etc/berth/allowed_signers
+"#,
+        )
+        .unwrap();
+        let git = c.source.unwrap().git;
+        assert_eq!(git.path, "hosts/edge");
+        assert_eq!(git.interval, Duration::from_secs(30));
+        assert_eq!(
+            git.ssh_key_file,
+            Some(PathBuf::from("/etc/berth/deploy_key"))
+        );
+        assert_eq!(
+            git.verify.unwrap().allowed_signers,
+            PathBuf::from("/etc/berth/allowed_signers")
+        );
+    }
+
+    #[test]
+    fn git_source_mistakes_name_the_key_to_fix() {
+        let base = "source:\n  git:\n    url: https://example.com/x.git\n    ref: main\n";
+        let cases = [
+            (format!("{base}    reff: x\n"), "reff"),
+            ("source:\n  git:\n    ref: main\n".to_string(), "url"),
+            (
+                "source:\n  git:\n    url: https://example.com/x.git\n".to_string(),
+                "ref",
+            ),
+            (
+                base.replace("ref: main", "ref: \"\""),
+                "source.git.ref: is empty",
+            ),
+            (
+                base.replace("ref: main", "ref: main~1"),
+                "source.git.ref: `main~1`",
+            ),
+            (base.replace("ref: main", "ref: -x"), "not a valid git ref"),
+            (
+                base.replace("https://example.com/x.git", "ftp://h/x"),
+                "source.git.url: scheme",
+            ),
+            (
+                format!("{base}    path: /etc\n"),
+                "source.git.path: `/etc` must be relative",
+            ),
+            (format!("{base}    path: a/../../b\n"), "source.git.path"),
+            (format!("{base}    interval: 0s\n"), "source.git.interval"),
+            (format!("{base}    ssh_key_file: /k\n"), "not an ssh URL"),
+            (
+                "source:\n  git:\n    url: ssh://h/x.git\n    ref: main\n    token_file: /t\n"
+                    .to_string(),
+                "token_file is set but url ssh://h/x.git is not https://",
+            ),
+            (format!("{base}    verify: {{}}\n"), "allowed_signers"),
+            (
+                format!("{base}    verify: {{allowed_signers: /a, extra: 1}}\n"),
+                "extra",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = load_text(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{text}\n→ {err}\n(expected {expected:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_source_url_is_refused_and_not_echoed() {
+        let err = load_text(
+            "source:\n  git:\n    url: https://me:hunter2@example.com/x.git\n    ref: main\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("token_file"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_commented_source_example_in_the_sample_config_is_valid() {
+        let sample = include_str!("../deploy/berth.yaml");
+        let start = sample.find("# source:").unwrap();
+        let block: String = sample[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = load_text(&block).unwrap();
+        let git = c.source.unwrap().git;
+        assert_eq!(git.path, "hosts");
+        assert!(git.verify.is_some() && git.ssh_key_file.is_some());
     }
 }

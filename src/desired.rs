@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::parse::MAX_FILE_BYTES;
-use crate::manifest::validate::{check_file, CheckedTask, ValidationContext};
+use crate::manifest::validate::{check_file, check_file_on, CheckedTask, ValidationContext};
 use crate::manifest::{ManifestError, TaskManifest};
 
 /// The folder itself could not be read. Never treated as "no tasks": a
@@ -43,11 +43,25 @@ pub struct TaskDef {
     pub manifest: TaskManifest,
 }
 
+/// A task whose `select:` excludes this agent: shown by plan and status,
+/// never desired. A running container of it is removed like that of a
+/// deleted task.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnselectedTask {
+    pub name: String,
+    pub file: String,
+    pub line: u64,
+    /// The entry this agent does not match, e.g. `meta.role is worker, not gateway`.
+    pub reason: String,
+}
+
 /// What the folder says right now.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadedFolder {
-    /// Tasks from files without any error.
+    /// Tasks from files without any error, selected for this agent.
     pub tasks: BTreeMap<String, TaskDef>,
+    /// Tasks from files without any error whose `select:` excludes this agent.
+    pub unselected: BTreeMap<String, UnselectedTask>,
     pub errors: Vec<ManifestError>,
     /// Files with at least one error; they contribute no task.
     pub failed_files: BTreeSet<String>,
@@ -103,8 +117,18 @@ fn read_manifest(path: &Path, display: &str) -> Result<String, ManifestError> {
 
 /// Load every manifest in `dir` (not recursive). Per-file problems are
 /// entries in [`LoadedFolder::errors`]; only a folder that cannot be listed
-/// at all is a [`FolderError`].
+/// at all is a [`FolderError`]. `select:` is decided for this host's name.
 pub fn load_folder(dir: &Path, ctx: &ValidationContext) -> Result<LoadedFolder, FolderError> {
+    load_folder_on(dir, ctx, &crate::resolve::this_hostname())
+}
+
+/// [`load_folder`] for the agent on host `hostname` (with `ctx.meta`):
+/// tasks whose `select:` does not match go to [`LoadedFolder::unselected`].
+pub fn load_folder_on(
+    dir: &Path,
+    ctx: &ValidationContext,
+    hostname: &str,
+) -> Result<LoadedFolder, FolderError> {
     let meta = std::fs::metadata(dir).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => FolderError::Missing {
             dir: dir.to_path_buf(),
@@ -155,7 +179,7 @@ pub fn load_folder(dir: &Path, ctx: &ValidationContext) -> Result<LoadedFolder, 
         loaded.files.insert(name.clone());
         let result = read_manifest(&path, &name)
             .map_err(|e| vec![e])
-            .and_then(|text| check_file(&name, &text, ctx));
+            .and_then(|text| check_file_on(&name, &text, ctx, hostname));
         match result {
             Ok(tasks) => {
                 per_file.insert(name, tasks);
@@ -166,22 +190,27 @@ pub fn load_folder(dir: &Path, ctx: &ValidationContext) -> Result<LoadedFolder, 
             }
         }
     }
-    let (tasks, errors, failed) = merge_files(per_file);
-    loaded.tasks = tasks;
-    loaded.errors.extend(errors);
-    loaded.failed_files.extend(failed);
+    let merged = merge_files(per_file);
+    loaded.tasks = merged.tasks;
+    loaded.unselected = merged.unselected;
+    loaded.errors.extend(merged.errors);
+    loaded.failed_files.extend(merged.failed);
     Ok(loaded)
+}
+
+/// Good files' tasks joined into one folder.
+struct Merged {
+    tasks: BTreeMap<String, TaskDef>,
+    unselected: BTreeMap<String, UnselectedTask>,
+    errors: Vec<ManifestError>,
+    failed: BTreeSet<String>,
 }
 
 /// Join good files' tasks into one map. A name defined by several files is
 /// an error reported in each of them, and every such file fails as a whole.
-fn merge_files(
-    per_file: BTreeMap<String, Vec<CheckedTask>>,
-) -> (
-    BTreeMap<String, TaskDef>,
-    Vec<ManifestError>,
-    BTreeSet<String>,
-) {
+/// Names are unique across the folder whatever `select:` says, so a folder
+/// has the same errors on every host of a fleet.
+fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>) -> Merged {
     let mut owners: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for (file, tasks) in &per_file {
         for task in tasks {
@@ -213,11 +242,24 @@ fn merge_files(
         }
     }
     let mut tasks = BTreeMap::new();
+    let mut unselected = BTreeMap::new();
     for (file, checked) in per_file {
         if failed.contains(&file) {
             continue;
         }
         for task in checked {
+            if let Some(reason) = task.not_selected {
+                unselected.insert(
+                    task.name.clone(),
+                    UnselectedTask {
+                        name: task.name,
+                        file: file.clone(),
+                        line: task.line,
+                        reason,
+                    },
+                );
+                continue;
+            }
             tasks.insert(
                 task.name.clone(),
                 TaskDef {
@@ -229,13 +271,20 @@ fn merge_files(
             );
         }
     }
-    (tasks, errors, failed)
+    Merged {
+        tasks,
+        unselected,
+        errors,
+        failed,
+    }
 }
 
 /// The desired tasks for one reconcile pass.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredSet {
     pub tasks: BTreeMap<String, TaskDef>,
+    /// Tasks this agent is not selected for (from files that load now).
+    pub unselected: BTreeMap<String, UnselectedTask>,
     pub errors: Vec<ManifestError>,
     /// Failed files with no last good version in this process. A container
     /// whose `io.berth.manifest` label names one of these must be left
@@ -292,8 +341,12 @@ impl DesiredTracker {
                 }
             }
         }
+        // A last good task that this agent is no longer selected for
+        // (its file is broken now) stays desired: the file's last good
+        // version is what counts until the file loads again.
         DesiredSet {
             tasks,
+            unselected: loaded.unselected,
             errors: loaded.errors,
             protected_files,
         }
@@ -329,8 +382,7 @@ pub fn validate_paths(paths: &[PathBuf], ctx: &ValidationContext) -> Vec<Manifes
             Err(file_errors) => errors.extend(file_errors),
         }
     }
-    let (_, duplicate_errors, _) = merge_files(explicit);
-    errors.extend(duplicate_errors);
+    errors.extend(merge_files(explicit).errors);
     errors
 }
 
@@ -656,5 +708,97 @@ mod tests {
         assert!(validate_paths(&[tmp.path().join("ok.yaml")], &ctx()).is_empty());
         let missing = validate_paths(&[tmp.path().join("nope.yaml")], &ctx());
         assert_eq!(missing.len(), 1);
+    }
+
+    fn agent(role: &str) -> ValidationContext {
+        ValidationContext {
+            meta: [("role".to_string(), role.to_string())].into(),
+            ..ValidationContext::default()
+        }
+    }
+
+    fn load_on(dir: &Path, ctx: &ValidationContext, hostname: &str) -> LoadedFolder {
+        load_folder_on(dir, ctx, hostname).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_task_for_other_agents_is_not_selected_not_an_error_and_not_desired() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "gw.yaml",
+            "image: x\nselect: {meta.role: gateway}\n",
+        );
+        write(
+            tmp.path(),
+            "edge.yaml",
+            "image: x\nselect: {node.hostname: edge-*}\n",
+        );
+        write(tmp.path(), "all.yaml", "image: x\n");
+
+        let loaded = load_on(tmp.path(), &agent("gateway"), "edge-3");
+        assert_eq!(names(&loaded.tasks), vec!["all", "edge", "gw"]);
+        assert!(loaded.unselected.is_empty());
+
+        let loaded = load_on(tmp.path(), &agent("worker"), "core-1");
+        assert_eq!(names(&loaded.tasks), vec!["all"]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert!(loaded.failed_files.is_empty());
+        assert_eq!(
+            loaded.unselected["gw"],
+            UnselectedTask {
+                name: "gw".into(),
+                file: "gw.yaml".into(),
+                line: 1,
+                reason: "meta.role is worker, not gateway".into(),
+            }
+        );
+        assert_eq!(
+            loaded.unselected["edge"].reason,
+            "node.hostname core-1 does not match edge-*"
+        );
+    }
+
+    #[test]
+    fn a_task_that_becomes_unselected_leaves_the_desired_set_like_a_removed_one() {
+        let tmp = tempdir();
+        let mut tracker = DesiredTracker::new();
+        write(
+            tmp.path(),
+            "gw.yaml",
+            "image: x\nselect: {meta.role: gateway}\n",
+        );
+        let before = tracker.update(load_on(tmp.path(), &agent("gateway"), "h"));
+        assert_eq!(names(&before.tasks), vec!["gw"]);
+        // The agent's meta changes (SIGHUP): the task is no longer for it.
+        let after = tracker.update(load_on(tmp.path(), &agent("worker"), "h"));
+        assert!(after.tasks.is_empty());
+        assert!(after.unselected.contains_key("gw"));
+        assert!(after.errors.is_empty() && after.protected_files.is_empty());
+        // If the file then breaks, its last good version (no task for this
+        // agent) is kept: the task does not come back.
+        write(tmp.path(), "gw.yaml", "image: [\n");
+        let broken = tracker.update(load_on(tmp.path(), &agent("worker"), "h"));
+        assert!(broken.tasks.is_empty());
+        assert!(broken.protected_files.is_empty());
+    }
+
+    #[test]
+    fn task_names_are_unique_across_the_folder_whatever_select_says() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "a.yaml",
+            "name: web\nimage: x\nselect: {meta.role: gateway}\n",
+        );
+        write(
+            tmp.path(),
+            "b.yaml",
+            "name: web\nimage: y\nselect: {meta.role: worker}\n",
+        );
+        let loaded = load_on(tmp.path(), &agent("worker"), "h");
+        assert!(loaded.tasks.is_empty() && loaded.unselected.is_empty());
+        assert_eq!(loaded.errors.len(), 2);
+        assert!(loaded.errors[0].message.contains("also defined in b.yaml"));
     }
 }

@@ -21,6 +21,7 @@
 //! - [`applied`]: the secret-free record of the applied spec (a label) and field diffs.
 //! - [`notify`]: systemd's sd_notify (READY, WATCHDOG) without a crate.
 //! - [`status_client`]: `berth status`'s tiny HTTP client for `/v1/status`.
+//! - [`source`]: GitOps: the manifests from a git repository, fetched, verified, switched atomically.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -38,6 +39,7 @@ pub mod ports;
 pub mod registry;
 pub mod resolve;
 pub mod runtime;
+pub mod source;
 pub mod spec;
 pub mod status_client;
 pub mod trigger;

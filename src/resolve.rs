@@ -28,17 +28,23 @@ impl NodeInfo {
     /// Read the host name and the first non-loopback IPv4 address from /proc,
     /// falling back to `localhost`/`127.0.0.1` where they cannot be read.
     pub fn detect() -> NodeInfo {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "localhost".into());
+        let hostname = this_hostname();
         let ip = std::fs::read_to_string("/proc/net/fib_trie")
             .ok()
             .and_then(|t| first_local_ipv4(&t))
             .unwrap_or_else(|| "127.0.0.1".into());
         NodeInfo { hostname, ip }
     }
+}
+
+/// The host's name (`${node.hostname}`, `select: {node.hostname: ...}`),
+/// `localhost` where it cannot be read.
+pub fn this_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// In /proc/net/fib_trie, a local address is the line before `/32 host LOCAL`.

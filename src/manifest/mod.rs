@@ -4,12 +4,13 @@
 pub mod duration;
 pub mod interpolate;
 pub mod parse;
+pub mod select;
 pub mod types;
 pub mod validate;
 
 pub use parse::{parse_manifest_file, ManifestError, ParsedTask, Pos, Seg};
 pub use types::*;
-pub use validate::{check_file, validate, CheckedTask, ValidationContext};
+pub use validate::{check_file, check_file_on, validate, CheckedTask, ValidationContext};
 
 /// Task and namespace names: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 48 chars.
 /// They become part of container names, so they must be safe there.
@@ -43,5 +44,9 @@ mod tests {
         assert_eq!(schema["required"], serde_json::json!(["image"]));
         let text = schema.to_string();
         assert!(text.contains("\"integer\",\"boolean\""), "{text}");
+        assert_eq!(
+            properties["select"]["propertyNames"]["pattern"],
+            "^(meta\\..+|node\\.hostname)$"
+        );
     }
 }

@@ -84,6 +84,12 @@ pub struct TaskManifest {
     /// Grace period between SIGTERM and SIGKILL.
     #[serde(default)]
     pub stop_timeout: Option<Duration>,
+    /// Fleet selector: the task runs only on agents that match every entry.
+    /// `meta.<key>`: exact value of the agent's meta key; `node.hostname`: a
+    /// glob (`*`, `?`). Elsewhere the task is "not selected" (not an error).
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = {"pattern": "^(meta\\..+|node\\.hostname)$"}))]
+    pub select: BTreeMap<String, String>,
 }
 
 fn default_count() -> u32 {

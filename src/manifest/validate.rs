@@ -9,6 +9,7 @@ use std::path::Path;
 
 use super::interpolate::{self, InterpolateError};
 use super::parse::{parse_manifest_file, DocLocations, ManifestError, ParsedTask, Pos, Seg};
+use super::select;
 use super::{is_valid_name, EnvValue, TaskManifest};
 
 /// Most instances one task may ask for. Far above any single host's needs;
@@ -54,6 +55,8 @@ pub struct CheckedTask {
     /// 1-based line where the task's document starts.
     pub line: u64,
     pub manifest: TaskManifest,
+    /// Why the task's `select:` excludes this agent; `None`: it runs here.
+    pub not_selected: Option<String>,
 }
 
 /// Parse, name and validate every task of one file. All-or-nothing: any
@@ -65,6 +68,21 @@ pub fn check_file(
     display_path: &str,
     text: &str,
     ctx: &ValidationContext,
+) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
+    check_file_on(display_path, text, ctx, &crate::resolve::this_hostname())
+}
+
+/// [`check_file`] for the agent on host `hostname`, which decides `select:`.
+///
+/// A task that is not selected here still gets every check of its shape,
+/// but none that depend on this agent (its `meta` keys in `${meta.KEY}`,
+/// its privileged/volume permissions): a fleet repository must not fail on
+/// the hosts a task is not meant for.
+pub fn check_file_on(
+    display_path: &str,
+    text: &str,
+    ctx: &ValidationContext,
+    hostname: &str,
 ) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
     let docs = parse_manifest_file(display_path, text)?;
     let single = docs.len() == 1;
@@ -80,7 +98,14 @@ pub fn check_file(
                 String::from("task")
             }
         };
-        errors.extend(validate(&doc, display_path, text, ctx));
+        let not_selected = select::unmet(&doc.manifest.select, &ctx.meta, hostname);
+        errors.extend(validate_with(
+            &doc,
+            display_path,
+            text,
+            ctx,
+            not_selected.is_none(),
+        ));
         if let Some(first_line) = seen.insert(name.clone(), doc.line) {
             errors.push(ManifestError::new(
                 display_path,
@@ -92,6 +117,7 @@ pub fn check_file(
             name,
             line: doc.line,
             manifest: doc.manifest,
+            not_selected,
         });
     }
     if errors.is_empty() {
@@ -144,6 +170,29 @@ pub fn validate(
     text: &str,
     ctx: &ValidationContext,
 ) -> Vec<ManifestError> {
+    validate_with(task, file, text, ctx, true)
+}
+
+/// `for_this_agent: false` skips the checks that depend on the agent
+/// (meta references, permissions), for tasks not selected here.
+fn validate_with(
+    task: &ParsedTask,
+    file: &str,
+    text: &str,
+    ctx: &ValidationContext,
+    for_this_agent: bool,
+) -> Vec<ManifestError> {
+    let relaxed;
+    let ctx = if for_this_agent {
+        ctx
+    } else {
+        relaxed = ValidationContext {
+            allow_privileged: true,
+            allow_host_volumes: true,
+            meta: ctx.meta.clone(),
+        };
+        &relaxed
+    };
     let mut c = Checker {
         file,
         text,
@@ -166,8 +215,23 @@ pub fn validate(
     check_modes(&mut c, m, ctx);
     check_volumes(&mut c, m, ctx);
     check_misc(&mut c, m);
-    check_references(&mut c, m, ctx);
+    check_select(&mut c, m);
+    check_references(&mut c, m, ctx, for_this_agent);
     c.errors
+}
+
+fn check_select(c: &mut Checker<'_>, m: &TaskManifest) {
+    for (key, value) in &m.select {
+        let path = [Seg::Key("select"), Seg::Key(key)];
+        if let Some(message) = select::check_key(key) {
+            c.at_key(&path, message);
+        } else if value.is_empty() {
+            c.at_value(
+                &path,
+                format!("select `{key}` is empty; write the value to match, e.g. `{key}: gateway`"),
+            );
+        }
+    }
 }
 
 struct Checker<'a> {
@@ -578,7 +642,12 @@ fn known_names(m: &TaskManifest, ctx: &ValidationContext) -> BTreeSet<String> {
     names
 }
 
-fn check_references(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
+fn check_references(
+    c: &mut Checker<'_>,
+    m: &TaskManifest,
+    ctx: &ValidationContext,
+    for_this_agent: bool,
+) {
     let known = known_names(m, ctx);
     let mut fields: Vec<(Vec<Seg<'_>>, &str)> = Vec::new();
     if let Some(command) = &m.command {
@@ -612,7 +681,10 @@ fn check_references(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationConte
     for (path, text) in fields {
         match interpolate::scan(text) {
             Ok(refs) => {
-                for r in refs.into_iter().filter(|r| !known.contains(&r.name)) {
+                let unknown = |name: &str| {
+                    !known.contains(name) && (for_this_agent || !name.starts_with("meta."))
+                };
+                for r in refs.into_iter().filter(|r| unknown(&r.name)) {
                     let hint = unknown_hint(&r.name, m);
                     c.at_text(
                         &path,
@@ -992,5 +1064,73 @@ stop_timeout: 10s
             .unwrap_or_else(|e| panic!("{e:#?}"));
         assert_eq!(tasks[0].name, "web");
         assert_eq!(tasks[0].manifest.count, 2);
+    }
+
+    fn gateway() -> ValidationContext {
+        ValidationContext {
+            meta: [("role".to_string(), "gateway".to_string())].into(),
+            ..ValidationContext::default()
+        }
+    }
+
+    #[test]
+    fn a_select_key_other_than_meta_or_hostname_is_an_error_naming_the_allowed_keys() {
+        let err = only_error("image: x\nselect:\n  meta.role: gateway\n  node.ip: 10.0.0.1\n");
+        assert_eq!((err.line, err.column), (4, 3));
+        assert_eq!(
+            err.message,
+            "select key `node.ip` is not known: use `meta.<key>` (exact value of the agent's meta key) or `node.hostname` (a glob such as edge-*)"
+        );
+        let err = only_error("image: x\nselect: {meta.: x}\n");
+        assert!(
+            err.message.contains("select key `meta.`"),
+            "{}",
+            err.message
+        );
+        let err = only_error("image: x\nselect: {meta.role: \"\"}\n");
+        assert!(err.message.contains("is empty"), "{}", err.message);
+        assert_eq!((err.line, err.column), (2, 21));
+    }
+
+    #[test]
+    fn selection_is_decided_by_meta_and_hostname() {
+        let text = "image: x\nselect: {meta.role: gateway, node.hostname: edge-*}\n";
+        let tasks = check_file_on("gw.yaml", text, &gateway(), "edge-01")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(tasks[0].not_selected, None);
+        let tasks = check_file_on("gw.yaml", text, &gateway(), "core-01")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            tasks[0].not_selected.as_deref(),
+            Some("node.hostname core-01 does not match edge-*")
+        );
+    }
+
+    #[test]
+    fn a_task_not_selected_here_skips_the_checks_that_depend_on_this_agent() {
+        let text = "image: x\nselect: {meta.role: gateway}\nprivileged: true\nenv: {UPSTREAM: \"${meta.upstream}\"}\n";
+        // On a worker: not selected, and neither its meta key nor its
+        // privilege is this agent's business.
+        let tasks = check_file_on("gw.yaml", text, &ValidationContext::default(), "w1")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(tasks[0].not_selected.is_some());
+        // On a gateway that lacks both, they are errors as always.
+        let errors = check_file_on("gw.yaml", text, &gateway(), "g1")
+            .err()
+            .unwrap_or_default();
+        let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(errors.len(), 2, "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("privileged")));
+        assert!(messages.iter().any(|m| m.contains("meta key `upstream`")));
+        // Shape errors count everywhere.
+        let err = check_file_on(
+            "gw.yaml",
+            "image: x\nselect: {meta.role: gateway}\ncount: 5000\n",
+            &ValidationContext::default(),
+            "w1",
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(err.len(), 1);
     }
 }
