@@ -3,7 +3,7 @@
 //! Docker daemon. Each test owns a namespace whose guard removes what it made,
 //! even when the test fails, and most also start two bystanders berth must
 //! never touch: a container without berth labels and one labelled with
-//! another namespace (DESIGN.md, invariant 1).
+//! another namespace (ownership, ARCHITECTURE.md).
 
 mod common;
 

@@ -16,16 +16,16 @@ use std::time::Duration;
 
 use berth::clock::Clock;
 use berth::config::AgentConfig;
+use berth::desired::registry::RegistryCredentials;
 use berth::engine::controller::Controller;
 use berth::engine::plan::Action;
 use berth::engine::pulls::LogPulls;
+use berth::engine::trigger::Trigger;
+use berth::names::InstanceKey;
 use berth::runtime::fake::FakeRuntime;
 use berth::runtime::{
-    ContainerRuntime, ContainerState, CreateRequest, ObservedContainer, ProgressFn,
-    RegistryCredentials, Result,
+    ContainerRuntime, ContainerState, CreateRequest, ObservedContainer, ProgressFn, Result,
 };
-use berth::spec::InstanceKey;
-use berth::trigger::Trigger;
 use proptest::prelude::*;
 
 const NS: &str = "prop";

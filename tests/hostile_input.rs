@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use berth::desired::load_folder;
+use berth::desired::folder::load_folder;
+use berth::desired::spec::ContainerSpec;
 use berth::manifest::parse::parse_manifest_file;
 use berth::manifest::validate::{check_file, ValidationContext};
-use berth::spec::{labels, ContainerSpec, InstanceKey};
+use berth::names::{labels, InstanceKey};
 use proptest::prelude::*;
 
 fn ctx() -> ValidationContext {

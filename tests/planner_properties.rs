@@ -9,15 +9,17 @@ use std::time::{Duration, SystemTime};
 use std::sync::Arc;
 
 use berth::clock::Clock;
-use berth::engine::apply::{ApplyError, Executor, Outcome};
+use berth::desired::spec::ContainerSpec;
+use berth::desired::state::{DesiredInstance, DesiredState};
+use berth::engine::apply::{Executor, Outcome};
 use berth::engine::backoff::BackoffTable;
-use berth::engine::plan::{
-    aside_name, plan, Action, DesiredInstance, DesiredState, Memory, PlanOptions,
-};
+use berth::engine::error::ApplyError;
+use berth::engine::plan::{plan, Action, Memory, PlanOptions};
 use berth::engine::pulls::{LogPulls, Pulls};
+use berth::names::aside_name;
+use berth::names::{labels, InstanceKey};
 use berth::runtime::fake::FakeRuntime;
 use berth::runtime::{ContainerState, Health, ObservedContainer};
-use berth::spec::{labels, ContainerSpec, InstanceKey};
 use proptest::prelude::*;
 
 const NS: &str = "berth";

@@ -6,13 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth::clock::Clock;
-use berth::engine::apply::{ApplyError, Executor, Outcome};
-use berth::engine::plan::{Action, DesiredInstance};
+use berth::desired::registry::RegistryCredentials;
+use berth::desired::spec::ContainerSpec;
+use berth::desired::state::DesiredInstance;
+use berth::engine::apply::{Executor, Outcome};
+use berth::engine::error::ApplyError;
+use berth::engine::plan::Action;
 use berth::engine::pulls::{LogPulls, Pulls};
 use berth::manifest::PullPolicy;
+use berth::names::InstanceKey;
 use berth::runtime::fake::FakeRuntime;
-use berth::runtime::{ContainerRuntime, CreateRequest, RegistryCredentials};
-use berth::spec::{ContainerSpec, InstanceKey};
+use berth::runtime::{ContainerRuntime, CreateRequest};
 
 fn instance(task: &str, image: &str, pull: PullPolicy) -> Arc<DesiredInstance> {
     let mut d = DesiredInstance::new(

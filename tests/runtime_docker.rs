@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use berth::config::DockerConfig;
+use berth::desired::spec::{ContainerSpec, PortBinding};
+use berth::names::InstanceKey;
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::{ContainerRuntime, ContainerState, CreateRequest, RuntimeError};
-use berth::spec::{ContainerSpec, InstanceKey, PortBinding};
 use common::{docker, fixture_image, wait_for, TestNamespace};
 use futures_util::StreamExt;
 
@@ -446,7 +447,7 @@ async fn events_from_an_unreachable_endpoint_yield_one_unavailable_and_end() {
 async fn healthcheck_results_show_in_list_as_healthy_or_unhealthy() {
     let guard = TestNamespace::new("health");
     let rt = runtime().await;
-    let check = |port: &str| berth::spec::HealthcheckSpec {
+    let check = |port: &str| berth::desired::spec::HealthcheckSpec {
         test: vec!["CMD".into(), "/fixture".into(), "probe".into(), port.into()],
         interval_ns: Some(300_000_000),
         timeout_ns: Some(1_000_000_000),

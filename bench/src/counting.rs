@@ -1,13 +1,12 @@
 //! A [`ContainerRuntime`] that forwards to another and counts every call, so
-//! the benchmark can prove what a pass asks of Docker (invariant 5: a pass
+//! the benchmark can prove what a pass asks of Docker (idempotence: a pass
 //! over a converged host performs no mutating call).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use berth::runtime::{
-    ContainerRuntime, CreateRequest, ObservedContainer, ProgressFn, RegistryCredentials, Result,
-};
+use berth::desired::registry::RegistryCredentials;
+use berth::runtime::{ContainerRuntime, CreateRequest, ObservedContainer, ProgressFn, Result};
 
 /// Calls made so far, per trait method.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

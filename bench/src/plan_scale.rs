@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use berth::desired::spec::{ContainerSpec, EnvEntry};
+use berth::desired::state::{DesiredInstance, DesiredState};
 use berth::engine::backoff::BackoffTable;
-use berth::engine::plan::{DesiredInstance, DesiredState, Memory, PlanOptions};
+use berth::engine::plan::{Memory, PlanOptions};
+use berth::names::InstanceKey;
 use berth::runtime::{ContainerState, Health, ObservedContainer};
-use berth::spec::{ContainerSpec, EnvEntry, InstanceKey};
 
 pub const NAMESPACE: &str = "berth";
 

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 
 use berth::config::{AgentConfig, DockerConfig};
 use berth::engine::controller::Controller;
+use berth::engine::trigger::Trigger;
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::ContainerRuntime;
-use berth::trigger::Trigger;
 
 use crate::counting::CountingRuntime;
 use crate::host::{task_name, write_manifest, Host};
@@ -486,7 +486,7 @@ async fn agent_inner(
     let mut ids_after = host.ids_with_label(&host.berth_label(), true).await?;
     ids_after.sort();
     if ids_after != ids_before {
-        bail!("starting berth run changed the converged containers (invariant 4)");
+        bail!("starting berth run changed the converged containers (berth stopping stops nothing)");
     }
 
     // Footprint: idle, converged.

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::engine::retry::reconnect_delay;
+use crate::engine::trigger::Trigger;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::ContainerRuntime;
-use crate::trigger::Trigger;
 
 /// Whether an event action means "a container may need attention".
 pub fn is_interesting(action: &str) -> bool {

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::WatchMode;
-use crate::trigger::Trigger;
+use crate::engine::trigger::Trigger;
 
 /// How often the poll watcher rescans the folder. Short because manifest
 /// folders are small (a few files hashed per scan) and a person who saves a
@@ -505,7 +505,7 @@ fn completes(event: &Event) -> bool {
         .last()
         .and_then(|p| p.file_name())
         .and_then(|n| n.to_str())
-        .is_some_and(crate::desired::is_manifest_file_name);
+        .is_some_and(crate::desired::folder::is_manifest_file_name);
     kind_completes && is_manifest
 }
 

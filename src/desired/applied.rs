@@ -16,9 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::plan::{Action, Plan};
-use crate::runtime::ObservedContainer;
-use crate::spec::{labels, ContainerSpec};
+use crate::desired::spec::ContainerSpec;
 
 /// Above this size the label is left off (Docker keeps labels in the
 /// container config; keep it small). The diff then says it has no record.
@@ -198,34 +196,10 @@ impl fmt::Display for FieldChange {
     }
 }
 
-/// For each action of `plan`, in order: the fields a replacement changes,
-/// read from the old container's `io.berth.applied` label. `None` for other
-/// actions, and for a replacement whose old container has no readable record
-/// (created by a berth without field diffs).
-pub fn replace_changes(
-    plan: &Plan,
-    observed: &[ObservedContainer],
-) -> Vec<Option<Vec<FieldChange>>> {
-    plan.actions
-        .iter()
-        .map(|a| match a {
-            Action::Replace {
-                old_id, desired, ..
-            } => observed
-                .iter()
-                .find(|c| &c.id == old_id)
-                .and_then(|c| c.labels.get(labels::APPLIED))
-                .and_then(|l| AppliedSpec::parse(l))
-                .map(|old| old.diff(&desired.spec)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::EnvEntry;
+    use crate::desired::spec::EnvEntry;
 
     fn env(spec: &mut ContainerSpec, k: &str, v: &str, secret: bool) {
         spec.env.insert(

@@ -3,7 +3,7 @@
 //! Two steps, kept apart: [`load_folder`] reads what the folder says *now*
 //! (pure apart from reading files), and [`DesiredTracker`] remembers each
 //! file's last good version so that a broken file never costs running work
-//! (DESIGN.md invariant 3). Only the deletion of a file removes its tasks.
+//! (bad input never costs running work: ARCHITECTURE.md). Only the deletion of a file removes its tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -119,7 +119,7 @@ fn read_manifest(path: &Path, display: &str) -> Result<String, ManifestError> {
 /// entries in [`LoadedFolder::errors`]; only a folder that cannot be listed
 /// at all is a [`FolderError`]. `select:` is decided for this host's name.
 pub fn load_folder(dir: &Path, ctx: &ValidationContext) -> Result<LoadedFolder, FolderError> {
-    load_folder_on(dir, ctx, &crate::resolve::this_hostname())
+    load_folder_on(dir, ctx, &crate::node::this_hostname())
 }
 
 /// [`load_folder`] for the agent on host `hostname` (with `ctx.meta`):

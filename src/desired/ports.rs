@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::PortRange;
-use crate::runtime::ObservedContainer;
 
 /// (task, index, label)
 pub type PortKey = (String, u32, String);
@@ -37,6 +36,31 @@ pub struct PortError {
     pub message: String,
 }
 
+/// The ports recorded on our containers (`io.berth.port.<label>`), by the
+/// (task, index, label) that holds them, from each container's labels.
+pub fn recorded_ports<'a>(
+    containers: impl IntoIterator<Item = &'a BTreeMap<String, String>>,
+) -> BTreeMap<PortKey, u16> {
+    let mut recorded = BTreeMap::new();
+    for labels in containers {
+        let task = labels.get(crate::names::labels::TASK);
+        let index = labels
+            .get(crate::names::labels::INDEX)
+            .and_then(|i| i.parse::<u32>().ok());
+        let (Some(task), Some(index)) = (task, index) else {
+            continue;
+        };
+        for (name, value) in labels {
+            if let Some(label) = name.strip_prefix(crate::names::labels::PORT_PREFIX) {
+                if let Ok(port) = value.parse() {
+                    recorded.insert((task.clone(), index, label.to_string()), port);
+                }
+            }
+        }
+    }
+    recorded
+}
+
 /// Is `port` free on the host for both tcp and udp (the protocols berth publishes)?
 pub fn host_port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
@@ -53,7 +77,7 @@ impl PortAllocator {
     pub fn allocate(
         &mut self,
         requests: &[PortRequest],
-        observed: &[ObservedContainer],
+        recorded: &BTreeMap<PortKey, u16>,
         range: PortRange,
         is_free: impl Fn(u16) -> bool,
     ) -> (BTreeMap<PortKey, u16>, Vec<PortError>) {
@@ -95,24 +119,11 @@ impl PortAllocator {
             out.insert(req.key.clone(), port);
         }
 
-        // Ports recorded on our containers, by the key that holds them.
-        let mut recorded: BTreeMap<PortKey, u16> = BTreeMap::new();
-        for c in observed {
-            let Some(key) = c.key() else { continue };
-            for (name, value) in &c.labels {
-                if let Some(label) = name.strip_prefix(crate::spec::labels::PORT_PREFIX) {
-                    if let Ok(port) = value.parse() {
-                        recorded.insert((key.task.clone(), key.index, label.to_string()), port);
-                    }
-                }
-            }
-        }
-
         let wanted: BTreeSet<&PortKey> = requests.iter().map(|r| &r.key).collect();
         let mut taken: BTreeSet<u16> = fixed_owner.keys().copied().collect();
         // Ports still held by containers that are going away stay taken this
         // pass, so a new task never collides with one being removed.
-        for (key, port) in &recorded {
+        for (key, port) in recorded {
             if !wanted.contains(key) {
                 taken.insert(*port);
             }
@@ -173,8 +184,8 @@ impl PortAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{ContainerState, Health};
-    use crate::spec::labels;
+    use crate::names::labels;
+    use crate::runtime::{ContainerState, Health, ObservedContainer};
 
     fn req(task: &str, index: u32, label: &str, fixed: Option<u16>) -> PortRequest {
         PortRequest {
@@ -214,7 +225,7 @@ mod tests {
     fn two_tasks_never_share_a_dynamic_port_and_bound_ports_are_skipped() {
         let mut alloc = PortAllocator::new();
         let reqs = [req("a", 0, "http", None), req("b", 0, "http", None)];
-        let (ports, errors) = alloc.allocate(&reqs, &[], range(), |p| p != 20000);
+        let (ports, errors) = alloc.allocate(&reqs, &BTreeMap::new(), range(), |p| p != 20000);
         assert!(errors.is_empty());
         assert_eq!(ports[&reqs[0].key], 20001);
         assert_eq!(ports[&reqs[1].key], 20002);
@@ -226,7 +237,12 @@ mod tests {
         let observed = [container_with_port("a", 0, "http", 20007)];
         let reqs = [req("a", 0, "http", None)];
         // The host probe says 20007 is bound — by our own container; kept anyway.
-        let (ports, _) = alloc.allocate(&reqs, &observed, range(), |p| p != 20007);
+        let (ports, _) = alloc.allocate(
+            &reqs,
+            &recorded_ports(observed.iter().map(|c| &c.labels)),
+            range(),
+            |p| p != 20007,
+        );
         assert_eq!(ports[&reqs[0].key], 20007);
     }
 
@@ -234,8 +250,8 @@ mod tests {
     fn a_remembered_port_is_kept_even_when_its_container_is_gone() {
         let mut alloc = PortAllocator::new();
         let reqs = [req("a", 0, "http", None)];
-        let (first, _) = alloc.allocate(&reqs, &[], range(), |p| p > 20003);
-        let (second, _) = alloc.allocate(&reqs, &[], range(), |_| true);
+        let (first, _) = alloc.allocate(&reqs, &BTreeMap::new(), range(), |p| p > 20003);
+        let (second, _) = alloc.allocate(&reqs, &BTreeMap::new(), range(), |_| true);
         assert_eq!(first, second);
     }
 
@@ -246,7 +262,7 @@ mod tests {
             req("a", 0, "web", Some(8080)),
             req("b", 0, "web", Some(8080)),
         ];
-        let (ports, errors) = alloc.allocate(&reqs, &[], range(), |_| true);
+        let (ports, errors) = alloc.allocate(&reqs, &BTreeMap::new(), range(), |_| true);
         assert!(ports.is_empty());
         assert_eq!(errors.len(), 2);
         for e in &errors {
@@ -266,7 +282,7 @@ mod tests {
             max: 20000,
         };
         let reqs = [req("a", 0, "http", None), req("b", 0, "http", None)];
-        let (ports, errors) = alloc.allocate(&reqs, &[], small, |_| true);
+        let (ports, errors) = alloc.allocate(&reqs, &BTreeMap::new(), small, |_| true);
         assert_eq!(ports.len(), 1);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].task, "b");

@@ -10,7 +10,24 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::runtime::RegistryCredentials;
+/// Credentials for one pull. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RegistryCredentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub server_address: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "(secret)"))
+            .field("server_address", &self.server_address)
+            .finish()
+    }
+}
 
 /// The host Docker Hub images belong to, in berth's normal form.
 pub const DOCKER_HUB: &str = "docker.io";

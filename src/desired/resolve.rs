@@ -7,56 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use crate::desired::TaskDef;
-use crate::engine::plan::DesiredInstance;
+use crate::desired::folder::TaskDef;
+use crate::desired::ports::PortKey;
+use crate::desired::registry::RegistryCredentials;
+use crate::desired::spec::{ContainerSpec, EnvEntry, HealthcheckSpec, PortBinding};
+use crate::desired::state::DesiredInstance;
 use crate::manifest::interpolate::interpolate;
 use crate::manifest::{EnvValue, TaskManifest};
-use crate::ports::PortKey;
-use crate::runtime::RegistryCredentials;
-use crate::spec::{ContainerSpec, EnvEntry, HealthcheckSpec, InstanceKey, PortBinding};
-
-/// Facts about the host, for `${node.hostname}` and `${node.ip}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub hostname: String,
-    pub ip: String,
-}
-
-impl NodeInfo {
-    /// Read the host name and the first non-loopback IPv4 address from /proc,
-    /// falling back to `localhost`/`127.0.0.1` where they cannot be read.
-    pub fn detect() -> NodeInfo {
-        let hostname = this_hostname();
-        let ip = std::fs::read_to_string("/proc/net/fib_trie")
-            .ok()
-            .and_then(|t| first_local_ipv4(&t))
-            .unwrap_or_else(|| "127.0.0.1".into());
-        NodeInfo { hostname, ip }
-    }
-}
-
-/// The host's name (`${node.hostname}`, `select: {node.hostname: ...}`),
-/// `localhost` where it cannot be read.
-pub fn this_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// In /proc/net/fib_trie, a local address is the line before `/32 host LOCAL`.
-fn first_local_ipv4(fib_trie: &str) -> Option<String> {
-    let lines: Vec<&str> = fib_trie.lines().collect();
-    lines.windows(2).find_map(|w| {
-        let addr = w[0].trim().trim_start_matches("|-- ").trim();
-        let is_local = w[1].contains("/32 host LOCAL");
-        let usable = !addr.starts_with("127.") && addr.parse::<std::net::Ipv4Addr>().is_ok();
-        (is_local && usable).then(|| addr.to_string())
-    })
-}
+use crate::names::InstanceKey;
+use crate::node::NodeInfo;
 
 /// What resolution needs besides the task.
 #[derive(Debug, Clone)]
@@ -78,7 +38,7 @@ pub struct ResolveError {
     pub message: String,
 }
 
-/// The `BERTH_*` variables of one instance, in the order DESIGN.md lists them.
+/// The `BERTH_*` variables of one instance, in the order the README lists them.
 fn berth_variables(
     m: &TaskManifest,
     key: &InstanceKey,
@@ -301,18 +261,6 @@ pub fn resolve_instance(
     instance.stop_grace = m
         .stop_timeout
         .map(|d| d.get())
-        .unwrap_or(Duration::from_secs(10));
+        .unwrap_or(crate::names::DEFAULT_GRACE);
     Ok(instance)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_non_loopback_local_address_is_the_node_ip() {
-        let fib = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 172.17.0.5\n        /32 host LOCAL\n";
-        assert_eq!(first_local_ipv4(fib), Some("172.17.0.5".into()));
-        assert_eq!(first_local_ipv4("nothing"), None);
-    }
 }

@@ -19,40 +19,14 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::engine::plan::{aside_name, Action, DesiredInstance};
+use crate::desired::state::DesiredInstance;
+use crate::engine::error::ApplyError;
+use crate::engine::plan::Action;
 use crate::engine::pulls::Pulls;
 use crate::manifest::PullPolicy;
+use crate::names::aside_name;
+use crate::names::InstanceKey;
 use crate::runtime::{ContainerRuntime, CreateRequest, RuntimeError};
-use crate::spec::InstanceKey;
-
-/// Why an action failed. Feeds backoff, status and logs; never holds a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApplyError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error(
-        "container name {name} is held by container {holder} that berth does not own; \
-         remove or rename it and berth will create its own"
-    )]
-    NameConflict { name: String, holder: String },
-    #[error("image {image} is not present locally, and the task says `pull: never`")]
-    ImageNotPresent { image: String },
-    #[error("cannot pull image {image}: {cause}")]
-    Pull { image: String, cause: RuntimeError },
-    #[error("replacement failed ({cause}); the previous container was put back")]
-    RolledBack { cause: Box<ApplyError> },
-    /// The chain was called off before it changed anything (its manifest
-    /// changed again while it waited for a pull).
-    #[error("called off: the desired spec changed while waiting")]
-    Cancelled,
-}
-
-impl ApplyError {
-    /// Docker itself is unreachable: not the task's fault, so not a task failure.
-    pub fn is_unavailable(&self) -> bool {
-        crate::engine::retry::classify(self) == crate::engine::retry::FailureKind::Unavailable
-    }
-}
 
 /// The result of one action.
 #[derive(Debug, Clone)]

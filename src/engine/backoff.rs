@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use crate::engine::retry::{restart_delay, FailureKind, Requeue};
 use crate::manifest::RestartSpec;
-use crate::spec::InstanceKey;
+use crate::names::InstanceKey;
 
 /// Restart state of one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]

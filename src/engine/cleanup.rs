@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use tracing::{debug, info, warn};
 
-use crate::engine::plan::DesiredState;
+use crate::desired::state::DesiredState;
 use crate::runtime::{ContainerRuntime, ObservedContainer, RuntimeError};
 
 /// The candidates that no desired instance and no container of ours uses.
@@ -60,10 +60,11 @@ pub async fn remove_images<R: ContainerRuntime>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::plan::DesiredInstance;
+    use crate::desired::spec::ContainerSpec;
+    use crate::desired::state::DesiredInstance;
+    use crate::names::InstanceKey;
     use crate::runtime::fake::FakeRuntime;
     use crate::runtime::{ContainerState, CreateRequest, Health};
-    use crate::spec::{ContainerSpec, InstanceKey};
     use std::collections::BTreeMap;
 
     fn spec(image: &str) -> ContainerSpec {

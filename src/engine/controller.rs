@@ -18,23 +18,23 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::config::AgentConfig;
-use crate::desired::{load_folder, DesiredTracker, TaskDef};
+use crate::desired::folder::{load_folder, DesiredTracker, TaskDef};
+use crate::desired::ports::{host_port_is_free, recorded_ports, PortAllocator, PortRequest};
+use crate::desired::resolve::{resolve_instance, ResolveContext};
+use crate::desired::state::DesiredState;
 use crate::engine::apply::{group_chains, Executor, Outcome, StepCell};
 use crate::engine::backoff::BackoffTable;
-use crate::engine::plan::{
-    observe_failures, plan, Action, DesiredState, Memory, Plan, PlanOptions,
-};
+use crate::engine::plan::{observe_failures, plan, Action, Memory, Plan, PlanOptions};
 use crate::engine::pulls::{LogPulls, PullObserver, Pulls};
 use crate::engine::retry::{error_policy, ONCE_MAX_FAILURES};
 use crate::engine::status::{
     unix_millis, unix_secs, InstanceStatus, LiveWork, SharedStatus, Status, StatusBoard,
 };
+use crate::engine::trigger::Trigger;
 use crate::manifest::validate::ValidationContext;
-use crate::ports::{host_port_is_free, PortAllocator, PortRequest};
-use crate::resolve::{resolve_instance, NodeInfo, ResolveContext};
+use crate::names::InstanceKey;
+use crate::node::NodeInfo;
 use crate::runtime::{ContainerRuntime, ObservedContainer, RuntimeError};
-use crate::spec::InstanceKey;
-use crate::trigger::Trigger;
 
 /// An error that is not about one task, e.g. Docker being unreachable.
 #[derive(Debug, thiserror::Error)]
@@ -345,9 +345,12 @@ impl<R: ContainerRuntime> Controller<R> {
                 })
             })
             .collect();
-        let (host_ports, port_errors) =
-            self.ports
-                .allocate(&requests, &observed, self.config.ports, host_port_is_free);
+        let (host_ports, port_errors) = self.ports.allocate(
+            &requests,
+            &recorded_ports(observed.iter().map(|c| &c.labels)),
+            self.config.ports,
+            host_port_is_free,
+        );
         for e in port_errors {
             errors.push(format!("{}: task {}: {}", e.file, e.task, e.message));
             desired.held_tasks.insert(e.task);
@@ -361,7 +364,7 @@ impl<R: ContainerRuntime> Controller<R> {
         };
         // Read at each pass, like env files: a rotated password is used at once.
         let agent_auth = match &self.config.docker.auth_config {
-            Some(path) => match crate::registry::AuthConfig::load(path) {
+            Some(path) => match crate::desired::registry::AuthConfig::load(path) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     errors.push(e.to_string());
@@ -382,7 +385,7 @@ impl<R: ContainerRuntime> Controller<R> {
             match resolved {
                 Ok(instances) => {
                     for mut instance in instances {
-                        instance.credentials = crate::registry::choose_credentials(
+                        instance.credentials = crate::desired::registry::choose_credentials(
                             &instance.spec.image,
                             instance.credentials.take(),
                             agent_auth.as_ref(),
@@ -652,7 +655,7 @@ impl<R: ContainerRuntime> Controller<R> {
                         }
                     }
                 }
-                Err(crate::engine::apply::ApplyError::Cancelled) => {}
+                Err(crate::engine::error::ApplyError::Cancelled) => {}
                 Err(e) => {
                     let failures = self.backoff.get(&o.key).map_or(0, |b| b.failures);
                     let requeue = error_policy(e, o.counts_as_attempt, failures, &restart);

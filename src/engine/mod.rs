@@ -3,17 +3,21 @@
 //! - [`plan`]: the pure diff (desired, observed, memory, now) → actions.
 //! - [`backoff`]: per-instance restart state; pure, time passed in.
 //! - [`retry`]: the one decision of when failed work is tried again.
+//! - [`error`]: why an action failed, in kinds the retry policy can sort.
 //! - [`apply`]: runs one instance's chain of actions against the runtime.
 //! - [`pulls`]: one background pull per image, shared, with progress.
 //! - [`controller`]: a pass (load, list, plan) and the workers it dispatches.
 //! - [`cleanup`]: images nothing uses any more after removals.
 //! - [`status`]: what status, metrics and systemd see, live work included.
+//! - [`trigger`]: why a pass runs, one type for every source.
 
 pub mod apply;
 pub mod backoff;
 pub mod cleanup;
 pub mod controller;
+pub mod error;
 pub mod plan;
 pub mod pulls;
 pub mod retry;
 pub mod status;
+pub mod trigger;

@@ -13,71 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::desired::state::{DesiredInstance, DesiredState};
 use crate::engine::backoff::BackoffTable;
-use crate::manifest::{PullPolicy, RestartPolicy, RestartSpec};
-use crate::runtime::{ContainerState, Health, ObservedContainer, RegistryCredentials};
-use crate::spec::{labels, ContainerSpec, InstanceKey};
-
-/// One instance berth wants to run, fully resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredInstance {
-    pub key: InstanceKey,
-    pub spec: ContainerSpec,
-    /// `spec.hash()`, computed once.
-    pub hash: String,
-    /// The manifest file, relative to the manifest folder (a label, not hashed).
-    pub manifest: String,
-    pub restart: RestartSpec,
-    pub pull: PullPolicy,
-    pub credentials: Option<RegistryCredentials>,
-    /// Grace period between SIGTERM and SIGKILL when stopping.
-    pub stop_grace: Duration,
-}
-
-impl DesiredInstance {
-    pub fn new(key: InstanceKey, spec: ContainerSpec, manifest: impl Into<String>) -> Self {
-        let hash = spec.hash();
-        DesiredInstance {
-            key,
-            stop_grace: spec.stop_grace(),
-            spec,
-            hash,
-            manifest: manifest.into(),
-            restart: RestartSpec::default(),
-            pull: PullPolicy::default(),
-            credentials: None,
-        }
-    }
-}
-
-/// Everything the folder asks for in this pass.
-#[derive(Debug, Clone, Default)]
-pub struct DesiredState {
-    pub instances: BTreeMap<InstanceKey, Arc<DesiredInstance>>,
-    /// Every task the folder defines, including those with `count: 0`.
-    pub tasks: BTreeSet<String>,
-    /// Tasks whose spec could not be resolved this pass (say, an env file is
-    /// unreadable): their containers are left exactly as they are.
-    pub held_tasks: BTreeSet<String>,
-    /// Manifest files that fail and have no last good version. While there
-    /// is one, no container is removed as "task deleted": berth cannot know
-    /// which tasks the broken file defines.
-    pub protected_files: BTreeSet<String>,
-    /// The folder itself could not be read: nothing is removed at all.
-    pub hold_removals: bool,
-    /// The image of every task the folder defines, held tasks included, so
-    /// image cleanup never removes what a task on hold will need again.
-    pub images: BTreeSet<String>,
-}
-
-impl DesiredState {
-    pub fn insert(&mut self, instance: DesiredInstance) {
-        self.tasks.insert(instance.key.task.clone());
-        self.images.insert(instance.spec.image.clone());
-        self.instances
-            .insert(instance.key.clone(), Arc::new(instance));
-    }
-}
+use crate::manifest::RestartPolicy;
+use crate::names::{labels, InstanceKey};
+use crate::runtime::{ContainerState, Health, ObservedContainer};
 
 /// Why a container is removed (or, with `cleanup.container: false`, stopped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -309,92 +249,6 @@ impl fmt::Display for Plan {
     }
 }
 
-/// `berth plan --json`: the plan as machines read it. Holds no secret: only
-/// names, images, hashes and the human description.
-#[derive(Debug, Clone, Serialize)]
-pub struct PlanView {
-    pub changes: bool,
-    pub actions: Vec<ActionView>,
-    pub waiting: Vec<WaitingView>,
-    pub errors: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ActionView {
-    pub action: &'static str,
-    pub task: String,
-    pub index: u32,
-    /// The container acted upon, when one exists.
-    pub container_id: Option<String>,
-    pub image: Option<String>,
-    pub spec_hash: Option<String>,
-    pub description: String,
-    /// For a replacement: the fields that differ (filled by the caller, which
-    /// has the observed containers; see [`crate::applied`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub changes: Option<Vec<crate::applied::FieldChange>>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct WaitingView {
-    pub task: String,
-    pub index: u32,
-    /// Unix seconds.
-    pub until: u64,
-}
-
-impl PlanView {
-    pub fn new(plan: &Plan, errors: &[String]) -> Self {
-        let actions = plan
-            .actions
-            .iter()
-            .map(|a| {
-                let (container_id, desired) = match a {
-                    Action::Create { desired } => (None, Some(desired)),
-                    Action::Start { id, desired, .. }
-                    | Action::Restart { id, desired }
-                    | Action::Replace {
-                        old_id: id,
-                        desired,
-                        ..
-                    } => (Some(id.clone()), Some(desired)),
-                    Action::Restore { id, .. }
-                    | Action::Remove { id, .. }
-                    | Action::Stop { id, .. } => (Some(id.clone()), None),
-                };
-                ActionView {
-                    action: a.verb(),
-                    task: a.key().task.clone(),
-                    index: a.key().index,
-                    container_id: container_id.map(|id| id.chars().take(12).collect()),
-                    image: desired.map(|d| d.spec.image.clone()),
-                    spec_hash: desired.map(|d| d.hash.clone()),
-                    description: a.to_string(),
-                    changes: None,
-                }
-            })
-            .collect();
-        PlanView {
-            changes: !plan.actions.is_empty(),
-            actions,
-            waiting: plan
-                .waiting
-                .iter()
-                .map(|w| WaitingView {
-                    task: w.key.task.clone(),
-                    index: w.key.index,
-                    until: w
-                        .until
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                })
-                .collect(),
-            errors: errors.to_vec(),
-        }
-    }
-}
-
 /// Settings that shape decisions but are not part of any task.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
@@ -448,13 +302,6 @@ impl<'a> Memory<'a> {
     }
 }
 
-/// The name a replacement gives the old container while the new one starts.
-/// It embeds the id so two interrupted replacements can never collide.
-pub fn aside_name(canonical: &str, id: &str) -> String {
-    let short: String = id.chars().take(12).collect();
-    format!("{canonical}-old-{short}")
-}
-
 /// Count failures the engine reports (exits, unhealthy verdicts) into the
 /// backoff table before planning. Pure; idempotent across passes.
 pub fn observe_failures(
@@ -499,7 +346,7 @@ pub fn plan(
     let mut out = Plan::default();
 
     // Only our namespace, ever: the list is label-filtered, and this is the
-    // second lock on the door (invariant 1). Grouped by borrowed identity:
+    // second lock on the door (ownership: ARCHITECTURE.md). Grouped by borrowed identity:
     // a pass over ten thousand containers should not allocate per container.
     let mut by_key: BTreeMap<(&str, u32), Vec<&ObservedContainer>> = BTreeMap::new();
     for c in observed.iter().filter(|c| c.namespace() == Some(ns)) {
@@ -753,7 +600,7 @@ fn plan_undesired(
     for c in containers {
         // The task's own grace, recorded on the container: its manifest may
         // be gone.
-        let grace = c.stop_grace().unwrap_or(crate::spec::DEFAULT_GRACE);
+        let grace = c.stop_grace().unwrap_or(crate::names::DEFAULT_GRACE);
         if options.cleanup_containers {
             out.actions.push(remove(key, c, reason, grace));
         } else if c.is_running() {
@@ -786,7 +633,8 @@ fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::labels;
+    use crate::desired::spec::ContainerSpec;
+    use crate::names::{aside_name, labels};
 
     const NS: &str = "berth";
 

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use tracing::info;
 
-use crate::runtime::{ContainerRuntime, PullProgress, RegistryCredentials, RuntimeError};
+use crate::desired::registry::RegistryCredentials;
+use crate::runtime::{ContainerRuntime, PullProgress, RuntimeError};
 
 /// Where one image's pull is.
 #[derive(Debug, Clone, PartialEq)]

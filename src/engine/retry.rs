@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use crate::engine::apply::ApplyError;
+use crate::engine::error::ApplyError;
 use crate::manifest::RestartSpec;
 use crate::runtime::RuntimeError;
 

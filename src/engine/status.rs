@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::apply::StepCell;
 use crate::engine::pulls::{PullState, Pulls};
-use crate::spec::InstanceKey;
+use crate::names::InstanceKey;
 
 /// One instance, as status reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

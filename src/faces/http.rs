@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 
 use crate::engine::status::{unix_millis, unix_secs, SharedStatus, Status};
-use crate::metrics::Metrics;
+use crate::faces::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {

@@ -1,8 +1,8 @@
 //! The manifest as a person writes it: one YAML document per task.
 //!
-//! These types mirror DESIGN.md's manifest format field for field. They are
+//! These types are the manifest format of the README's reference, field for field. They are
 //! plain data: parsing lives in `parse.rs`, rules in `validate.rs`, and the
-//! step from a manifest to what Docker is asked for lives in `crate::resolve`.
+//! step from a manifest to what Docker is asked for lives in `crate::desired::resolve`.
 
 use std::collections::BTreeMap;
 

@@ -38,16 +38,6 @@ impl Default for ValidationContext {
     }
 }
 
-impl ValidationContext {
-    pub fn from_config(config: &crate::config::AgentConfig) -> Self {
-        ValidationContext {
-            allow_privileged: config.docker.privileged.enabled,
-            allow_host_volumes: config.docker.volumes.enabled,
-            meta: config.meta.clone(),
-        }
-    }
-}
-
 /// A task that passed parsing and validation, with its final name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedTask {
@@ -69,7 +59,7 @@ pub fn check_file(
     text: &str,
     ctx: &ValidationContext,
 ) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
-    check_file_on(display_path, text, ctx, &crate::resolve::this_hostname())
+    check_file_on(display_path, text, ctx, &crate::node::this_hostname())
 }
 
 /// [`check_file`] for the agent on host `hostname`, which decides `select:`.
@@ -420,7 +410,7 @@ fn check_env_and_labels(c: &mut Checker<'_>, m: &TaskManifest) {
         let path = [Seg::Key("labels"), Seg::Key(key)];
         if key.is_empty() {
             c.at_key(&path, "a label key is empty");
-        } else if key.starts_with(crate::spec::labels::PREFIX) {
+        } else if key.starts_with(crate::names::labels::PREFIX) {
             c.at_key(
                 &path,
                 format!("label `{key}` is reserved: berth owns every io.berth.* label"),

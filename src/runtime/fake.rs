@@ -16,7 +16,7 @@ use super::{
     PullProgress, RegistryCredentials, Result, RuntimeError,
 };
 use crate::clock::Clock;
-use crate::spec::labels;
+use crate::names::labels;
 
 /// How long a call of a given kind (`"list"`, `"stop"`, `"pull"`, ...) takes.
 type LatencyFn = Box<dyn Fn(&'static str) -> Duration + Send + Sync>;

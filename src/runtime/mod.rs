@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use crate::spec::{labels, ContainerSpec, InstanceKey};
+use crate::desired::registry::RegistryCredentials;
+use crate::desired::spec::ContainerSpec;
+use crate::names::{labels, InstanceKey};
 
 pub mod docker;
 pub mod fake;
@@ -134,25 +136,6 @@ impl ObservedContainer {
             self.state,
             ContainerState::Running | ContainerState::Restarting | ContainerState::Paused
         )
-    }
-}
-
-/// Credentials for one pull. `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct RegistryCredentials {
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub email: Option<String>,
-    pub server_address: Option<String>,
-}
-
-impl std::fmt::Debug for RegistryCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryCredentials")
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "(secret)"))
-            .field("server_address", &self.server_address)
-            .finish()
     }
 }
 

@@ -18,7 +18,7 @@ use super::checkouts::{self, is_commit_id, Layout, TempCheckout};
 use super::command::GitRunner;
 use super::url::GitUrl;
 use super::{normalise_repo_path, SourceError, SourceStatus};
-use crate::config::GitSourceConfig;
+use crate::source::config::GitSourceConfig;
 
 /// The commit whose manifests are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]

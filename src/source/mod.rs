@@ -15,6 +15,7 @@
 
 mod checkouts;
 mod command;
+pub mod config;
 pub mod git;
 pub mod url;
 

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::spec::InstanceKey;
+use crate::names::InstanceKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {

@@ -1,0 +1,151 @@
+//! The `berth` command line: the flags, and one module per subcommand. It
+//! only parses, wires and prints; every behaviour lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use berth::config::AgentConfig;
+use berth::runtime::docker::DockerRuntime;
+
+mod down;
+mod flags;
+mod plan;
+mod run;
+mod status;
+mod validate;
+
+pub use flags::AgentFlags;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A reconciling controller for Docker: a folder of task manifests becomes exactly the containers it describes."
+)]
+pub struct Cli {
+    /// Log format: human-readable text or JSON lines. Level from RUST_LOG.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Converge the host to the manifest folder, and keep it converged.
+    Run {
+        #[command(flatten)]
+        agent: AgentFlags,
+        /// One full pass (pull, create, wait for starts), then exit: 0 when converged.
+        #[arg(long)]
+        once: bool,
+        /// With --once: give up after this long (e.g. 60s).
+        #[arg(long, value_name = "DURATION")]
+        once_timeout: Option<berth::manifest::duration::Duration>,
+    },
+    /// Check manifests: exit 0 when valid, 1 when not (errors as file:line:column: message).
+    Validate {
+        #[command(flatten)]
+        agent: AgentFlags,
+        /// Files or folders; default: the manifest folder.
+        paths: Vec<PathBuf>,
+    },
+    /// Show what a pass would do: exit 0 nothing to do, 2 changes pending, 1 error.
+    Plan {
+        #[command(flatten)]
+        agent: AgentFlags,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show tasks, containers, restarts and errors.
+    Status {
+        #[command(flatten)]
+        agent: AgentFlags,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and remove every container the namespace owns, each with its task's stop grace, all at once.
+    Down {
+        #[command(flatten)]
+        agent: AgentFlags,
+        /// Show what would be removed, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation (it is asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Print the JSON Schema of a manifest.
+    Schema,
+    /// Print a shell completion script (e.g. `berth completions bash > /etc/bash_completion.d/berth`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // bollard logs whole request bodies at debug (a create body holds secret
+    // env values): never below info, whatever RUST_LOG says.
+    let filter = ["bollard=info", "bollard::docker=info"]
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            agent,
+            once,
+            once_timeout,
+        } => run::run(agent, once, once_timeout.map(|d| d.get())).await,
+        Command::Validate { agent, paths } => validate::validate(agent, paths),
+        Command::Plan { agent, json } => plan::plan(agent, json).await,
+        Command::Status { agent, json } => status::status(agent, json).await,
+        Command::Down {
+            agent,
+            dry_run,
+            yes,
+        } => down::down(agent, dry_run, yes).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            let schema = berth::manifest::manifest_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Connect to Docker.
+pub async fn connect(config: &AgentConfig) -> anyhow::Result<Arc<DockerRuntime>> {
+    let runtime = DockerRuntime::connect(&config.docker)
+        .await
+        .context("cannot set up the Docker client")?;
+    Ok(Arc::new(runtime))
+}

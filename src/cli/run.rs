@@ -1,0 +1,151 @@
+//! `berth run`: the agent, or with `--once` a single convergence.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use berth::agent::{forward_sighup, run_loop, run_once, shutdown_signal, LoopHooks, ONCE_DEADLINE};
+use berth::config::AgentConfig;
+use berth::engine::controller::Controller;
+use berth::engine::trigger::Trigger;
+
+use super::{connect, AgentFlags};
+
+struct Hooks {
+    flags: AgentFlags,
+    status: berth::engine::status::SharedStatus,
+    /// READY=1 goes to systemd once, after the first completed pass.
+    ready_sent: bool,
+}
+
+impl LoopHooks for Hooks {
+    fn after_pass(&mut self, ok: bool) {
+        let mut message = String::new();
+        if !self.ready_sent {
+            message.push_str("READY=1\n");
+        }
+        let status_line = if ok {
+            let s = self.status.view(SystemTime::now());
+            format!(
+                "{} instances, {} manifest errors",
+                s.instances.len(),
+                s.manifest_errors.len()
+            )
+        } else {
+            "Docker is not reachable; retrying".to_string()
+        };
+        message.push_str(&format!("STATUS={status_line}\n"));
+        match berth::agent::notify::sd_notify(&message) {
+            Ok(sent) => self.ready_sent |= sent,
+            Err(e) => tracing::warn!("cannot notify systemd: {e}"),
+        }
+    }
+
+    /// The watchdog follows the loop's heartbeat, not pass completion: a
+    /// long stop or pull in flight never gets berth killed by systemd.
+    fn heartbeat(&mut self) {
+        if let Err(e) = berth::agent::notify::sd_notify("WATCHDOG=1\n") {
+            tracing::warn!("cannot notify systemd: {e}");
+        }
+    }
+
+    fn reload_config(&mut self) -> Option<AgentConfig> {
+        match self.flags.load() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("reload failed, keeping the current config: {e:#}");
+                None
+            }
+        }
+    }
+}
+
+pub async fn run(
+    flags: AgentFlags,
+    once: bool,
+    once_timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let config = flags.load()?;
+    let runtime = connect(&config).await?;
+    tracing::info!(
+        manifests = %config.manifests.display(),
+        namespace = %config.namespace,
+        "berth {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    // Bind before anything else so a taken port fails the start, clearly.
+    let listener = if once {
+        None
+    } else {
+        Some(berth::faces::http::bind(config.listen).await?)
+    };
+    let mut controller = Controller::new(runtime, config);
+    let metrics = Arc::new(berth::faces::metrics::Metrics::new());
+    controller.set_observer(metrics.clone());
+    if let Some(listener) = listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving /healthz, /metrics and /v1/status");
+        }
+        berth::faces::http::spawn(
+            listener,
+            berth::faces::http::HttpState {
+                status: controller.status(),
+                metrics,
+                docker_down_limit: controller.config().docker_down_limit.get(),
+            },
+        );
+    }
+    match controller.refresh_docker_version().await {
+        Ok(v) => tracing::info!(driver.docker.version = %v, "connected to Docker"),
+        Err(e) => tracing::warn!("Docker is not reachable yet ({e}); will keep trying"),
+    }
+
+    if once {
+        let report = run_once(&mut controller, once_timeout.unwrap_or(ONCE_DEADLINE)).await?;
+        for e in &report.errors {
+            eprintln!("{e}");
+        }
+        for p in &report.problems {
+            eprintln!("{p}");
+        }
+        return Ok(if report.converged {
+            eprintln!("converged");
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+
+    // A small queue: a pending trigger already means "look again".
+    let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(4);
+    forward_sighup(tx.clone());
+    let config = controller.config().clone();
+    let _watcher = match berth::agent::watch::FolderWatcher::start(
+        &config.manifests,
+        berth::agent::watch::WatchOptions::new(config.watch, berth::agent::watch::DEFAULT_DEBOUNCE),
+        tx.clone(),
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch {}: {e}; relying on the {} resync",
+                config.manifests.display(),
+                config.resync
+            );
+            None
+        }
+    };
+    let _events = berth::agent::events::follow(
+        controller.runtime().as_ref().clone(),
+        config.namespace.clone(),
+        tx.clone(),
+    );
+    let mut hooks = Hooks {
+        flags,
+        status: controller.status(),
+        ready_sent: false,
+    };
+    run_loop(&mut controller, rx, &mut hooks, shutdown_signal()).await;
+    drop(tx);
+    Ok(ExitCode::SUCCESS)
+}

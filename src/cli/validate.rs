@@ -1,0 +1,29 @@
+//! `berth validate`: every error in the given manifests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::AgentFlags;
+
+pub fn validate(flags: AgentFlags, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = flags.load()?;
+    let ctx = berth::manifest::validate::ValidationContext {
+        allow_privileged: config.docker.privileged.enabled,
+        allow_host_volumes: config.docker.volumes.enabled,
+        meta: config.meta.clone(),
+    };
+    let paths = if paths.is_empty() {
+        vec![config.manifests.clone()]
+    } else {
+        paths
+    };
+    let errors = berth::desired::folder::validate_paths(&paths, &ctx);
+    for e in &errors {
+        println!("{e}");
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

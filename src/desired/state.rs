@@ -1,0 +1,73 @@
+//! Everything the folder asks for in one pass, fully resolved: the planner's
+//! "desired" side. Built by the controller from the folder, ports,
+//! credentials and resolution; read by the planner and image cleanup.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::desired::registry::RegistryCredentials;
+use crate::desired::spec::ContainerSpec;
+use crate::manifest::{PullPolicy, RestartSpec};
+use crate::names::InstanceKey;
+
+/// One instance berth wants to run, fully resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredInstance {
+    pub key: InstanceKey,
+    pub spec: ContainerSpec,
+    /// `spec.hash()`, computed once.
+    pub hash: String,
+    /// The manifest file, relative to the manifest folder (a label, not hashed).
+    pub manifest: String,
+    pub restart: RestartSpec,
+    pub pull: PullPolicy,
+    pub credentials: Option<RegistryCredentials>,
+    /// Grace period between SIGTERM and SIGKILL when stopping.
+    pub stop_grace: Duration,
+}
+
+impl DesiredInstance {
+    pub fn new(key: InstanceKey, spec: ContainerSpec, manifest: impl Into<String>) -> Self {
+        let hash = spec.hash();
+        DesiredInstance {
+            key,
+            stop_grace: spec.stop_grace(),
+            spec,
+            hash,
+            manifest: manifest.into(),
+            restart: RestartSpec::default(),
+            pull: PullPolicy::default(),
+            credentials: None,
+        }
+    }
+}
+
+/// Everything the folder asks for in this pass.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredState {
+    pub instances: BTreeMap<InstanceKey, Arc<DesiredInstance>>,
+    /// Every task the folder defines, including those with `count: 0`.
+    pub tasks: BTreeSet<String>,
+    /// Tasks whose spec could not be resolved this pass (say, an env file is
+    /// unreadable): their containers are left exactly as they are.
+    pub held_tasks: BTreeSet<String>,
+    /// Manifest files that fail and have no last good version. While there
+    /// is one, no container is removed as "task deleted": berth cannot know
+    /// which tasks the broken file defines.
+    pub protected_files: BTreeSet<String>,
+    /// The folder itself could not be read: nothing is removed at all.
+    pub hold_removals: bool,
+    /// The image of every task the folder defines, held tasks included, so
+    /// image cleanup never removes what a task on hold will need again.
+    pub images: BTreeSet<String>,
+}
+
+impl DesiredState {
+    pub fn insert(&mut self, instance: DesiredInstance) {
+        self.tasks.insert(instance.key.task.clone());
+        self.images.insert(instance.spec.image.clone());
+        self.instances
+            .insert(instance.key.clone(), Arc::new(instance));
+    }
+}

@@ -1,0 +1,261 @@
+//! Status tables and plans, as people and machines read them. Pure: each
+//! function turns berth's own types into text or a serialisable view, so the
+//! CLI only prints.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::desired::applied::{AppliedSpec, FieldChange};
+use crate::engine::plan::{Action, Plan};
+use crate::engine::status::{unix_secs, Status};
+use crate::names::labels;
+use crate::runtime::ObservedContainer;
+
+/// For each action of `plan`, in order: the fields a replacement changes,
+/// read from the old container's `io.berth.applied` label. `None` for other
+/// actions, and for a replacement whose old container has no readable record
+/// (created by a berth without field diffs).
+pub fn replace_changes(
+    plan: &Plan,
+    observed: &[ObservedContainer],
+) -> Vec<Option<Vec<FieldChange>>> {
+    plan.actions
+        .iter()
+        .map(|a| match a {
+            Action::Replace {
+                old_id, desired, ..
+            } => observed
+                .iter()
+                .find(|c| &c.id == old_id)
+                .and_then(|c| c.labels.get(labels::APPLIED))
+                .and_then(|l| AppliedSpec::parse(l))
+                .map(|old| old.diff(&desired.spec)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `berth plan --json`: the plan as machines read it. Holds no secret: only
+/// names, images, hashes and the human description.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    pub changes: bool,
+    pub actions: Vec<ActionView>,
+    pub waiting: Vec<WaitingView>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionView {
+    pub action: &'static str,
+    pub task: String,
+    pub index: u32,
+    /// The container acted upon, when one exists.
+    pub container_id: Option<String>,
+    pub image: Option<String>,
+    pub spec_hash: Option<String>,
+    pub description: String,
+    /// For a replacement: the fields that differ (see [`replace_changes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Vec<FieldChange>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitingView {
+    pub task: String,
+    pub index: u32,
+    /// Unix seconds.
+    pub until: u64,
+}
+
+impl PlanView {
+    pub fn new(plan: &Plan, errors: &[String]) -> Self {
+        let actions = plan
+            .actions
+            .iter()
+            .map(|a| {
+                let (container_id, desired) = match a {
+                    Action::Create { desired } => (None, Some(desired)),
+                    Action::Start { id, desired, .. }
+                    | Action::Restart { id, desired }
+                    | Action::Replace {
+                        old_id: id,
+                        desired,
+                        ..
+                    } => (Some(id.clone()), Some(desired)),
+                    Action::Restore { id, .. }
+                    | Action::Remove { id, .. }
+                    | Action::Stop { id, .. } => (Some(id.clone()), None),
+                };
+                ActionView {
+                    action: a.verb(),
+                    task: a.key().task.clone(),
+                    index: a.key().index,
+                    container_id: container_id.map(|id| id.chars().take(12).collect()),
+                    image: desired.map(|d| d.spec.image.clone()),
+                    spec_hash: desired.map(|d| d.hash.clone()),
+                    description: a.to_string(),
+                    changes: None,
+                }
+            })
+            .collect();
+        PlanView {
+            changes: !plan.actions.is_empty(),
+            actions,
+            waiting: plan
+                .waiting
+                .iter()
+                .map(|w| WaitingView {
+                    task: w.key.task.clone(),
+                    index: w.key.index,
+                    until: w
+                        .until
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                })
+                .collect(),
+            errors: errors.to_vec(),
+        }
+    }
+}
+
+impl PlanView {
+    /// The view with each replacement's field changes filled in.
+    pub fn with_changes(plan: &Plan, errors: &[String], observed: &[ObservedContainer]) -> Self {
+        let mut view = PlanView::new(plan, errors);
+        for (action, changes) in view.actions.iter_mut().zip(replace_changes(plan, observed)) {
+            action.changes = changes;
+        }
+        view
+    }
+}
+
+/// `berth plan` as text: errors, then each action with the fields a
+/// replacement changes, then what waits.
+pub fn plan_text(plan: &Plan, errors: &[String], observed: &[ObservedContainer]) -> String {
+    let mut out = String::new();
+    for e in errors {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    if plan.is_empty() {
+        out.push_str("nothing to do\n");
+        return out;
+    }
+    for (action, changes) in plan.actions.iter().zip(replace_changes(plan, observed)) {
+        out.push_str(&format!("{action}\n"));
+        match changes {
+            Some(fields) => {
+                for field in fields {
+                    out.push_str(&format!("    {field}\n"));
+                }
+            }
+            None if matches!(action, Action::Replace { .. }) => out.push_str(
+                "    (the old container has no record of its applied spec; fields unknown)\n",
+            ),
+            None => {}
+        }
+    }
+    for w in &plan.waiting {
+        out.push_str(&format!("wait {} (backing off)\n", w.key));
+    }
+    for w in &plan.settling {
+        out.push_str(&format!("settle {} (started, not yet settled)\n", w.key));
+    }
+    out
+}
+
+/// `5s`, `3m2s`, `4h10m`, `2d3h`.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86400 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `berth status` as a table, then manifest errors and Docker's state.
+pub fn status_table(status: &Status, now: SystemTime) -> String {
+    let now = unix_secs(now);
+    let mut out = format!(
+        "{:<20} {:<5} {:<22} {:<12} {:<8} {:<8} {:<10} LAST ERROR\n",
+        "TASK", "INDEX", "STATE", "CONTAINER", "UPTIME", "RESTARTS", "NEXT RETRY"
+    );
+    for i in &status.instances {
+        let state = i
+            .work
+            .as_ref()
+            .map_or_else(|| i.state.clone(), |w| w.describe());
+        out.push_str(&format!(
+            "{:<20} {:<5} {:<22} {:<12} {:<8} {:<8} {:<10} {}\n",
+            i.task,
+            i.index,
+            state,
+            i.container_id.as_deref().unwrap_or("-"),
+            i.uptime_secs.map_or_else(|| "-".into(), human_duration),
+            i.restarts,
+            i.backoff_until.map_or_else(
+                || "-".into(),
+                |t| format!("in {}", human_duration(t.saturating_sub(now)))
+            ),
+            i.last_error.as_deref().unwrap_or("-"),
+        ));
+    }
+    if !status.manifest_errors.is_empty() {
+        out.push_str("\nMANIFEST ERRORS\n");
+        for e in &status.manifest_errors {
+            out.push_str(&format!("{e}\n"));
+        }
+    }
+    if let Some(e) = &status.docker_error {
+        out.push_str(&format!("\ndocker: {e}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::status::{InstanceStatus, WorkStatus};
+
+    #[test]
+    fn durations_read_like_a_person_would_write_them() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(182), "3m2s");
+        assert_eq!(human_duration(4 * 3600 + 600), "4h10m");
+        assert_eq!(human_duration(2 * 86400 + 3 * 3600), "2d3h");
+    }
+
+    #[test]
+    fn the_status_table_shows_work_in_flight_instead_of_the_state() {
+        let status = Status {
+            instances: vec![InstanceStatus {
+                task: "web".into(),
+                index: 0,
+                desired_hash: None,
+                container: Some("berth-web-0".into()),
+                container_id: Some("abc".into()),
+                state: "running".into(),
+                started_at: None,
+                uptime_secs: Some(65),
+                restarts: 2,
+                backoff_until: None,
+                last_error: None,
+                work: Some(WorkStatus {
+                    action: "replace".into(),
+                    step: Some("pulling".into()),
+                    image: Some("app:2".into()),
+                    pull_percent: Some(45),
+                    since: 0,
+                }),
+            }],
+            ..Status::default()
+        };
+        let table = status_table(&status, SystemTime::UNIX_EPOCH);
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains("replace: pulling 45%"), "{row}");
+        assert!(row.contains("1m5s"), "{row}");
+    }
+}
