@@ -30,6 +30,16 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Manifests from a git repository instead of a folder someone fills.
     pub source: Option<SourceConfig>,
+    /// Removing a task or an index waits until the folder has been quiet
+    /// this long and the removal is seen again on a fresh read.
+    pub removal_delay: Duration,
+    /// A folder with no manifest at all empties the host. Off: such a folder
+    /// (an unmounted disk leaves one) holds every removal.
+    pub allow_empty: bool,
+    /// The most instances the whole folder may ask for.
+    pub max_instances: u32,
+    /// Where the one-agent-per-namespace lock lives (`<run_dir>/<ns>.lock`).
+    pub run_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +57,10 @@ impl Default for AgentConfig {
             docker_down_limit: Duration::from_secs(60),
             state_dir: PathBuf::from("/var/lib/berth"),
             source: None,
+            removal_delay: Duration::from_secs(5),
+            allow_empty: false,
+            max_instances: crate::manifest::validate::DEFAULT_MAX_INSTANCES,
+            run_dir: PathBuf::from("/run/berth"),
         }
     }
 }
@@ -156,6 +170,16 @@ pub enum ConfigError {
 }
 
 impl AgentConfig {
+    /// What validating a manifest needs from this config.
+    pub fn validation_context(&self) -> crate::manifest::validate::ValidationContext {
+        crate::manifest::validate::ValidationContext {
+            allow_privileged: self.docker.privileged.enabled,
+            allow_host_volumes: self.docker.volumes.enabled,
+            meta: self.meta.clone(),
+            max_instances: self.max_instances,
+        }
+    }
+
     /// Read and check an agent config file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

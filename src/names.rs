@@ -22,6 +22,9 @@ pub mod labels {
     /// The task's stop grace in seconds, so removals honour it after the
     /// manifest is gone.
     pub const STOP_TIMEOUT: &str = "io.berth.stop-timeout";
+    /// On a staged new container: `<old id>:running|stopped`, the container
+    /// it replaces and whether that one ran, for a restore after a crash.
+    pub const REPLACING: &str = "io.berth.replacing";
 }
 
 /// How long a stop waits before SIGKILL when nothing better is known:
@@ -58,9 +61,73 @@ impl fmt::Display for InstanceKey {
     }
 }
 
-/// The name a replacement gives the old container while the new one starts.
-/// It embeds the id so two interrupted replacements can never collide.
-pub fn aside_name(canonical: &str, id: &str) -> String {
+/// Where a replacement moves the old container while the new one takes
+/// over: `<canonical>-old-<id12>`, with `-running` appended when it ran, so a
+/// restore after a crash at any step starts it again (a container's labels
+/// cannot change; its name can). The id keeps two interrupted replacements
+/// apart.
+pub fn aside_name(canonical: &str, id: &str, was_running: bool) -> String {
     let short: String = id.chars().take(12).collect();
-    format!("{canonical}-old-{short}")
+    let suffix = if was_running { "-running" } else { "" };
+    format!("{canonical}-old-{short}{suffix}")
+}
+
+/// Whether an aside name says the container ran before it was moved aside.
+pub fn aside_was_running(name: &str) -> bool {
+    name.ends_with("-running")
+}
+
+/// The new container's name until it takes over: `<canonical>-new-<hash12>`.
+/// Created before anything is stopped, so a spec Docker refuses costs
+/// nothing.
+pub fn staging_name(canonical: &str, spec_hash: &str) -> String {
+    let short: String = spec_hash.chars().take(12).collect();
+    format!("{canonical}-new-{short}")
+}
+
+/// What a container of an instance is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRole {
+    /// `<ns>-<task>-<index>`: the instance's container.
+    Canonical,
+    /// An old container moved aside by a replacement.
+    Aside,
+    /// A new container staged by a replacement, not yet switched in.
+    Staging,
+    /// Anything else carrying the instance's labels (renamed by hand).
+    Other,
+}
+
+/// The role of `name` for the instance whose canonical name is `canonical`.
+pub fn name_role(name: &str, canonical: &str) -> NameRole {
+    match name.strip_prefix(canonical) {
+        Some("") => NameRole::Canonical,
+        Some(rest) if rest.starts_with("-old-") => NameRole::Aside,
+        Some(rest) if rest.starts_with("-new-") => NameRole::Staging,
+        _ => NameRole::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacement_names_say_what_a_container_is() {
+        let c = "berth-web-0";
+        let aside = aside_name(c, "0123456789abcdef", true);
+        assert_eq!(aside, "berth-web-0-old-0123456789ab-running");
+        assert!(aside_was_running(&aside));
+        assert!(!aside_was_running(&aside_name(
+            c,
+            "0123456789abcdef",
+            false
+        )));
+        assert_eq!(name_role(&aside, c), NameRole::Aside);
+        assert_eq!(name_role(&staging_name(c, "ffee"), c), NameRole::Staging);
+        assert_eq!(name_role(c, c), NameRole::Canonical);
+        assert_eq!(name_role("berth-web-0-copy", c), NameRole::Other);
+        // berth-web-01 is another instance's name, never this one's.
+        assert_eq!(name_role("berth-web-01", c), NameRole::Other);
+    }
 }

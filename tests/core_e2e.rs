@@ -822,6 +822,29 @@ fn aside(guard: &TestNamespace) -> Option<Seen> {
     asides.into_iter().next()
 }
 
+/// The new container staged for the replacement, if any.
+fn staged(guard: &TestNamespace) -> Option<Seen> {
+    let prefix = format!("{}-new-", guard.container_name("web", 0));
+    let staged: Vec<Seen> = of_task(&guard.ns, "web")
+        .into_iter()
+        .filter(|c| c.name.starts_with(&prefix))
+        .collect();
+    assert!(staged.len() <= 1, "{staged:#?}");
+    staged.into_iter().next()
+}
+
+#[test]
+fn a_crash_after_staging_the_new_container_leaves_the_old_one_running_and_recovers() {
+    a_replacement_interrupted_at("replace:after-create", |guard, new_hash| {
+        let web0 = seen(&guard.container_name("web", 0)).unwrap();
+        assert!(web0.running, "the old container was not touched");
+        assert_ne!(web0.hash(), new_hash);
+        let new = staged(guard).expect("the new container, staged");
+        assert_eq!(new.status, "created");
+        assert_eq!(new.hash(), new_hash);
+    });
+}
+
 #[test]
 fn a_crash_after_stopping_the_old_container_recovers_to_the_new_spec() {
     a_replacement_interrupted_at("replace:after-stop", |guard, new_hash| {
@@ -829,6 +852,7 @@ fn a_crash_after_stopping_the_old_container_recovers_to_the_new_spec() {
         assert!(!web0.running);
         assert_ne!(web0.hash(), new_hash);
         assert!(aside(guard).is_none());
+        assert!(staged(guard).is_some());
     });
 }
 
@@ -838,12 +862,18 @@ fn a_crash_after_renaming_the_old_container_aside_recovers_to_the_new_spec() {
         assert!(seen(&guard.container_name("web", 0)).is_none());
         let old = aside(guard).expect("the old container renamed aside");
         assert!(!old.running);
+        assert!(
+            old.name.ends_with("-running"),
+            "{}: records that it ran",
+            old.name
+        );
+        assert!(staged(guard).is_some());
     });
 }
 
 #[test]
-fn a_crash_after_creating_the_new_container_recovers_to_the_new_spec() {
-    a_replacement_interrupted_at("after-create", |guard, new_hash| {
+fn a_crash_after_the_new_container_took_the_name_recovers_to_the_new_spec() {
+    a_replacement_interrupted_at("replace:after-swap", |guard, new_hash| {
         let new = seen(&guard.container_name("web", 0)).unwrap();
         assert_eq!(new.status, "created");
         assert_eq!(new.hash(), new_hash);
@@ -859,6 +889,43 @@ fn a_crash_after_starting_the_new_container_recovers_to_the_new_spec() {
         assert_eq!(new.hash(), new_hash);
         assert!(!aside(guard).expect("the old container aside").running);
     });
+}
+
+/// When the old container is put back after a crash, it runs again: a
+/// restore never leaves an instance stopped that was running.
+#[test]
+fn a_restore_after_a_crash_starts_the_old_container_again() {
+    let guard = TestNamespace::new("restore-runs");
+    let folder = Folder::new(&guard);
+    folder.write("web.yaml", &task("web", 1, &[("MODE", "one")]));
+    folder.converge();
+    let old = seen(&guard.container_name("web", 0)).unwrap();
+    // The new spec cannot start: after the crash, the next pass restores the
+    // old container; the retried replacement then fails and rolls back.
+    folder.write(
+        "web.yaml",
+        &format!(
+            "name: web\nimage: {}\npull: never\nentrypoint: [\"/no-such-program\"]\nstop_timeout: 1s\n",
+            fixture_image()
+        ),
+    );
+    let crashed = folder.berth_env(
+        "run",
+        &["--once"],
+        &[("BERTH_TEST_CRASH_AT", "replace:after-rename")],
+    );
+    assert!(!crashed.status.success());
+    assert!(
+        seen(&guard.container_name("web", 0)).is_none(),
+        "moved aside"
+    );
+    let out = folder.berth("run", &["--once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("update held"), "{}", stderr(&out));
+    let web = of_task(&guard.ns, "web");
+    assert_eq!(web.len(), 1, "one container, no leftover: {web:#?}");
+    assert_eq!(web[0].id, old.id, "the old container is back");
+    assert!(web[0].running, "and running again");
 }
 
 // ---------------------------------------------------------------------------

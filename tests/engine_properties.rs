@@ -187,6 +187,9 @@ fn controller(dir: &std::path::Path, rt: Arc<Exclusive>, clock: Clock) -> Contro
         manifests: dir.to_path_buf(),
         namespace: NS.into(),
         parallelism: 2,
+        // The case may empty the folder on purpose.
+        allow_empty: true,
+        removal_delay: berth::manifest::duration::Duration::from_secs(0),
         ..AgentConfig::default()
     };
     Controller::with_parts(rt, config, clock, Arc::new(LogPulls))

@@ -213,7 +213,9 @@ fn deleting_a_manifest_removes_its_container() {
     let file = dir.path().join("web.yaml");
     fs::write(&file, sleeper("")).unwrap();
     fs::write(dir.path().join("keep.yaml"), sleeper("")).unwrap();
-    let _berth = Berth::start(&ns, dir.path(), &[]);
+    // A removal waits for a quiet folder (keep_work_e2e tests the default);
+    // here the shortest wait.
+    let _berth = Berth::start(&ns, dir.path(), &["--removal-delay", "0s"]);
     let keep = wait_for_sync(FIRST, "keep-0 running", || {
         running(&ns.container_name("keep", 0))
     });

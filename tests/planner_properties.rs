@@ -87,7 +87,7 @@ fn build(world: &World) -> (FakeRuntime, DesiredState, Vec<ObservedContainer>) {
         let id = berth::runtime::fake::fake_id(1_000_000 + n as u64);
         let canonical = key.container_name(NS);
         let name = if *aside {
-            aside_name(&canonical, &id)
+            aside_name(&canonical, &id, true)
         } else {
             canonical
         };

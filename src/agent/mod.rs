@@ -2,6 +2,7 @@
 //!
 //! - [`watch`]: the manifest folder's activity → triggers.
 //! - [`events`]: Docker's events → triggers, reconnecting.
+//! - [`lock`]: one agent per namespace on a host.
 //! - [`notify`]: systemd's sd_notify (READY, WATCHDOG, STATUS).
 //! - [`once`]: `run --once`, converging and judging honestly.
 //!
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub mod events;
+pub mod lock;
 pub mod notify;
 pub mod once;
 pub mod watch;
@@ -113,6 +115,7 @@ pub async fn run_loop<R: ContainerRuntime>(
     let mut docker_failures: u32 = 0;
     let mut triggers_open = true;
     let mut reload = false;
+    let mut retries: Vec<String> = Vec::new();
     loop {
         beat(controller, hooks);
         if reload {
@@ -121,6 +124,9 @@ pub async fn run_loop<R: ContainerRuntime>(
                 info!("agent config reloaded");
                 controller.reload(config);
             }
+        }
+        for task in retries.drain(..) {
+            controller.retry(&task);
         }
         let result = tokio::select! {
             r = controller.pass(&trigger) => r,
@@ -183,9 +189,14 @@ pub async fn run_loop<R: ContainerRuntime>(
         };
         // Coalesce: everything already queued is answered by the same pass,
         // but a reload must not be lost, and finished work is recorded.
-        reload |= trigger == Trigger::Reload;
+        let mut note = |t: &Trigger| match t {
+            Trigger::Reload => reload = true,
+            Trigger::Retry { task } => retries.push(task.clone()),
+            _ => {}
+        };
+        note(&trigger);
         while let Ok(t) = triggers.try_recv() {
-            reload |= t == Trigger::Reload;
+            note(&t);
         }
         while let Some(done) = controller.try_next_done() {
             controller.complete(done);

@@ -48,6 +48,7 @@ pub async fn run_once<R: ContainerRuntime>(
             }
         };
         let converged = problems.is_empty() && report.errors.is_empty();
+        controller.finish_background(Duration::from_secs(30)).await;
         return Ok(OnceReport {
             converged,
             problems,

@@ -31,6 +31,18 @@ pub struct AgentFlags {
     /// /healthz turns 503 once Docker has been unreachable this long [default: 60s].
     #[arg(long, value_name = "DURATION")]
     docker_down_limit: Option<berth::manifest::duration::Duration>,
+    /// Removing a task or an index waits until the folder has been quiet this long [default: 5s].
+    #[arg(long, value_name = "DURATION", env = "BERTH_REMOVAL_DELAY")]
+    removal_delay: Option<berth::manifest::duration::Duration>,
+    /// Let a folder with no manifest at all remove every container of the namespace [default: off].
+    #[arg(long, env = "BERTH_ALLOW_EMPTY")]
+    allow_empty: bool,
+    /// The most instances the whole folder may ask for [default: 1000].
+    #[arg(long, value_name = "N", env = "BERTH_MAX_INSTANCES")]
+    max_instances: Option<u32>,
+    /// Where the one-agent-per-namespace lock lives [default: /run/berth].
+    #[arg(long, value_name = "DIR", env = "BERTH_RUN_DIR")]
+    run_dir: Option<PathBuf>,
 }
 
 impl AgentFlags {
@@ -67,6 +79,18 @@ impl AgentFlags {
         }
         if let Some(v) = self.docker_down_limit {
             config.docker_down_limit = v;
+        }
+        if let Some(v) = self.removal_delay {
+            config.removal_delay = v;
+        }
+        if self.allow_empty {
+            config.allow_empty = true;
+        }
+        if let Some(v) = self.max_instances {
+            config.max_instances = v;
+        }
+        if let Some(v) = &self.run_dir {
+            config.run_dir = v.clone();
         }
         config.check()?;
         Ok(config)

@@ -14,6 +14,7 @@ use berth::runtime::docker::DockerRuntime;
 mod down;
 mod flags;
 mod plan;
+mod retry;
 mod run;
 mod status;
 mod validate;
@@ -85,6 +86,13 @@ pub enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Try a task's held updates again (an update that failed to replace its running container is held until the manifest changes or this).
+    Retry {
+        #[command(flatten)]
+        agent: AgentFlags,
+        /// The task whose updates to retry.
+        task: String,
+    },
     /// Print the JSON Schema of a manifest.
     Schema,
     /// Print a shell completion script (e.g. `berth completions bash > /etc/bash_completion.d/berth`).
@@ -129,6 +137,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             dry_run,
             yes,
         } => down::down(agent, dry_run, yes).await,
+        Command::Retry { agent, task } => retry::retry(agent, task).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());

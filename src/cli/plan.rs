@@ -22,7 +22,7 @@ pub async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
     }
     Ok(if !prepared.errors.is_empty() {
         ExitCode::from(1)
-    } else if plan.is_empty() {
+    } else if !berth::faces::render::has_changes(&plan) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

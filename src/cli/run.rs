@@ -66,6 +66,13 @@ pub async fn run(
     once_timeout: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
+    // One agent per namespace on this host: a second one would fight the
+    // first over the containers.
+    let _lock = berth::agent::lock::AgentLock::acquire(
+        &config.run_dir,
+        &config.namespace,
+        &config.manifests,
+    )?;
     let runtime = connect(&config).await?;
     tracing::info!(
         manifests = %config.manifests.display(),
@@ -80,6 +87,8 @@ pub async fn run(
         Some(berth::faces::http::bind(config.listen).await?)
     };
     let mut controller = Controller::new(runtime, config);
+    // A small queue: a pending trigger already means "look again".
+    let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     let metrics = Arc::new(berth::faces::metrics::Metrics::new());
     controller.set_observer(metrics.clone());
     if let Some(listener) = listener {
@@ -92,6 +101,7 @@ pub async fn run(
                 status: controller.status(),
                 metrics,
                 docker_down_limit: controller.config().docker_down_limit.get(),
+                triggers: Some(tx.clone()),
             },
         );
     }
@@ -116,8 +126,6 @@ pub async fn run(
         });
     }
 
-    // A small queue: a pending trigger already means "look again".
-    let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     forward_sighup(tx.clone());
     let config = controller.config().clone();
     let _watcher = match berth::agent::watch::FolderWatcher::start(

@@ -60,6 +60,8 @@ async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::engine::sta
                 backoff_until: None,
                 last_error: None,
                 work: None,
+                held: None,
+                removal_due: None,
             }
         })
         .collect();

@@ -7,11 +7,7 @@ use super::AgentFlags;
 
 pub fn validate(flags: AgentFlags, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
-    let ctx = berth::manifest::validate::ValidationContext {
-        allow_privileged: config.docker.privileged.enabled,
-        allow_host_volumes: config.docker.volumes.enabled,
-        meta: config.meta.clone(),
-    };
+    let ctx = config.validation_context();
     let paths = if paths.is_empty() {
         vec![config.manifests.clone()]
     } else {

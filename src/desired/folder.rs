@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use crate::manifest::parse::MAX_FILE_BYTES;
 use crate::manifest::validate::{check_file, check_file_on, CheckedTask, ValidationContext};
 use crate::manifest::{ManifestError, TaskManifest};
@@ -67,6 +69,9 @@ pub struct LoadedFolder {
     pub failed_files: BTreeSet<String>,
     /// Every manifest file present (good or failed), by relative path.
     pub files: BTreeSet<String>,
+    /// A digest of every manifest's name and bytes: it changes exactly when
+    /// the folder's contents do, so "quiet for N seconds" can be told.
+    pub fingerprint: String,
 }
 
 /// Whether a directory entry is a manifest rather than an editor's or a
@@ -156,6 +161,7 @@ pub fn load_folder_on(
     names.sort();
 
     let mut loaded = LoadedFolder::default();
+    let mut fingerprint = Sha256::new();
     let mut per_file: BTreeMap<String, Vec<CheckedTask>> = BTreeMap::new();
     for os_name in names {
         let lossy = os_name.to_string_lossy().into_owned();
@@ -177,7 +183,15 @@ pub fn load_folder_on(
             continue;
         }
         loaded.files.insert(name.clone());
-        let result = read_manifest(&path, &name)
+        let text = read_manifest(&path, &name);
+        fingerprint.update(name.as_bytes());
+        fingerprint.update([0]);
+        match &text {
+            Ok(text) => fingerprint.update(text.as_bytes()),
+            Err(e) => fingerprint.update(e.to_string().as_bytes()),
+        }
+        fingerprint.update([0]);
+        let result = text
             .map_err(|e| vec![e])
             .and_then(|text| check_file_on(&name, &text, ctx, hostname));
         match result {
@@ -195,7 +209,52 @@ pub fn load_folder_on(
     loaded.unselected = merged.unselected;
     loaded.errors.extend(merged.errors);
     loaded.failed_files.extend(merged.failed);
+    cap_instances(&mut loaded, ctx.max_instances);
+    loaded.fingerprint = hex::encode(fingerprint.finalize());
     Ok(loaded)
+}
+
+/// A typo (`count: 100000` in one file, or many files) must not ask the
+/// daemon for a container storm: when the folder asks for more than `max`
+/// instances, the files asking for the most fail, largest first, until the
+/// rest fits. Each such file is an error naming its count and the limit;
+/// like any failed file it keeps its last good tasks.
+pub fn cap_instances(loaded: &mut LoadedFolder, max: u32) {
+    let mut per_file: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for def in loaded.tasks.values() {
+        let entry = per_file.entry(def.file.as_str()).or_insert((0, def.line));
+        entry.0 += u64::from(def.manifest.count);
+        entry.1 = entry.1.min(def.line);
+    }
+    let mut total: u64 = per_file.values().map(|(n, _)| n).sum();
+    if total <= u64::from(max) {
+        return;
+    }
+    let asked = total;
+    let mut largest: Vec<(&str, u64, u64)> =
+        per_file.iter().map(|(f, (n, l))| (*f, *n, *l)).collect();
+    largest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut failing = Vec::new();
+    for (file, count, line) in largest {
+        if total <= u64::from(max) {
+            break;
+        }
+        total -= count;
+        failing.push((file.to_string(), count, line));
+    }
+    for (file, count, line) in failing {
+        loaded.errors.push(ManifestError {
+            file: file.clone(),
+            line,
+            column: 1,
+            message: format!(
+                "asks for {count} instances; the folder asks for {asked} in all, more than the \
+                 agent allows (max_instances: {max}); lower `count` or raise max_instances"
+            ),
+        });
+        loaded.tasks.retain(|_, def| def.file != file);
+        loaded.failed_files.insert(file);
+    }
 }
 
 /// Good files' tasks joined into one folder.
@@ -583,6 +642,62 @@ mod tests {
         assert_eq!(names(&loaded.tasks), vec!["web"]);
         assert_eq!(loaded.errors.len(), 1);
         assert!(loaded.errors[0].message.contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn a_file_with_no_task_is_an_error_and_keeps_its_last_good_tasks() {
+        for empty in [
+            "",
+            "  \n\n",
+            "# only a comment\n",
+            "---\n",
+            "---\n---\n# x\n",
+        ] {
+            let tmp = tempdir();
+            write(tmp.path(), "web.yaml", "image: nginx\n");
+            let mut tracker = DesiredTracker::new();
+            let first = tracker.update(load(tmp.path()));
+            assert_eq!(names(&first.tasks), ["web"]);
+
+            write(tmp.path(), "web.yaml", empty);
+            let loaded = load(tmp.path());
+            assert!(loaded.failed_files.contains("web.yaml"), "{empty:?}");
+            let message = loaded.errors[0].to_string();
+            assert!(
+                message.starts_with("web.yaml:") && message.contains("defines no task"),
+                "{message}"
+            );
+            let second = tracker.update(loaded);
+            assert_eq!(
+                names(&second.tasks),
+                ["web"],
+                "{empty:?}: the task keeps running"
+            );
+        }
+    }
+
+    #[test]
+    fn a_folder_over_the_instance_cap_fails_its_largest_files() {
+        let tmp = tempdir();
+        write(tmp.path(), "big.yaml", "image: nginx\ncount: 900\n");
+        write(tmp.path(), "mid.yaml", "image: nginx\ncount: 300\n");
+        write(tmp.path(), "small.yaml", "image: nginx\ncount: 2\n");
+        let ctx = ValidationContext {
+            max_instances: 1000,
+            ..ctx()
+        };
+        let loaded = load_folder(tmp.path(), &ctx).unwrap();
+        assert_eq!(names(&loaded.tasks), ["mid", "small"]);
+        assert_eq!(
+            loaded.failed_files,
+            BTreeSet::from(["big.yaml".to_string()])
+        );
+        let message = loaded.errors[0].to_string();
+        assert!(
+            message.starts_with("big.yaml:1:1: asks for 900 instances"),
+            "{message}"
+        );
+        assert!(message.contains("max_instances: 1000"), "{message}");
     }
 
     #[test]

@@ -24,8 +24,7 @@ use crate::engine::error::ApplyError;
 use crate::engine::plan::Action;
 use crate::engine::pulls::Pulls;
 use crate::manifest::PullPolicy;
-use crate::names::aside_name;
-use crate::names::InstanceKey;
+use crate::names::{aside_name, labels, name_role, staging_name, InstanceKey, NameRole};
 use crate::runtime::{ContainerRuntime, CreateRequest, RuntimeError};
 
 /// The result of one action.
@@ -217,8 +216,22 @@ impl<R: ContainerRuntime> Executor<R> {
                 .replace(old_id, *old_running, desired, ctx)
                 .await
                 .map(Some),
+            Action::Resume {
+                new_id,
+                old_id,
+                old_running,
+                desired,
+            } => {
+                let canonical = desired.key.container_name(ns);
+                self.finish_swap(new_id, old_id, *old_running, &canonical, ctx)
+                    .await
+                    .map(Some)
+            }
             Action::Restore {
-                id, canonical_name, ..
+                id,
+                canonical_name,
+                start,
+                ..
             } => {
                 ctx.step.set("renaming", None, &self.clock);
                 match rt.rename(id, canonical_name).await {
@@ -237,7 +250,11 @@ impl<R: ContainerRuntime> Executor<R> {
                     Err(RuntimeError::NotFound(_)) => return Ok(None),
                     other => other?,
                 }
-                self.start(id, ctx).await.map(Some)
+                if *start {
+                    self.start(id, ctx).await.map(Some)
+                } else {
+                    Ok(None)
+                }
             }
             Action::Remove { id, grace, .. } => {
                 ctx.step.set("stopping", None, &self.clock);
@@ -302,64 +319,95 @@ impl<R: ContainerRuntime> Executor<R> {
         }
     }
 
-    /// Create the canonical container and start it. A taken name is resolved
-    /// by looking at the holder: adopt it when ours with this spec.
+    /// Create the canonical container and start it.
     async fn create_and_start(
         &self,
         desired: &DesiredInstance,
         ctx: &ChainCtx<'_>,
     ) -> Result<SystemTime, ApplyError> {
-        let rt = self.runtime.as_ref();
-        let ns = self.namespace.as_str();
-        let name = desired.key.container_name(ns);
-        let labels = desired
-            .spec
-            .container_labels(ns, &desired.key, &desired.manifest);
-        let request = CreateRequest {
-            name: &name,
-            spec: &desired.spec,
-            labels: &labels,
-        };
-        ctx.step.set("creating", None, &self.clock);
-        let created = {
-            let _permit = self.load.acquire().await;
-            rt.create(request).await
-        };
-        let id = match created {
-            Ok(id) => id,
-            Err(RuntimeError::Conflict(message)) => {
-                let holder = match rt.inspect(&name).await {
-                    Ok(holder) => holder,
-                    // Gone between create and inspect: the next pass creates it.
-                    Err(RuntimeError::NotFound(_)) => {
-                        return Err(RuntimeError::Conflict(message).into())
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if holder.namespace() != Some(ns) || holder.key().as_ref() != Some(&desired.key) {
-                    return Err(ApplyError::NameConflict {
-                        name,
-                        holder: short(&holder.id),
-                    });
-                }
-                if holder.spec_hash() != Some(desired.hash.as_str()) {
-                    // Ours but outdated (created since we listed): the next pass replaces it.
-                    return Err(RuntimeError::Conflict(message).into());
-                }
-                debug!(container = %name, "adopting a container of ours that already has this spec");
-                holder.id
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let name = desired.key.container_name(&self.namespace);
+        let id = self.create_named(desired, &name, None, ctx).await?;
         crash_point("after-create");
         self.start(&id, ctx).await
     }
 
-    /// Swap `old_id` for a container of the new spec without ever running two
-    /// at once, and so that a crash at any step leaves something the next
-    /// pass recognises: stop old → rename old aside → create new → start new
-    /// → remove old. If the new container cannot be created or started, the
-    /// old one is renamed back and started again.
+    /// Create a container of `desired`'s spec under `name` (not started). A
+    /// taken name is resolved by looking at the holder: adopted when it is
+    /// ours with this spec; a stale staging container of ours is removed and
+    /// the create tried once more; anything else is reported, never touched.
+    async fn create_named(
+        &self,
+        desired: &DesiredInstance,
+        name: &str,
+        replacing: Option<String>,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<String, ApplyError> {
+        let rt = self.runtime.as_ref();
+        let ns = self.namespace.as_str();
+        let mut labels = desired
+            .spec
+            .container_labels(ns, &desired.key, &desired.manifest);
+        if let Some(replacing) = replacing {
+            labels.insert(labels::REPLACING.to_string(), replacing);
+        }
+        let request = CreateRequest {
+            name,
+            spec: &desired.spec,
+            labels: &labels,
+        };
+        ctx.step.set("creating", None, &self.clock);
+        let mut retried = false;
+        loop {
+            let created = {
+                let _permit = self.load.acquire().await;
+                rt.create(request.clone()).await
+            };
+            let message = match created {
+                Ok(id) => return Ok(id),
+                Err(RuntimeError::Conflict(message)) => message,
+                Err(e) => return Err(e.into()),
+            };
+            let holder = match rt.inspect(name).await {
+                Ok(holder) => holder,
+                // Gone between create and inspect: the next pass creates it.
+                Err(RuntimeError::NotFound(_)) => {
+                    return Err(RuntimeError::Conflict(message).into())
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if holder.namespace() != Some(ns) || holder.key().as_ref() != Some(&desired.key) {
+                return Err(ApplyError::NameConflict {
+                    name: name.to_string(),
+                    holder: short(&holder.id),
+                });
+            }
+            if holder.spec_hash() == Some(desired.hash.as_str()) {
+                debug!(container = %name, "adopting a container of ours that already has this spec");
+                return Ok(holder.id);
+            }
+            let staging = name_role(name, &desired.key.container_name(ns)) == NameRole::Staging;
+            if !staging || retried {
+                // Ours but outdated (created since we listed): the next pass replaces it.
+                return Err(RuntimeError::Conflict(message).into());
+            }
+            // A staging container left by an older interrupted replacement.
+            tolerate(rt.remove(&holder.id).await, &[not_found])?;
+            retried = true;
+        }
+    }
+
+    /// Swap `old_id` for a container of the new spec so that the instance is
+    /// never left without a container that can run, and a crash at any step
+    /// leaves something the next pass recognises:
+    ///
+    /// 1. create the new container under a staging name (a spec Docker
+    ///    refuses costs nothing: the old one was not touched);
+    /// 2. stop the old one; rename it aside (its name records whether it ran);
+    /// 3. give the new one the canonical name; start it; confirm it runs;
+    /// 4. remove the old one.
+    ///
+    /// If the new container cannot start, it is removed and the old one is
+    /// put back, running again if it ran.
     async fn replace(
         &self,
         old_id: &str,
@@ -369,42 +417,91 @@ impl<R: ContainerRuntime> Executor<R> {
     ) -> Result<SystemTime, ApplyError> {
         let rt = self.runtime.as_ref();
         let ns = self.namespace.as_str();
-        // Pull before stopping anything: a registry outage must cost no running work.
+        // Pull before anything: a registry outage must cost no running work.
         self.ensure_image(desired, ctx).await?;
 
         let canonical = desired.key.container_name(ns);
-        ctx.step.set("stopping", None, &self.clock);
-        match rt.stop(old_id, desired.stop_grace).await {
-            Ok(()) | Err(RuntimeError::NotModified) => {}
-            Err(RuntimeError::NotFound(_)) => return self.create_and_start(desired, ctx).await,
-            Err(e) => return Err(e.into()),
+        let staging = staging_name(&canonical, &desired.hash);
+        let replacing = format!(
+            "{}:{}",
+            short(old_id),
+            if old_running { "running" } else { "stopped" }
+        );
+        let new_id = self
+            .create_named(desired, &staging, Some(replacing), ctx)
+            .await?;
+        crash_point("replace:after-create");
+
+        // Undo what was done so far, leaving the old container as it was.
+        let new_ref = new_id.as_str();
+        let give_up = |cause: ApplyError| async move {
+            let _ = rt.remove(new_ref).await;
+            Err::<SystemTime, _>(cause)
+        };
+        let mut old_exists = true;
+        if old_running {
+            ctx.step.set("stopping", None, &self.clock);
+            match rt.stop(old_id, desired.stop_grace).await {
+                Ok(()) | Err(RuntimeError::NotModified) => {}
+                Err(RuntimeError::NotFound(_)) => old_exists = false,
+                Err(e) => return give_up(e.into()).await,
+            }
         }
         crash_point("replace:after-stop");
-        let aside = aside_name(&canonical, old_id);
-        ctx.step.set("renaming", None, &self.clock);
-        match rt.rename(old_id, &aside).await {
-            Ok(()) => {}
-            Err(RuntimeError::NotFound(_)) => return self.create_and_start(desired, ctx).await,
-            Err(e) => {
-                // Could not move it aside: put it back as it was.
-                if old_running {
-                    let _ = rt.start(old_id).await;
+        let aside = aside_name(&canonical, old_id, old_running);
+        if old_exists {
+            ctx.step.set("renaming", None, &self.clock);
+            match rt.rename(old_id, &aside).await {
+                Ok(()) => {}
+                Err(RuntimeError::NotFound(_)) => old_exists = false,
+                Err(e) => {
+                    if old_running {
+                        let _ = rt.start(old_id).await;
+                    }
+                    return give_up(e.into()).await;
                 }
-                return Err(e.into());
             }
         }
         crash_point("replace:after-rename");
+        if let Err(e) = rt.rename(&new_id, &canonical).await {
+            // Someone took the canonical name meanwhile: put the old one back.
+            let _ = rt.remove(&new_id).await;
+            if old_exists {
+                let _ = rt.rename(old_id, &canonical).await;
+                if old_running {
+                    let _ = rt.start(old_id).await;
+                }
+            }
+            return Err(e.into());
+        }
+        crash_point("replace:after-swap");
+        if !old_exists {
+            return self.start(&new_id, ctx).await;
+        }
+        self.finish_swap(&new_id, old_id, old_running, &canonical, ctx)
+            .await
+    }
 
-        let started = match self.create_and_start(desired, ctx).await {
+    /// The end of a replacement: the new container holds the canonical name
+    /// and the old one is aside. Start the new one and confirm it runs, then
+    /// remove the old one; if it does not run, remove it and put the old one
+    /// back (running again if it ran).
+    async fn finish_swap(
+        &self,
+        new_id: &str,
+        old_id: &str,
+        old_running: bool,
+        canonical: &str,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<SystemTime, ApplyError> {
+        let rt = self.runtime.as_ref();
+        let started = match self.start_and_confirm(new_id, ctx).await {
             Ok(started) => started,
             Err(cause) => {
-                warn!(container = %canonical, error = %cause, "new container failed; restoring the previous one");
-                if let Ok(new) = rt.inspect(&canonical).await {
-                    if new.id != old_id && new.namespace() == Some(ns) {
-                        let _ = rt.remove(&new.id).await;
-                    }
-                }
-                rt.rename(old_id, &canonical).await?;
+                warn!(container = %canonical, error = %cause, "new container failed; putting the previous one back");
+                ctx.step.set("rolling back", None, &self.clock);
+                tolerate(rt.remove(new_id).await, &[not_found])?;
+                rt.rename(old_id, canonical).await?;
                 if old_running {
                     tolerate(rt.start(old_id).await, &[not_modified])?;
                 }
@@ -414,14 +511,30 @@ impl<R: ContainerRuntime> Executor<R> {
             }
         };
         crash_point("replace:after-start");
-
-        // The old container is stopped and aside; failing to remove it now only
-        // leaves a leftover the next pass removes.
+        // The new one runs: only now does the old one go. Failing to remove
+        // it leaves a leftover the next pass removes.
         ctx.step.set("removing", None, &self.clock);
         if let Err(e) = tolerate(rt.remove(old_id).await, &[not_found]) {
-            warn!(container = %aside, error = %e, "could not remove the replaced container; the next pass will");
+            warn!(container = %short(old_id), error = %e, "could not remove the replaced container; the next pass will");
         }
         Ok(started)
+    }
+
+    /// Start a container and confirm with Docker that it runs.
+    async fn start_and_confirm(
+        &self,
+        id: &str,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<SystemTime, ApplyError> {
+        let started = self.start(id, ctx).await?;
+        let seen = self.runtime.inspect(id).await?;
+        if seen.is_running() {
+            return Ok(started);
+        }
+        let how = seen
+            .exit_code
+            .map_or("stopped".to_string(), |c| format!("exited with code {c}"));
+        Err(RuntimeError::Other(format!("the new container {how} right after it started")).into())
     }
 }
 

@@ -24,9 +24,10 @@ use crate::desired::resolve::{resolve_instance, ResolveContext};
 use crate::desired::state::DesiredState;
 use crate::engine::apply::{group_chains, Executor, Outcome, StepCell};
 use crate::engine::backoff::BackoffTable;
-use crate::engine::plan::{observe_failures, plan, Action, Memory, Plan, PlanOptions};
+use crate::engine::error::ApplyError;
+use crate::engine::plan::{observe_failures, plan, Action, HeldSpec, Memory, Plan, PlanOptions};
 use crate::engine::pulls::{LogPulls, PullObserver, Pulls};
-use crate::engine::retry::{error_policy, ONCE_MAX_FAILURES};
+use crate::engine::retry::{classify, error_policy, FailureKind, ONCE_MAX_FAILURES};
 use crate::engine::status::{
     unix_millis, unix_secs, InstanceStatus, LiveWork, SharedStatus, Status, StatusBoard,
 };
@@ -71,11 +72,13 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    /// Nothing to do, nothing in flight, nothing waiting or settling.
+    /// Nothing to do, nothing in flight, nothing waiting, settling or
+    /// pending removal.
     pub fn converged(&self) -> bool {
         self.plan.actions.is_empty()
             && self.plan.waiting.is_empty()
             && self.plan.settling.is_empty()
+            && self.plan.pending_removals.is_empty()
             && self.busy.is_empty()
     }
 }
@@ -120,6 +123,12 @@ impl Drop for DoneGuard {
     }
 }
 
+/// The id of the file system holding `dir`, when it can be read.
+fn folder_device(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| m.dev())
+}
+
 /// How `run --once` judges one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnceVerdict {
@@ -155,6 +164,24 @@ pub struct Controller<R: ContainerRuntime> {
     started: BTreeMap<InstanceKey, SystemTime>,
     /// Images whose containers were removed; checked for use at the next pass.
     cleanup_candidates: BTreeSet<String>,
+    /// Image removals running in the background.
+    cleanups: Vec<tokio::task::JoinHandle<()>>,
+    /// Specs that failed to replace a container: not tried again until the
+    /// manifest changes or `berth retry`.
+    held: BTreeMap<InstanceKey, HeldSpec>,
+    /// When each pending removal (by container id) was first planned.
+    removals_seen: BTreeMap<String, SystemTime>,
+    /// The folder's contents as last read, and since when they are unchanged.
+    folder_fingerprint: Option<String>,
+    folder_quiet_since: SystemTime,
+    /// The manifest folder's file system when first read: another one later
+    /// means a mount went away (or came).
+    folder_device: Option<u64>,
+    /// Why every removal is held this pass, if it is.
+    removals_held: Option<String>,
+    /// Problems already logged, so each is logged when it appears, not at
+    /// every pass.
+    logged_errors: BTreeSet<String>,
     status: SharedStatus,
     /// Last apply error per instance, for status (failed removals included).
     last_errors: BTreeMap<InstanceKey, String>,
@@ -206,6 +233,14 @@ impl<R: ContainerRuntime> Controller<R> {
             done_rx,
             started: BTreeMap::new(),
             cleanup_candidates: BTreeSet::new(),
+            cleanups: Vec::new(),
+            held: BTreeMap::new(),
+            removals_seen: BTreeMap::new(),
+            folder_fingerprint: None,
+            folder_quiet_since: clock.now(),
+            folder_device: None,
+            removals_held: None,
+            logged_errors: BTreeSet::new(),
             status,
             last_errors: BTreeMap::new(),
             observer: None,
@@ -272,18 +307,37 @@ impl<R: ContainerRuntime> Controller<R> {
     }
 
     pub fn validation_context(&self) -> ValidationContext {
-        ValidationContext {
-            allow_privileged: self.config.docker.privileged.enabled,
-            allow_host_volumes: self.config.docker.volumes.enabled,
-            meta: self.config.meta.clone(),
-        }
+        self.config.validation_context()
     }
 
     fn plan_options(&self) -> PlanOptions {
         PlanOptions {
             cleanup_containers: self.config.docker.cleanup.container,
+            removal_gate: Some(self.config.removal_delay.get()),
             ..PlanOptions::new(self.config.namespace.clone())
         }
+    }
+
+    /// `berth retry TASK`: forget the held specs and the backoff of the
+    /// task's instances, so the next pass tries its update again. Returns
+    /// how many instances were held.
+    pub fn retry(&mut self, task: &str) -> usize {
+        let held = self.held.keys().filter(|k| k.task == task).count();
+        self.held.retain(|k, _| k.task != task);
+        let keys: Vec<InstanceKey> = self
+            .backoff
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| k.task == task)
+            .collect();
+        for k in keys {
+            self.backoff.forget(&k);
+        }
+        info!(
+            task,
+            held, "retry asked for: the task's held updates and backoff are forgotten"
+        );
+        held
     }
 
     /// Load the folder, list the containers, allocate ports and resolve
@@ -291,8 +345,14 @@ impl<R: ContainerRuntime> Controller<R> {
     pub async fn prepare(&mut self) -> Result<Prepared, PassError> {
         let mut errors = Vec::new();
         let mut desired = DesiredState::default();
+        let mut no_manifest = false;
         let tasks = match load_folder(&self.config.manifests, &self.validation_context()) {
             Ok(loaded) => {
+                if self.folder_fingerprint.as_ref() != Some(&loaded.fingerprint) {
+                    self.folder_fingerprint = Some(loaded.fingerprint.clone());
+                    self.folder_quiet_since = self.clock.now();
+                }
+                no_manifest = loaded.files.is_empty();
                 let set = self.tracker.update(loaded);
                 errors.extend(set.errors.iter().map(ToString::to_string));
                 desired.protected_files = set.protected_files.clone();
@@ -329,6 +389,11 @@ impl<R: ContainerRuntime> Controller<R> {
                     ))))
                 }
             };
+        self.removals_held = self.hold_everything(no_manifest, &observed);
+        if let Some(why) = &self.removals_held {
+            desired.hold_removals = true;
+            errors.push(why.clone());
+        }
 
         let requests: Vec<PortRequest> = tasks
             .values()
@@ -406,6 +471,39 @@ impl<R: ContainerRuntime> Controller<R> {
         })
     }
 
+    /// Never remove everything by accident. A folder with no manifest at all
+    /// (what an unmounted disk leaves at its mount point) or a folder now on
+    /// another file system than at start holds every removal, unless the
+    /// agent says `allow_empty: true`; `berth down` empties a host on purpose.
+    fn hold_everything(
+        &mut self,
+        no_manifest: bool,
+        observed: &[ObservedContainer],
+    ) -> Option<String> {
+        let device = folder_device(&self.config.manifests);
+        if self.folder_device.is_none() {
+            self.folder_device = device;
+        }
+        let first = self.folder_device.unwrap_or_default();
+        if let Some(now) = device.filter(|d| self.folder_device.is_some() && *d != first) {
+            return Some(format!(
+                "every removal is held: the manifest folder {} is on another file system than when berth started (device {first} then, {now} now; did a mount go away?). Restart berth once the folder is right",
+                self.config.manifests.display()
+            ));
+        }
+        let ours = observed
+            .iter()
+            .filter(|c| c.namespace() == Some(self.config.namespace.as_str()) && c.key().is_some())
+            .count();
+        if no_manifest && ours > 0 && !self.config.allow_empty {
+            return Some(format!(
+                "every removal is held: the manifest folder {} has no manifest, and removing all {ours} containers of the namespace is never done by accident. Put the manifests back, run `berth down` to empty the host, or set allow_empty: true",
+                self.config.manifests.display()
+            ));
+        }
+        None
+    }
+
     /// The plan for the current world, without dispatching it. Instances
     /// with work in flight are left out.
     pub fn plan(&mut self, prepared: &Prepared, now: SystemTime) -> Plan {
@@ -425,17 +523,33 @@ impl<R: ContainerRuntime> Controller<R> {
             &self.config.namespace,
             now,
         );
-        plan(
+        let plan = plan(
             &prepared.desired,
             &prepared.observed,
             Memory {
                 backoff: &self.backoff,
                 busy: &busy,
                 started: &self.started,
+                held: &self.held,
+                removals_seen: &self.removals_seen,
+                folder_quiet_since: self.folder_quiet_since,
             },
             now,
             &self.plan_options(),
-        )
+        );
+        // A removal planned now is remembered from its first sighting; one
+        // no longer planned (the task came back) is forgotten.
+        let planned: BTreeSet<&str> = plan
+            .pending_removals
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        self.removals_seen
+            .retain(|id, _| planned.contains(id.as_str()));
+        for id in planned {
+            self.removals_seen.entry(id.to_string()).or_insert(now);
+        }
+        plan
     }
 
     /// One pass: prepare, plan, dispatch. Returns without waiting for the
@@ -474,9 +588,15 @@ impl<R: ContainerRuntime> Controller<R> {
                 return Err(e);
             }
         };
-        for e in &prepared.errors {
-            warn!("{e}");
-        }
+        self.log_errors_once(&prepared.errors);
+        // A held spec is forgotten once the manifest asks for another one.
+        self.held.retain(|k, h| {
+            prepared
+                .desired
+                .instances
+                .get(k)
+                .is_some_and(|d| d.hash == h.hash)
+        });
         let now = self.clock.now();
         let plan = self.plan(&prepared, now);
         for name in &plan.unrecognised {
@@ -509,6 +629,27 @@ impl<R: ContainerRuntime> Controller<R> {
         self.last_desired = prepared.desired;
         self.publish_status(&report);
         Ok(report)
+    }
+
+    /// Log each problem when it first appears and say when it is gone; a
+    /// broken file must not fill the journal at every pass.
+    fn log_errors_once(&mut self, errors: &[String]) {
+        for e in errors {
+            if !self.logged_errors.contains(e) {
+                warn!("{e}");
+                self.logged_errors.insert(e.clone());
+            }
+        }
+        let gone: Vec<String> = self
+            .logged_errors
+            .iter()
+            .filter(|e| !errors.contains(e))
+            .cloned()
+            .collect();
+        for e in gone {
+            info!("resolved: {e}");
+            self.logged_errors.remove(&e);
+        }
     }
 
     fn log_backoff(&self, key: &InstanceKey, until: SystemTime, now: SystemTime) {
@@ -655,8 +796,22 @@ impl<R: ContainerRuntime> Controller<R> {
                         }
                     }
                 }
-                Err(crate::engine::error::ApplyError::Cancelled) => {}
+                Err(ApplyError::Cancelled) => {}
                 Err(e) => {
+                    if let Action::Replace { desired, .. } | Action::Resume { desired, .. } = action
+                    {
+                        let put_back = matches!(e, ApplyError::RolledBack { .. });
+                        if put_back || classify(e) == FailureKind::Permanent {
+                            warn!(task = %o.key.task, index = o.key.index, error = %e, "update held: the previous container keeps running; change the manifest or run `berth retry {}`", o.key.task);
+                            self.held.insert(
+                                o.key.clone(),
+                                HeldSpec {
+                                    hash: desired.hash.clone(),
+                                    reason: format!("update held: {e}"),
+                                },
+                            );
+                        }
+                    }
                     let failures = self.backoff.get(&o.key).map_or(0, |b| b.failures);
                     let requeue = error_policy(e, o.counts_as_attempt, failures, &restart);
                     self.backoff
@@ -700,9 +855,17 @@ impl<R: ContainerRuntime> Controller<R> {
             return;
         }
         let runtime = self.runtime.clone();
-        tokio::spawn(async move {
+        self.cleanups.retain(|h| !h.is_finished());
+        self.cleanups.push(tokio::spawn(async move {
             crate::engine::cleanup::remove_images(runtime.as_ref(), &unused).await;
-        });
+        }));
+    }
+
+    /// Wait (up to `limit`) for background image removals, so a one-shot run
+    /// does not exit in the middle of one.
+    pub async fn finish_background(&mut self, limit: Duration) {
+        let all = futures_util::future::join_all(self.cleanups.drain(..));
+        let _ = tokio::time::timeout(limit, all).await;
     }
 
     /// Ask Docker for its version and remember it for status and logs.
@@ -745,7 +908,8 @@ impl<R: ContainerRuntime> Controller<R> {
             .waiting
             .iter()
             .chain(&report.plan.settling)
-            .map(|w| &w.key);
+            .map(|w| &w.key)
+            .chain(report.plan.pending_removals.iter().map(|r| &r.key));
         for key in report.busy.iter().chain(planned).chain(waiting) {
             if !seen.insert(key.clone()) {
                 continue;
@@ -754,6 +918,9 @@ impl<R: ContainerRuntime> Controller<R> {
                 Some(problem) => problems.push(problem),
                 None => pending = true,
             }
+        }
+        for h in &report.plan.held {
+            problems.push(format!("{}: {}", h.key, h.reason));
         }
         for f in &report.plan.finished {
             if !f.succeeded() {
@@ -796,6 +963,18 @@ impl<R: ContainerRuntime> Controller<R> {
         }
         let settling: BTreeSet<&InstanceKey> =
             report.plan.settling.iter().map(|w| &w.key).collect();
+        let held: BTreeMap<&InstanceKey, &str> = report
+            .plan
+            .held
+            .iter()
+            .map(|h| (&h.key, h.reason.as_str()))
+            .collect();
+        let removal_due: BTreeMap<&InstanceKey, u64> = report
+            .plan
+            .pending_removals
+            .iter()
+            .map(|r| (&r.key, unix_secs(r.due)))
+            .collect();
         let finished: BTreeMap<&InstanceKey, bool> = report
             .plan
             .finished
@@ -843,11 +1022,15 @@ impl<R: ContainerRuntime> Controller<R> {
                         .cloned()
                         .or_else(|| backoff.and_then(|b| b.last_error.clone())),
                     work: None,
+                    held: held.get(&key).map(|r| r.to_string()),
+                    removal_due: removal_due.get(&key).copied(),
                 }
             })
             .collect();
+        let removals_held = self.removals_held.clone();
         self.status.update(|s| {
             s.instances = instances;
+            s.removals_held = removals_held;
             s.manifest_errors = report.errors.clone();
             s.last_pass = Some(unix_secs(now));
             s.passes += 1;

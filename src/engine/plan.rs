@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::desired::state::{DesiredInstance, DesiredState};
 use crate::engine::backoff::BackoffTable;
 use crate::manifest::RestartPolicy;
-use crate::names::{labels, InstanceKey};
+use crate::names::{aside_was_running, labels, name_role, InstanceKey, NameRole};
 use crate::runtime::{ContainerState, Health, ObservedContainer};
 
 /// Why a container is removed (or, with `cleanup.container: false`, stopped).
@@ -70,11 +70,22 @@ pub enum Action {
         old_running: bool,
         desired: Arc<DesiredInstance>,
     },
-    /// Put back a container that an interrupted replacement renamed aside.
+    /// Put back a container that an interrupted replacement renamed aside,
+    /// and start it when it ran before.
     Restore {
         key: InstanceKey,
         id: String,
         canonical_name: String,
+        start: bool,
+    },
+    /// Finish a replacement cut short after the new container took the
+    /// canonical name: start it, confirm it runs, remove the old one; or put
+    /// the old one back.
+    Resume {
+        new_id: String,
+        old_id: String,
+        old_running: bool,
+        desired: Arc<DesiredInstance>,
     },
     Remove {
         key: InstanceKey,
@@ -99,7 +110,8 @@ impl Action {
             Action::Create { desired }
             | Action::Start { desired, .. }
             | Action::Restart { desired, .. }
-            | Action::Replace { desired, .. } => &desired.key,
+            | Action::Replace { desired, .. }
+            | Action::Resume { desired, .. } => &desired.key,
             Action::Restore { key, .. } | Action::Remove { key, .. } | Action::Stop { key, .. } => {
                 key
             }
@@ -114,6 +126,7 @@ impl Action {
             Action::Start { restart: true, .. } => "restart",
             Action::Restart { .. } => "restart-unhealthy",
             Action::Replace { .. } => "replace",
+            Action::Resume { .. } => "resume",
             Action::Restore { .. } => "restore",
             Action::Remove { .. } => "remove",
             Action::Stop { .. } => "stop",
@@ -159,13 +172,27 @@ impl fmt::Display for Action {
                 key,
                 id,
                 canonical_name,
+                start,
             } => {
                 write!(
                     f,
-                    "restore {key} (rename {} back to {canonical_name})",
-                    short(id)
+                    "restore {key} (rename {} back to {canonical_name}{})",
+                    short(id),
+                    if *start { " and start it" } else { "" }
                 )
             }
+            Action::Resume {
+                new_id,
+                old_id,
+                desired,
+                ..
+            } => write!(
+                f,
+                "resume {} (start {}, then remove the old {})",
+                desired.key,
+                short(new_id),
+                short(old_id)
+            ),
             Action::Remove {
                 key, name, reason, ..
             } => write!(f, "remove {key} ({name}: {reason})"),
@@ -186,6 +213,46 @@ impl fmt::Display for Action {
 pub struct Waiting {
     pub key: InstanceKey,
     pub until: SystemTime,
+}
+
+/// An update held back: its spec failed to replace the running container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldUpdate {
+    pub key: InstanceKey,
+    pub reason: String,
+}
+
+/// A spec that failed to replace an instance's container, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldSpec {
+    pub hash: String,
+    pub reason: String,
+}
+
+/// A removal waiting for the folder to be quiet and the removal to be seen
+/// again on a fresh read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRemoval {
+    pub key: InstanceKey,
+    pub id: String,
+    pub name: String,
+    pub reason: RemoveReason,
+    pub due: SystemTime,
+}
+
+impl fmt::Display for PendingRemoval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self
+            .due
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        write!(
+            f,
+            "remove {} ({}: {}) once the folder has been quiet, due at unix {secs}",
+            self.key, self.name, self.reason
+        )
+    }
 }
 
 /// An instance whose container exited and, by its restart policy, stays so.
@@ -213,6 +280,11 @@ pub struct Plan {
     pub settling: Vec<Waiting>,
     /// Instances whose container exited and is not restarted by policy.
     pub finished: Vec<Finished>,
+    /// Updates not applied because this spec already failed to replace the
+    /// running container.
+    pub held: Vec<HeldUpdate>,
+    /// Removals that wait for the folder to be quiet (and to be seen again).
+    pub pending_removals: Vec<PendingRemoval>,
     /// Containers labelled with our namespace whose task/index labels do not
     /// parse: never touched, only reported.
     pub unrecognised: Vec<String>,
@@ -230,6 +302,7 @@ impl Plan {
             .iter()
             .chain(&self.settling)
             .map(|w| w.until)
+            .chain(self.pending_removals.iter().map(|r| r.due))
             .min()
     }
 }
@@ -245,6 +318,12 @@ impl fmt::Display for Plan {
         for w in &self.settling {
             writeln!(f, "settle {} (started, not yet settled)", w.key)?;
         }
+        for h in &self.held {
+            writeln!(f, "hold {} ({})", h.key, h.reason)?;
+        }
+        for r in &self.pending_removals {
+            writeln!(f, "pending {r}")?;
+        }
         Ok(())
     }
 }
@@ -258,6 +337,10 @@ pub struct PlanOptions {
     /// A started container counts as converged once it has run this long
     /// (and, with a healthcheck, once healthy).
     pub settle: Duration,
+    /// Removing a task or an index waits until the folder has been quiet
+    /// this long and the removal is seen again on a fresh read. `None`:
+    /// remove at once (`down`, tests of the pure planner).
+    pub removal_gate: Option<Duration>,
 }
 
 /// How long a container must stay up before it counts as converged: long
@@ -274,6 +357,7 @@ impl PlanOptions {
             namespace: namespace.into(),
             cleanup_containers: true,
             settle: DEFAULT_SETTLE,
+            removal_gate: None,
         }
     }
 }
@@ -287,6 +371,13 @@ pub struct Memory<'a> {
     /// When berth itself last started each instance's container: more
     /// precise than the list's "Up N seconds".
     pub started: &'a BTreeMap<InstanceKey, SystemTime>,
+    /// Specs that failed to replace a container, held until the manifest
+    /// changes or `berth retry`.
+    pub held: &'a BTreeMap<InstanceKey, HeldSpec>,
+    /// When each pending removal (by container id) was first planned.
+    pub removals_seen: &'a BTreeMap<String, SystemTime>,
+    /// Since when the folder's contents have not changed.
+    pub folder_quiet_since: SystemTime,
 }
 
 impl<'a> Memory<'a> {
@@ -294,10 +385,15 @@ impl<'a> Memory<'a> {
     pub fn of(backoff: &'a BackoffTable) -> Memory<'a> {
         static NONE: BTreeSet<InstanceKey> = BTreeSet::new();
         static NO_STARTS: BTreeMap<InstanceKey, SystemTime> = BTreeMap::new();
+        static NO_HOLDS: BTreeMap<InstanceKey, HeldSpec> = BTreeMap::new();
+        static NO_REMOVALS: BTreeMap<String, SystemTime> = BTreeMap::new();
         Memory {
             backoff,
             busy: &NONE,
             started: &NO_STARTS,
+            held: &NO_HOLDS,
+            removals_seen: &NO_REMOVALS,
+            folder_quiet_since: SystemTime::UNIX_EPOCH,
         }
     }
 }
@@ -391,7 +487,7 @@ pub fn plan(
                 if let Some(((task, index), containers)) = seen.next() {
                     let key = InstanceKey::new(task, index);
                     if !memory.busy.contains(&key) {
-                        plan_undesired(&key, &containers, desired, options, &mut out);
+                        plan_undesired(&key, &containers, desired, memory, now, options, &mut out);
                     }
                 }
             }
@@ -425,13 +521,8 @@ fn plan_desired(
 ) {
     let ns = options.namespace.as_str();
     let backoff = memory.backoff;
-    let canonical = containers
-        .iter()
-        .find(|c| is_canonical(&c.name, ns, &want.key));
-    let asides: Vec<&&ObservedContainer> = containers
-        .iter()
-        .filter(|c| !is_canonical(&c.name, ns, &want.key))
-        .collect();
+    let leftover =
+        |c: &ObservedContainer| remove(&want.key, c, RemoveReason::Leftover, want.stop_grace);
 
     // A retry that is not due yet becomes a wait instead of an action.
     let due = backoff.due(&want.key, &want.restart);
@@ -443,56 +534,120 @@ fn plan_desired(
         _ => out.actions.push(action),
     };
 
-    let Some(current) = canonical else {
-        // No container under the canonical name. A container renamed aside by
-        // an interrupted replacement is put back first: the old version runs
-        // again, and the next pass replaces it properly, with rollback.
-        if let Some(aside) = asides.first() {
-            out.actions.push(Action::Restore {
-                key: want.key.clone(),
-                id: aside.id.clone(),
-                canonical_name: want.key.container_name(ns),
-            });
-            for extra in &asides[1..] {
-                out.actions.push(remove(
-                    &want.key,
-                    extra,
-                    RemoveReason::Leftover,
-                    want.stop_grace,
-                ));
+    // The usual case, one container under the canonical name, needs no
+    // name built; anything else is sorted by what its name says it is.
+    let (current, asides, staged, others) = match containers {
+        [only] if is_canonical(&only.name, ns, &want.key) => (Some(*only), vec![], vec![], vec![]),
+        _ => {
+            let canonical_name = want.key.container_name(ns);
+            let role = |c: &&&ObservedContainer| name_role(&c.name, &canonical_name);
+            let of = |r: NameRole| -> Vec<&ObservedContainer> {
+                containers
+                    .iter()
+                    .filter(|c| role(c) == r)
+                    .copied()
+                    .collect()
+            };
+            (
+                of(NameRole::Canonical).into_iter().next(),
+                of(NameRole::Aside),
+                of(NameRole::Staging),
+                of(NameRole::Other),
+            )
+        }
+    };
+    // Renamed by hand, or a second canonical-looking container: not ours to keep.
+    for c in &others {
+        out.actions.push(leftover(c));
+    }
+
+    let Some(current) = current else {
+        // No container under the canonical name: a replacement was cut short
+        // after the old container went aside. Put the old one back (running
+        // again if it ran); the next pass replaces it properly.
+        match asides.split_first() {
+            Some((aside, extra)) => {
+                for c in extra.iter().chain(&staged) {
+                    out.actions.push(leftover(c));
+                }
+                out.actions.push(Action::Restore {
+                    key: want.key.clone(),
+                    id: aside.id.clone(),
+                    canonical_name: want.key.container_name(ns),
+                    start: aside_was_running(&aside.name),
+                });
             }
-        } else {
-            gated(
-                Action::Create {
-                    desired: want.clone(),
-                },
-                out,
-            );
+            None => {
+                for c in &staged {
+                    out.actions.push(leftover(c));
+                }
+                gated(
+                    Action::Create {
+                        desired: want.clone(),
+                    },
+                    out,
+                );
+            }
         }
         return;
     };
 
-    // The canonical container took over: anything renamed aside is stale.
-    for aside in &asides {
-        out.actions.push(remove(
-            &want.key,
-            aside,
-            RemoveReason::Leftover,
-            want.stop_grace,
-        ));
-    }
-
     if current.spec_hash() != Some(want.hash.as_str()) {
+        // A staged container of an interrupted replacement knows whether
+        // the old one ran before that replacement stopped it.
+        let staged_says_running = staged.iter().any(|t| {
+            t.labels
+                .get(labels::REPLACING)
+                .and_then(|v| v.split_once(':'))
+                .is_some_and(|(id, state)| current.id.starts_with(id) && state == "running")
+        });
+        for c in asides.iter().chain(&staged) {
+            out.actions.push(leftover(c));
+        }
+        if let Some(held) = memory.held.get(&want.key).filter(|h| h.hash == want.hash) {
+            // This spec failed to replace the running one: leave the old
+            // alone until the manifest changes or `berth retry`.
+            out.held.push(HeldUpdate {
+                key: want.key.clone(),
+                reason: held.reason.clone(),
+            });
+            return;
+        }
         gated(
             Action::Replace {
                 old_id: current.id.clone(),
                 old_hash: current.spec_hash().map(str::to_string),
-                old_running: current.is_running(),
+                old_running: current.is_running() || staged_says_running,
                 desired: want.clone(),
             },
             out,
         );
         return;
+    }
+
+    for c in &staged {
+        out.actions.push(leftover(c));
+    }
+    if let Some(aside) = asides.first() {
+        if !current.is_running() {
+            // A replacement was cut short after the new container took the
+            // name but before it was seen running: finish it (start, confirm,
+            // then remove the old), or roll back to the old one.
+            for c in &asides[1..] {
+                out.actions.push(leftover(c));
+            }
+            out.actions.push(Action::Resume {
+                new_id: current.id.clone(),
+                old_id: aside.id.clone(),
+                old_running: aside_was_running(&aside.name),
+                desired: want.clone(),
+            });
+            return;
+        }
+        // The new container runs: the old ones are done with.
+        for c in &asides {
+            out.actions.push(leftover(c));
+        }
     }
 
     let settling = |until: SystemTime, out: &mut Plan| {
@@ -580,6 +735,8 @@ fn plan_undesired(
     key: &InstanceKey,
     containers: &[&ObservedContainer],
     desired: &DesiredState,
+    memory: Memory<'_>,
+    now: SystemTime,
     options: &PlanOptions,
     out: &mut Plan,
 ) {
@@ -601,6 +758,24 @@ fn plan_undesired(
         // The task's own grace, recorded on the container: its manifest may
         // be gone.
         let grace = c.stop_grace().unwrap_or(crate::names::DEFAULT_GRACE);
+        let acts = options.cleanup_containers || c.is_running();
+        // A removal waits for a quiet folder, and for a second look: a file
+        // caught half-written or a folder being swapped must not cost a
+        // running container.
+        if let (Some(delay), true) = (options.removal_gate, acts) {
+            let first_seen = memory.removals_seen.get(&c.id).copied();
+            let due = first_seen.unwrap_or(now).max(memory.folder_quiet_since) + delay;
+            if first_seen.is_none() || now < due {
+                out.pending_removals.push(PendingRemoval {
+                    key: key.clone(),
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    reason,
+                    due,
+                });
+                continue;
+            }
+        }
         if options.cleanup_containers {
             out.actions.push(remove(key, c, reason, grace));
         } else if c.is_running() {
@@ -903,32 +1078,137 @@ mod tests {
         assert_eq!(p.actions[0].verb(), "start");
     }
 
+    /// The world a replacement of web[0] (old spec → new spec) leaves
+    /// behind at each point it can be cut short, and what the next pass does.
     #[test]
-    fn leftovers_of_an_interrupted_replacement_are_restored_or_removed() {
+    fn every_point_of_an_interrupted_replacement_ends_with_one_running_container() {
         let old = want("web", 0, "nginx:1.26");
         let new = want("web", 0, "nginx:1.27");
-        let aside_old = container(
-            &aside_name("berth-web-0", "id-old"),
+        let d = desired(vec![new.clone()]);
+        let staged = {
+            let mut c = container(
+                &crate::names::staging_name("berth-web-0", &new.hash),
+                NS,
+                &new.key,
+                &new.hash,
+                ContainerState::Created,
+            );
+            c.labels
+                .insert(labels::REPLACING.into(), "id-berth-web:running".into());
+            c
+        };
+        let old_canonical = |state| container("berth-web-0", NS, &old.key, &old.hash, state);
+        let aside = container(
+            &aside_name("berth-web-0", "id-old", true),
             NS,
             &old.key,
             &old.hash,
             ContainerState::Exited,
         );
-        // Crash after the rename: only the aside container exists → restore it.
+        let verbs = |p: &Plan| p.actions.iter().map(Action::verb).collect::<Vec<_>>();
+
+        // After the staged create: the old one still runs. Clear and redo.
         let p = plan_now(
-            &desired(vec![new.clone()]),
-            std::slice::from_ref(&aside_old),
+            &d,
+            &[old_canonical(ContainerState::Running), staged.clone()],
         );
+        assert_eq!(verbs(&p), ["remove", "replace"], "{p}");
+
+        // After the old one stopped: the staged container says it ran, so a
+        // rollback of the redo starts it again.
+        let p = plan_now(&d, &[old_canonical(ContainerState::Exited), staged.clone()]);
+        assert_eq!(verbs(&p), ["remove", "replace"], "{p}");
+        assert!(matches!(
+            p.actions[1],
+            Action::Replace {
+                old_running: true,
+                ..
+            }
+        ));
+
+        // After the old one went aside: put it back and start it.
+        let p = plan_now(&d, &[aside.clone(), staged.clone()]);
+        assert_eq!(verbs(&p), ["remove", "restore"], "{p}");
+        assert!(matches!(p.actions[1], Action::Restore { start: true, .. }));
+
+        // After the new one took the name, before it was seen running:
+        // finish (start, confirm, remove the old) or roll back.
+        let mut swapped = running(&new);
+        swapped.state = ContainerState::Created;
+        let p = plan_now(&d, &[aside.clone(), swapped]);
+        assert_eq!(verbs(&p), ["resume"], "{p}");
+
+        // After the new one started: the old one goes.
+        let p = plan_now(&d, &[aside, running(&new)]);
         assert_eq!(
             render(&p),
-            "restore web[0] (rename id-berth-web back to berth-web-0)\n"
+            "remove web[0] (berth-web-0-old-id-old-running: leftover of an interrupted replacement)\n"
         );
-        // Crash after the new one started: remove the aside one.
-        let p = plan_now(&desired(vec![new.clone()]), &[aside_old, running(&new)]);
-        assert_eq!(
-            render(&p),
-            "remove web[0] (berth-web-0-old-id-old: leftover of an interrupted replacement)\n"
-        );
+    }
+
+    #[test]
+    fn a_held_update_leaves_the_running_container_alone() {
+        let old = want("web", 0, "nginx:1.26");
+        let new = want("web", 0, "nginx:1.27");
+        let held = BTreeMap::from([(
+            new.key.clone(),
+            HeldSpec {
+                hash: new.hash.clone(),
+                reason: "update held: exited".into(),
+            },
+        )]);
+        let backoff = BackoffTable::new();
+        let memory = Memory {
+            held: &held,
+            ..Memory::of(&backoff)
+        };
+        let world = [running(&old)];
+        let p = plan(&desired(vec![new.clone()]), &world, memory, now(), &opts());
+        assert!(p.actions.is_empty(), "{p}");
+        assert_eq!(p.held.len(), 1);
+        // Another spec is a new attempt.
+        let newer = want("web", 0, "nginx:1.28");
+        let p = plan(&desired(vec![newer]), &world, memory, now(), &opts());
+        assert_eq!(p.actions[0].verb(), "replace");
+    }
+
+    #[test]
+    fn a_removal_waits_for_a_quiet_folder_and_a_second_look() {
+        let w = want("web", 1, "img");
+        let world = [running(&w)];
+        let gate = PlanOptions {
+            removal_gate: Some(Duration::from_secs(5)),
+            ..opts()
+        };
+        let backoff = BackoffTable::new();
+        let mut seen = BTreeMap::new();
+        // First sight: pending, due 5 s after the folder went quiet.
+        let m = Memory {
+            removals_seen: &seen,
+            folder_quiet_since: now(),
+            ..Memory::of(&backoff)
+        };
+        let p = plan(&DesiredState::default(), &world, m, now(), &gate);
+        assert!(p.actions.is_empty());
+        assert_eq!(p.pending_removals[0].due, now() + Duration::from_secs(5));
+        seen.insert(world[0].id.clone(), now());
+        // Seen again, but the folder changed 2 s ago: still pending.
+        let later = now() + Duration::from_secs(6);
+        let m = Memory {
+            removals_seen: &seen,
+            folder_quiet_since: later - Duration::from_secs(2),
+            ..Memory::of(&backoff)
+        };
+        let p = plan(&DesiredState::default(), &world, m, later, &gate);
+        assert!(p.actions.is_empty(), "{p}");
+        // Seen again and quiet for the delay: removed.
+        let m = Memory {
+            removals_seen: &seen,
+            folder_quiet_since: now(),
+            ..Memory::of(&backoff)
+        };
+        let p = plan(&DesiredState::default(), &world, m, later, &gate);
+        assert_eq!(p.actions[0].verb(), "remove");
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub struct InstanceStatus {
     /// The work in flight for this instance, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work: Option<WorkStatus>,
+    /// Why an update of this instance is held (it failed to replace the
+    /// running container), until the manifest changes or `berth retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// Unix seconds when a pending removal of this instance is due (the
+    /// folder must stay quiet until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal_due: Option<u64>,
 }
 
 /// A chain in flight, for status.
@@ -90,6 +98,10 @@ pub struct Status {
     pub passes: u64,
     pub instances: Vec<InstanceStatus>,
     pub manifest_errors: Vec<String>,
+    /// Why every removal is held, when it is (no manifest at all, or the
+    /// folder moved to another file system).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removals_held: Option<String>,
 }
 
 /// Work in flight that status reads live.

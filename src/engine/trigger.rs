@@ -23,6 +23,8 @@ pub enum Trigger {
     Reload,
     /// An instance's chain of actions ended.
     WorkDone { key: InstanceKey },
+    /// `berth retry TASK`: try the task's held updates again.
+    Retry { task: String },
 }
 
 impl Trigger {
@@ -36,6 +38,7 @@ impl Trigger {
             Trigger::BackoffDue => "backoff",
             Trigger::Reload => "reload",
             Trigger::WorkDone { .. } => "work-done",
+            Trigger::Retry { .. } => "retry",
         }
     }
 }
@@ -45,6 +48,7 @@ impl fmt::Display for Trigger {
         match self {
             Trigger::DockerEvent { task: Some(task) } => write!(f, "docker-event({task})"),
             Trigger::WorkDone { key } => write!(f, "work-done({key})"),
+            Trigger::Retry { task } => write!(f, "retry({task})"),
             other => f.write_str(other.name()),
         }
     }

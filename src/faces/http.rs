@@ -10,15 +10,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
 use crate::engine::status::{unix_millis, unix_secs, SharedStatus, Status};
+use crate::engine::trigger::Trigger;
 use crate::faces::metrics::Metrics;
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -37,6 +40,8 @@ pub struct HttpState {
     /// Docker unreachable for longer than this turns `/healthz` 503
     /// (agent key `docker_down_limit`).
     pub docker_down_limit: Duration,
+    /// Where `POST /v1/retry/{task}` asks the loop to act.
+    pub triggers: Option<mpsc::Sender<Trigger>>,
 }
 
 /// `/healthz` turns 503 when the loop has not beaten for this long. It beats
@@ -55,6 +60,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/retry/{task}", post(retry))
         .with_state(state)
 }
 
@@ -115,6 +121,28 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+/// `berth retry TASK`: try the task's held updates again (202), or 404 for
+/// a task the agent does not run.
+async fn retry(State(state): State<HttpState>, Path(task): Path<String>) -> Response {
+    let known = state
+        .status
+        .view(SystemTime::now())
+        .instances
+        .iter()
+        .any(|i| i.task == task);
+    if !known {
+        return (StatusCode::NOT_FOUND, format!("no task {task:?} here\n")).into_response();
+    }
+    match &state.triggers {
+        Some(tx) if tx.send(Trigger::Retry { task: task.clone() }).await.is_ok() => (
+            StatusCode::ACCEPTED,
+            format!("retrying {task}: its held updates and backoff are forgotten\n"),
+        )
+            .into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "the loop is not running\n").into_response(),
+    }
 }
 
 async fn status(State(state): State<HttpState>) -> Json<Status> {

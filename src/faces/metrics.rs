@@ -37,6 +37,7 @@ pub struct Metrics {
     backoff: Family<Labels, Gauge<f64, AtomicU64>>,
     manifest_errors: Gauge,
     docker_up: Gauge,
+    removals_held: Gauge,
     docker_info: Family<Labels, Gauge>,
     /// Serialises gauge refreshes (clear + set) between concurrent scrapes.
     refresh: Mutex<()>,
@@ -94,6 +95,12 @@ impl Metrics {
             "1 when the last pass reached Docker, else 0",
             docker_up.clone(),
         );
+        let removals_held = Gauge::default();
+        registry.register(
+            "berth_removals_held",
+            "1 while every removal is held because the manifest folder has no manifest or moved to another file system",
+            removals_held.clone(),
+        );
         let docker_info = Family::<Labels, Gauge>::default();
         registry.register(
             "berth_docker_info",
@@ -109,6 +116,7 @@ impl Metrics {
             backoff,
             manifest_errors,
             docker_up,
+            removals_held,
             docker_info,
             refresh: Mutex::new(()),
         }
@@ -174,6 +182,8 @@ impl Metrics {
             .set(i64::try_from(status.manifest_errors.len()).unwrap_or(i64::MAX));
         let up = status.docker_error.is_none() && status.docker_version.is_some();
         self.docker_up.set(i64::from(up));
+        self.removals_held
+            .set(i64::from(status.removals_held.is_some()));
         self.docker_info.clear();
         if let Some(v) = &status.docker_version {
             self.docker_info.get_or_create(&label("version", v)).set(1);
@@ -208,6 +218,8 @@ mod tests {
             backoff_until,
             last_error: None,
             work: None,
+            held: None,
+            removal_due: None,
         }
     }
 

@@ -43,7 +43,18 @@ pub struct PlanView {
     pub changes: bool,
     pub actions: Vec<ActionView>,
     pub waiting: Vec<WaitingView>,
+    /// Removals waiting for a quiet folder; `until` is when they are due.
+    pub pending_removals: Vec<WaitingView>,
+    /// Updates held because their spec failed to replace the running container.
+    pub held: Vec<HeldView>,
     pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldView {
+    pub task: String,
+    pub index: u32,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +90,11 @@ impl PlanView {
                     Action::Create { desired } => (None, Some(desired)),
                     Action::Start { id, desired, .. }
                     | Action::Restart { id, desired }
+                    | Action::Resume {
+                        new_id: id,
+                        desired,
+                        ..
+                    }
                     | Action::Replace {
                         old_id: id,
                         desired,
@@ -101,8 +117,26 @@ impl PlanView {
             })
             .collect();
         PlanView {
-            changes: !plan.actions.is_empty(),
+            changes: has_changes(plan),
             actions,
+            pending_removals: plan
+                .pending_removals
+                .iter()
+                .map(|r| WaitingView {
+                    task: r.key.task.clone(),
+                    index: r.key.index,
+                    until: unix_secs(r.due),
+                })
+                .collect(),
+            held: plan
+                .held
+                .iter()
+                .map(|h| HeldView {
+                    task: h.key.task.clone(),
+                    index: h.key.index,
+                    reason: h.reason.clone(),
+                })
+                .collect(),
             waiting: plan
                 .waiting
                 .iter()
@@ -132,6 +166,12 @@ impl PlanView {
     }
 }
 
+/// Whether a plan changes anything: actions now, or removals once the
+/// folder is quiet, or updates held back. `berth plan` exits 2 then.
+pub fn has_changes(plan: &Plan) -> bool {
+    !plan.actions.is_empty() || !plan.pending_removals.is_empty() || !plan.held.is_empty()
+}
+
 /// `berth plan` as text: errors, then each action with the fields a
 /// replacement changes, then what waits.
 pub fn plan_text(plan: &Plan, errors: &[String], observed: &[ObservedContainer]) -> String {
@@ -139,7 +179,7 @@ pub fn plan_text(plan: &Plan, errors: &[String], observed: &[ObservedContainer])
     for e in errors {
         out.push_str(&format!("error: {e}\n"));
     }
-    if plan.is_empty() {
+    if !has_changes(plan) {
         out.push_str("nothing to do\n");
         return out;
     }
@@ -162,6 +202,20 @@ pub fn plan_text(plan: &Plan, errors: &[String], observed: &[ObservedContainer])
     }
     for w in &plan.settling {
         out.push_str(&format!("settle {} (started, not yet settled)\n", w.key));
+    }
+    let now = SystemTime::now();
+    for r in &plan.pending_removals {
+        let wait = r.due.duration_since(now).unwrap_or_default().as_secs();
+        out.push_str(&format!(
+            "remove {} ({}: {}) once the folder has been quiet, in {}\n",
+            r.key,
+            r.name,
+            r.reason,
+            human_duration(wait)
+        ));
+    }
+    for h in &plan.held {
+        out.push_str(&format!("hold {} ({})\n", h.key, h.reason));
     }
     out
 }
@@ -250,6 +304,8 @@ mod tests {
                     pull_percent: Some(45),
                     since: 0,
                 }),
+                held: None,
+                removal_due: None,
             }],
             ..Status::default()
         };

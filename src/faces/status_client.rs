@@ -58,6 +58,45 @@ async fn fetch(addr: SocketAddr) -> Result<Status, StatusClientError> {
     parse_response(&raw).map_err(|message| StatusClientError::Protocol { addr, message })
 }
 
+/// `POST path` with an empty body; returns the status code and the body.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), StatusClientError> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| StatusClientError::Connect { addr, source })?;
+        let io = |source| StatusClientError::Io { addr, source };
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut raw = Vec::new();
+        stream
+            .take(64 * 1024)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(io)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| StatusClientError::Protocol {
+                addr,
+                message: "no status line".into(),
+            })?;
+        Ok((code, body.trim().to_string()))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(StatusClientError::Timeout { addr, timeout }),
+    }
+}
+
 /// Split an HTTP/1.1 response into status and body, and parse the body. Pure.
 pub fn parse_response(raw: &[u8]) -> Result<Status, String> {
     let split = raw

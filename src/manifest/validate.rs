@@ -16,6 +16,10 @@ use super::{is_valid_name, EnvValue, TaskManifest};
 /// it exists so a typo (`count: 10000`) cannot launch a container storm.
 pub const MAX_COUNT: u32 = 1000;
 
+/// The default of the agent key `max_instances`: the most instances a whole
+/// folder may ask for.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+
 /// What the agent allows, and what it knows, when checking a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationContext {
@@ -25,6 +29,8 @@ pub struct ValidationContext {
     pub allow_host_volumes: bool,
     /// The agent's `meta`, for `${meta.KEY}`.
     pub meta: BTreeMap<String, String>,
+    /// The most instances the whole folder may ask for (`max_instances`).
+    pub max_instances: u32,
 }
 
 impl Default for ValidationContext {
@@ -34,6 +40,7 @@ impl Default for ValidationContext {
             allow_privileged: false,
             allow_host_volumes: true,
             meta: BTreeMap::new(),
+            max_instances: DEFAULT_MAX_INSTANCES,
         }
     }
 }
@@ -75,6 +82,16 @@ pub fn check_file_on(
     hostname: &str,
 ) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
     let docs = parse_manifest_file(display_path, text)?;
+    if docs.is_empty() {
+        // What a crashed editor or a full disk leaves: never "no tasks",
+        // which would remove the file's running containers.
+        return Err(vec![ManifestError::new(
+            display_path,
+            Pos { line: 1, column: 1 },
+            "defines no task (the file is empty, or only comments or `---`); \
+             its tasks keep running as they were. To remove them, delete the file",
+        )]);
+    }
     let single = docs.len() == 1;
     let mut errors = Vec::new();
     let mut tasks = Vec::new();
@@ -180,6 +197,7 @@ fn validate_with(
             allow_privileged: true,
             allow_host_volumes: true,
             meta: ctx.meta.clone(),
+            max_instances: ctx.max_instances,
         };
         &relaxed
     };
