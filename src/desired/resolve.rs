@@ -256,6 +256,11 @@ pub fn resolve_instance(
 
     let mut instance = DesiredInstance::new(key, spec, def.file.clone());
     instance.restart = m.restart.clone();
+    instance.update = m.update.clone();
+    instance.depends_on = m.depends_on.clone();
+    instance.kind = m.kind;
+    instance.schedule = m.schedule.clone();
+    instance.max_attempts = m.max_attempts;
     instance.pull = m.pull;
     instance.credentials = credentials;
     instance.stop_grace = m

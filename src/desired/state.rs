@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::desired::registry::RegistryCredentials;
 use crate::desired::spec::ContainerSpec;
-use crate::manifest::{PullPolicy, RestartSpec};
+use crate::manifest::{DependencyCondition, PullPolicy, RestartSpec, TaskKind, UpdateSpec};
 use crate::names::InstanceKey;
 
 /// One instance berth wants to run, fully resolved.
@@ -25,6 +25,14 @@ pub struct DesiredInstance {
     pub credentials: Option<RegistryCredentials>,
     /// Grace period between SIGTERM and SIGKILL when stopping.
     pub stop_grace: Duration,
+    /// How a changed spec replaces the running container (not hashed).
+    pub update: UpdateSpec,
+    /// Tasks this one waits for, and for what.
+    pub depends_on: BTreeMap<String, DependencyCondition>,
+    /// Service or job, with a job's schedule and attempts (not hashed).
+    pub kind: TaskKind,
+    pub schedule: Option<String>,
+    pub max_attempts: Option<u32>,
 }
 
 impl DesiredInstance {
@@ -39,6 +47,11 @@ impl DesiredInstance {
             restart: RestartSpec::default(),
             pull: PullPolicy::default(),
             credentials: None,
+            update: UpdateSpec::default(),
+            depends_on: BTreeMap::new(),
+            kind: TaskKind::default(),
+            schedule: None,
+            max_attempts: None,
         }
     }
 }

@@ -84,6 +84,26 @@ pub struct TaskManifest {
     /// Grace period between SIGTERM and SIGKILL.
     #[serde(default)]
     pub stop_timeout: Option<Duration>,
+    /// How a changed spec replaces the running container: order, health
+    /// gate, automatic rollback. None of it shapes the container.
+    #[serde(default)]
+    pub update: UpdateSpec,
+    /// Tasks this one waits for before it is created, started or updated:
+    /// `{db: healthy}`; `started`, `healthy` or `completed` (a job that
+    /// exited 0).
+    #[serde(default)]
+    pub depends_on: BTreeMap<String, DependencyCondition>,
+    /// `service` (default: keeps running) or `job` (runs to completion).
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// Jobs only: cron schedule (5 fields, host time zone) for periodic runs;
+    /// a run is skipped while the previous one still runs.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Jobs only: failed runs are retried on the restart curve up to this
+    /// many attempts in all, then the job is `failed`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
     /// Fleet selector: the task runs only on agents that match every entry.
     /// `meta.<key>`: exact value of the agent's meta key; `node.hostname`: a
     /// glob (`*`, `?`). Elsewhere the task is "not selected" (not an error).
@@ -253,6 +273,79 @@ pub enum RestartPolicy {
     OnFailure,
     /// Leave an exited container stopped.
     Never,
+}
+
+/// `update:`. None of these shape the container: changing them replaces
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// `stop-first` (default) or `start-first`: the new container runs
+    /// before the old one stops (not with static host ports).
+    #[serde(default)]
+    pub order: UpdateOrder,
+    /// The new container must stay running (and healthy, if it has a
+    /// healthcheck) this long before the update is done. Default 0s: done
+    /// as soon as it runs, or once healthy when it has a healthcheck.
+    #[serde(default)]
+    pub min_healthy: Option<Duration>,
+    /// The new container must pass its gate within this time, or the update
+    /// has failed. Default 5m.
+    #[serde(default = "default_update_deadline")]
+    pub deadline: Duration,
+    /// On failure, go back to the previous container (the last spec that
+    /// was healthy), and hold the failed spec. Default true.
+    #[serde(default = "default_true")]
+    pub auto_revert: bool,
+}
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec {
+            order: UpdateOrder::default(),
+            min_healthy: None,
+            deadline: default_update_deadline(),
+            auto_revert: true,
+        }
+    }
+}
+
+fn default_update_deadline() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+/// What a dependency must be before its dependents go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DependencyCondition {
+    /// Every instance runs.
+    Started,
+    /// Every instance runs and, with a healthcheck, is healthy.
+    Healthy,
+    /// A job whose every instance exited 0.
+    Completed,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Keeps running; restarted per `restart`.
+    #[default]
+    Service,
+    /// Runs to completion: exit 0 is `succeeded` and never restarted.
+    Job,
 }
 
 /// Restart timings. None of these shape the container, so changing them
