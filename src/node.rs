@@ -38,6 +38,29 @@ pub fn this_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// When this host booted, from `/proc/stat`'s `btime`.
+pub fn boot_time() -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Whether a container that finished at `finished_at` was stopped by the
+/// host going down rather than by its own doing: it finished before this
+/// boot. An update interrupted by a reboot resumes its gate instead of
+/// counting the reboot as the new container's failure.
+pub fn stopped_by_reboot(finished_at: Option<std::time::SystemTime>) -> bool {
+    match (finished_at, boot_time()) {
+        (Some(finished), Some(boot)) => finished < boot,
+        _ => false,
+    }
+}
+
 /// The source address the kernel picks for a packet to the outside world:
 /// connecting a UDP socket sends nothing, it only chooses a route. The
 /// target is in TEST-NET-1 (never routed anywhere), so any default route

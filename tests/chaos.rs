@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::process::Berth;
-use common::{berth_bin, docker, fixture_image, wait_for_sync, TestNamespace};
+use common::{berth_command, docker, fixture_image, wait_for_sync, TestNamespace};
 
 const TASKS: usize = 20;
 
@@ -243,7 +243,7 @@ fn berth_converges_to_the_final_folder_after_a_minute_of_chaos() {
                 return None;
             }
             // Every container has the spec the folder asks for: plan has nothing to do.
-            let plan = Command::new(berth_bin())
+            let plan = berth_command()
                 .args(["plan", "--manifests", &manifests_arg, "--namespace", &ns.ns])
                 .output()
                 .ok()?;

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{berth_bin, docker, fixture_image, wait_for_sync, TestNamespace};
+use common::{berth_command, docker, fixture_image, wait_for_sync, TestNamespace};
 
 /// Longest any single berth command may take before the test fails.
 const BERTH_TIMEOUT: Duration = Duration::from_secs(90);
@@ -248,7 +248,7 @@ impl Folder {
 fn run_berth_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
     let logs = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
-    let mut child = Command::new(berth_bin())
+    let mut child = berth_command()
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())

@@ -347,7 +347,7 @@ fn environment_interpolation_and_env_files_reach_the_process_and_secrets_stay_ou
     let plan = run_berth(&["plan", "--config", w.config.to_str().unwrap()], RUN);
     assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
     assert!(!text(&plan).contains("hunter2"), "{}", text(&plan));
-    let out = Command::new(common::berth_bin())
+    let out = common::berth_command()
         .args(["run", "--once", "--config", w.config.to_str().unwrap()])
         .env("RUST_LOG", "debug")
         .output()
@@ -777,7 +777,7 @@ fn private_registry_pulls_with_task_auth_and_auth_config_and_wrong_credentials_b
     let wrong_password = "not-the-Pa55word";
     std::fs::write(&wrong, wrong_password).unwrap();
     w.write("c.yaml", &auth_task("c", &registry.image("v3"), &wrong));
-    let out = Command::new(common::berth_bin())
+    let out = common::berth_command()
         .args([
             "run",
             "--once",

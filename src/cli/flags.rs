@@ -40,6 +40,9 @@ pub struct AgentFlags {
     /// The most instances the whole folder may ask for [default: 1000].
     #[arg(long, value_name = "N", env = "BERTH_MAX_INSTANCES")]
     max_instances: Option<u32>,
+    /// Where berth keeps what must outlive a restart (held updates, the git source) [default: /var/lib/berth].
+    #[arg(long, value_name = "DIR", env = "BERTH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Where the one-agent-per-namespace lock lives [default: /run/berth].
     #[arg(long, value_name = "DIR", env = "BERTH_RUN_DIR")]
     run_dir: Option<PathBuf>,
@@ -91,6 +94,9 @@ impl AgentFlags {
         }
         if let Some(v) = &self.run_dir {
             config.run_dir = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            config.state_dir = v.clone();
         }
         config.check()?;
         Ok(config)

@@ -72,6 +72,22 @@ impl PortAllocator {
         Self::default()
     }
 
+    /// Give `key` another host port from then on (a start-first update,
+    /// whose new container runs beside the old one).
+    pub fn reassign(&mut self, key: PortKey, port: u16) {
+        self.assigned.insert(key, port);
+    }
+
+    /// The lowest port of `range` that is neither in `taken` nor bound by
+    /// anything on the host.
+    pub fn fresh_port(
+        range: PortRange,
+        taken: &BTreeSet<u16>,
+        is_free: impl Fn(u16) -> bool,
+    ) -> Option<u16> {
+        (range.min..=range.max).find(|p| !taken.contains(p) && is_free(*p))
+    }
+
     /// Give every request a host port. Deterministic for the same inputs:
     /// requests are handled in key order, and new ports are the lowest free.
     pub fn allocate(

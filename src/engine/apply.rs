@@ -23,9 +23,11 @@ use crate::desired::state::DesiredInstance;
 use crate::engine::error::ApplyError;
 use crate::engine::plan::Action;
 use crate::engine::pulls::Pulls;
-use crate::manifest::PullPolicy;
+use crate::manifest::{PullPolicy, UpdateOrder};
 use crate::names::{aside_name, labels, name_role, staging_name, InstanceKey, NameRole};
-use crate::runtime::{ContainerRuntime, CreateRequest, RuntimeError};
+use crate::runtime::{
+    ContainerRuntime, ContainerState, CreateRequest, Health, ObservedContainer, RuntimeError,
+};
 
 /// The result of one action.
 #[derive(Debug, Clone)]
@@ -43,10 +45,13 @@ pub struct Outcome {
 /// What a chain is doing right now, for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// `pulling`, `creating`, `starting`, `stopping`, `renaming`, `removing`.
+    /// `pulling`, `creating`, `starting`, `gating`, `stopping`, `renaming`,
+    /// `removing`, `rolling back`.
     pub doing: &'static str,
     /// The image, while pulling.
     pub image: Option<String>,
+    /// How far the step is, e.g. a gate's `4.0s/10.0s healthy`.
+    pub detail: Option<String>,
     pub since: SystemTime,
 }
 
@@ -66,7 +71,24 @@ impl StepCell {
             *s = Some(Step {
                 doing,
                 image: image.map(str::to_string),
+                detail: None,
                 since: clock.now(),
+            });
+        }
+    }
+
+    /// The same step, further along: keeps `since` when the step goes on.
+    fn set_detail(&self, doing: &'static str, detail: String, clock: &Clock) {
+        if let Ok(mut s) = self.0.lock() {
+            let since = match s.as_ref() {
+                Some(step) if step.doing == doing => step.since,
+                _ => clock.now(),
+            };
+            *s = Some(Step {
+                doing,
+                image: None,
+                detail: Some(detail),
+                since,
             });
         }
     }
@@ -212,21 +234,32 @@ impl<R: ContainerRuntime> Executor<R> {
                 old_running,
                 desired,
                 ..
-            } => self
-                .replace(old_id, *old_running, desired, ctx)
-                .await
-                .map(Some),
+            } => match desired.update.order {
+                UpdateOrder::StopFirst => self.replace(old_id, *old_running, desired, ctx).await,
+                UpdateOrder::StartFirst => {
+                    self.replace_start_first(old_id, *old_running, desired, ctx)
+                        .await
+                }
+            }
+            .map(Some),
             Action::Resume {
                 new_id,
                 old_id,
                 old_running,
                 desired,
-            } => {
-                let canonical = desired.key.container_name(ns);
-                self.finish_swap(new_id, old_id, *old_running, &canonical, ctx)
-                    .await
-                    .map(Some)
-            }
+            } => self
+                .resume(new_id, old_id, *old_running, desired, ctx)
+                .await
+                .map(Some),
+            Action::ResumeStartFirst {
+                staged_id,
+                old_id,
+                old_running,
+                desired,
+            } => self
+                .finish_start_first(staged_id, old_id, *old_running, desired, ctx)
+                .await
+                .map(Some),
             Action::Restore {
                 id,
                 canonical_name,
@@ -478,63 +511,308 @@ impl<R: ContainerRuntime> Executor<R> {
         if !old_exists {
             return self.start(&new_id, ctx).await;
         }
-        self.finish_swap(&new_id, old_id, old_running, &canonical, ctx)
+        self.finish_swap(&new_id, old_id, old_running, desired, ctx)
             .await
     }
 
-    /// The end of a replacement: the new container holds the canonical name
-    /// and the old one is aside. Start the new one and confirm it runs, then
-    /// remove the old one; if it does not run, remove it and put the old one
-    /// back (running again if it ran).
+    /// The end of a stop-first replacement: the new container holds the
+    /// canonical name and the old one is aside, stopped. Start the new one
+    /// and let it pass its gate (`update.min_healthy`, healthy when it has a
+    /// healthcheck, within `update.deadline`); then remove the old one. If
+    /// it does not pass, remove it and put the old one back, running again
+    /// if it ran (with `auto_revert: false`, keep the new one instead).
     async fn finish_swap(
         &self,
         new_id: &str,
         old_id: &str,
         old_running: bool,
-        canonical: &str,
+        desired: &DesiredInstance,
         ctx: &ChainCtx<'_>,
     ) -> Result<SystemTime, ApplyError> {
-        let rt = self.runtime.as_ref();
-        let started = match self.start_and_confirm(new_id, ctx).await {
+        let canonical = desired.key.container_name(&self.namespace);
+        let started = match self.start(new_id, ctx).await {
             Ok(started) => started,
             Err(cause) => {
-                warn!(container = %canonical, error = %cause, "new container failed; putting the previous one back");
-                ctx.step.set("rolling back", None, &self.clock);
-                tolerate(rt.remove(new_id).await, &[not_found])?;
-                rt.rename(old_id, canonical).await?;
-                if old_running {
-                    tolerate(rt.start(old_id).await, &[not_modified])?;
-                }
-                return Err(ApplyError::RolledBack {
-                    cause: Box::new(cause),
-                });
+                return self
+                    .roll_back(new_id, old_id, old_running, &canonical, cause, ctx)
+                    .await
             }
         };
         crash_point("replace:after-start");
-        // The new one runs: only now does the old one go. Failing to remove
-        // it leaves a leftover the next pass removes.
-        ctx.step.set("removing", None, &self.clock);
-        if let Err(e) = tolerate(rt.remove(old_id).await, &[not_found]) {
-            warn!(container = %short(old_id), error = %e, "could not remove the replaced container; the next pass will");
+        match self.gate(new_id, desired, ctx).await {
+            GateVerdict::Passed => {}
+            GateVerdict::Failed(reason) if desired.update.auto_revert => {
+                let cause = ApplyError::GateFailed { reason };
+                return self
+                    .roll_back(new_id, old_id, old_running, &canonical, cause, ctx)
+                    .await;
+            }
+            GateVerdict::Failed(reason) => {
+                self.remove_old(old_id, ctx).await;
+                return Err(ApplyError::UpdateFailed { reason });
+            }
+            GateVerdict::Cancelled => {
+                // The manifest changed again mid-gate: go back to the last
+                // spec that was healthy; the next pass updates from there.
+                return match self
+                    .roll_back(
+                        new_id,
+                        old_id,
+                        old_running,
+                        &canonical,
+                        ApplyError::Cancelled,
+                        ctx,
+                    )
+                    .await
+                {
+                    Err(ApplyError::RolledBack { .. }) => Err(ApplyError::Cancelled),
+                    other => other,
+                };
+            }
+            GateVerdict::Unknown(e) => return Err(e),
         }
+        // The new one passed: only now does the old one go.
+        self.remove_old(old_id, ctx).await;
         Ok(started)
     }
 
-    /// Start a container and confirm with Docker that it runs.
-    async fn start_and_confirm(
+    /// A stop-first replacement found cut short after the new container took
+    /// the canonical name (berth was killed, or the host rebooted): finish
+    /// it with the same decision it would have made.
+    async fn resume(
         &self,
-        id: &str,
+        new_id: &str,
+        old_id: &str,
+        old_running: bool,
+        desired: &DesiredInstance,
         ctx: &ChainCtx<'_>,
     ) -> Result<SystemTime, ApplyError> {
-        let started = self.start(id, ctx).await?;
-        let seen = self.runtime.inspect(id).await?;
-        if seen.is_running() {
-            return Ok(started);
+        let canonical = desired.key.container_name(&self.namespace);
+        let new = self.runtime.inspect(new_id).await?;
+        // It exited on its own (not stopped by a reboot): the gate failed.
+        if matches!(new.state, ContainerState::Exited | ContainerState::Dead)
+            && !crate::node::stopped_by_reboot(new.finished_at)
+        {
+            let reason = exit_reason(&new, self.clock.now());
+            if desired.update.auto_revert {
+                let cause = ApplyError::GateFailed { reason };
+                return self
+                    .roll_back(new_id, old_id, old_running, &canonical, cause, ctx)
+                    .await;
+            }
         }
-        let how = seen
-            .exit_code
-            .map_or("stopped".to_string(), |c| format!("exited with code {c}"));
-        Err(RuntimeError::Other(format!("the new container {how} right after it started")).into())
+        self.finish_swap(new_id, old_id, old_running, desired, ctx)
+            .await
+    }
+
+    /// Remove the new container and put the old one back under the
+    /// canonical name, running again if it ran. Returns `RolledBack`.
+    async fn roll_back(
+        &self,
+        new_id: &str,
+        old_id: &str,
+        old_running: bool,
+        canonical: &str,
+        cause: ApplyError,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<SystemTime, ApplyError> {
+        let rt = self.runtime.as_ref();
+        warn!(container = %canonical, error = %cause, "the new container failed; putting the previous one back");
+        ctx.step.set("rolling back", None, &self.clock);
+        tolerate(rt.remove(new_id).await, &[not_found])?;
+        rt.rename(old_id, canonical).await?;
+        if old_running {
+            tolerate(rt.start(old_id).await, &[not_modified])?;
+        }
+        Err(ApplyError::RolledBack {
+            cause: Box::new(cause),
+        })
+    }
+
+    /// Remove a replaced container; failing only leaves a leftover the next
+    /// pass removes.
+    async fn remove_old(&self, old_id: &str, ctx: &ChainCtx<'_>) {
+        ctx.step.set("removing", None, &self.clock);
+        if let Err(e) = tolerate(self.runtime.remove(old_id).await, &[not_found]) {
+            warn!(container = %short(old_id), error = %e, "could not remove the replaced container; the next pass will");
+        }
+    }
+
+    /// Start-first: the new container starts (under its staging name) and
+    /// passes its gate while the old one still runs; only then is the old one
+    /// stopped, the names swapped and the old one removed. At no moment does
+    /// the instance have no running container. A new container that fails
+    /// its gate is removed; the old one was never touched.
+    async fn replace_start_first(
+        &self,
+        old_id: &str,
+        old_running: bool,
+        desired: &DesiredInstance,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<SystemTime, ApplyError> {
+        self.ensure_image(desired, ctx).await?;
+        let canonical = desired.key.container_name(&self.namespace);
+        let staging = staging_name(&canonical, &desired.hash);
+        let replacing = format!(
+            "{}:{}",
+            short(old_id),
+            if old_running { "running" } else { "stopped" }
+        );
+        let staged = self
+            .create_named(desired, &staging, Some(replacing), ctx)
+            .await?;
+        crash_point("start-first:after-create");
+        if let Err(cause) = self.start(&staged, ctx).await {
+            let _ = self.runtime.remove(&staged).await;
+            return Err(ApplyError::RolledBack {
+                cause: Box::new(cause),
+            });
+        }
+        self.finish_start_first(&staged, old_id, old_running, desired, ctx)
+            .await
+    }
+
+    /// The rest of a start-first replacement once the staged container was
+    /// started: gate it, then stop the old one and swap the names.
+    async fn finish_start_first(
+        &self,
+        staged: &str,
+        old_id: &str,
+        old_running: bool,
+        desired: &DesiredInstance,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<SystemTime, ApplyError> {
+        let rt = self.runtime.as_ref();
+        let canonical = desired.key.container_name(&self.namespace);
+        let started = match self.gate(staged, desired, ctx).await {
+            GateVerdict::Passed => self.clock.now(),
+            GateVerdict::Failed(reason) if desired.update.auto_revert => {
+                // The old one never stopped: just take the new one away.
+                tolerate(rt.remove(staged).await, &[not_found])?;
+                return Err(ApplyError::RolledBack {
+                    cause: Box::new(ApplyError::GateFailed { reason }),
+                });
+            }
+            GateVerdict::Failed(_) => self.clock.now(),
+            GateVerdict::Cancelled => {
+                tolerate(rt.remove(staged).await, &[not_found])?;
+                return Err(ApplyError::Cancelled);
+            }
+            GateVerdict::Unknown(e) => return Err(e),
+        };
+        crash_point("start-first:after-gate");
+        ctx.step.set("stopping", None, &self.clock);
+        match rt.stop(old_id, desired.stop_grace).await {
+            Ok(()) | Err(RuntimeError::NotModified) | Err(RuntimeError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        ctx.step.set("renaming", None, &self.clock);
+        let aside = aside_name(&canonical, old_id, old_running);
+        tolerate(rt.rename(old_id, &aside).await, &[not_found])?;
+        rt.rename(staged, &canonical).await?;
+        crash_point("start-first:after-swap");
+        self.remove_old(old_id, ctx).await;
+        Ok(started)
+    }
+
+    /// Watch a just-started container until it has run for `min_healthy`
+    /// (and is healthy, when Docker reports a health status) or fails: it
+    /// exits, turns unhealthy, or the deadline passes. Measured from the
+    /// container's own start time, so a resumed gate keeps its clock.
+    async fn gate(&self, id: &str, desired: &DesiredInstance, ctx: &ChainCtx<'_>) -> GateVerdict {
+        let min_healthy = desired
+            .update
+            .min_healthy
+            .map(|d| d.get())
+            .unwrap_or_default();
+        let deadline = desired.update.deadline.get();
+        let mut cancel = ctx.cancel.clone();
+        let since = self.clock.now();
+        loop {
+            let c = match self.runtime.inspect(id).await {
+                Ok(c) => c,
+                Err(RuntimeError::NotFound(_)) => {
+                    return GateVerdict::Failed("the new container disappeared".into())
+                }
+                Err(e) => return GateVerdict::Unknown(e.into()),
+            };
+            let now = self.clock.now();
+            let started = c.started_at.unwrap_or(since);
+            let up = now.duration_since(started).unwrap_or_default();
+            if !c.is_running() {
+                return GateVerdict::Failed(exit_reason(&c, now));
+            }
+            if c.health == Health::Unhealthy {
+                return GateVerdict::Failed(format!("unhealthy after {}", seconds(up)));
+            }
+            let healthy = matches!(c.health, Health::None | Health::Healthy);
+            if up >= min_healthy && healthy {
+                return GateVerdict::Passed;
+            }
+            if up >= deadline {
+                return GateVerdict::Failed(if healthy {
+                    format!(
+                        "did not stay up {} within the deadline",
+                        seconds(min_healthy)
+                    )
+                } else {
+                    format!("not healthy within the {} deadline", seconds(deadline))
+                });
+            }
+            let detail = if c.health == Health::Starting {
+                format!(
+                    "{}/{} up, waiting for healthy",
+                    seconds(up),
+                    seconds(min_healthy)
+                )
+            } else {
+                format!("{}/{} healthy", seconds(up), seconds(min_healthy))
+            };
+            ctx.step.set_detail("gating", detail, &self.clock);
+            tokio::select! {
+                () = tokio::time::sleep(GATE_POLL) => {}
+                () = called_off(&mut cancel) => return GateVerdict::Cancelled,
+            }
+        }
+    }
+}
+
+/// How often a gate looks at the new container.
+const GATE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What a health gate decided.
+enum GateVerdict {
+    Passed,
+    /// It failed, and why (for the held spec and status).
+    Failed(String),
+    /// The manifest changed again meanwhile.
+    Cancelled,
+    /// Docker could not tell (unreachable): decide later.
+    Unknown(ApplyError),
+}
+
+/// `exited with code 1 after 3s`.
+fn exit_reason(c: &ObservedContainer, now: SystemTime) -> String {
+    let ran = match (c.started_at, c.finished_at) {
+        (Some(s), Some(f)) => f.duration_since(s).ok(),
+        (Some(s), None) => now.duration_since(s).ok(),
+        _ => None,
+    };
+    let code = c.exit_code.map_or("exited".to_string(), |code| {
+        format!("exited with code {code}")
+    });
+    match ran {
+        Some(ran) => format!("{code} after {}", seconds(ran)),
+        None => code,
+    }
+}
+
+fn seconds(d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 10.0 {
+        format!("{secs:.1}s")
+    } else {
+        format!("{}s", d.as_secs())
     }
 }
 

@@ -25,6 +25,7 @@ use crate::desired::state::DesiredState;
 use crate::engine::apply::{group_chains, Executor, Outcome, StepCell};
 use crate::engine::backoff::BackoffTable;
 use crate::engine::error::ApplyError;
+use crate::engine::holds::HoldStore;
 use crate::engine::plan::{observe_failures, plan, Action, HeldSpec, Memory, Plan, PlanOptions};
 use crate::engine::pulls::{LogPulls, PullObserver, Pulls};
 use crate::engine::retry::{classify, error_policy, FailureKind, ONCE_MAX_FAILURES};
@@ -33,6 +34,7 @@ use crate::engine::status::{
 };
 use crate::engine::trigger::Trigger;
 use crate::manifest::validate::ValidationContext;
+use crate::manifest::UpdateOrder;
 use crate::names::InstanceKey;
 use crate::node::NodeInfo;
 use crate::runtime::{ContainerRuntime, ObservedContainer, RuntimeError};
@@ -123,6 +125,64 @@ impl Drop for DoneGuard {
     }
 }
 
+/// A start-first update runs the new container beside the old one, so
+/// a dynamic port cannot stay the same across it: when an instance is
+/// about to be updated, its new spec gets a fresh host port (or the one
+/// an update cut short already gave its staged container). Static ports
+/// cannot do this; validation refuses start-first with them.
+fn start_first_ports(
+    ports: &mut PortAllocator,
+    range: crate::config::PortRange,
+    ns: &str,
+    def: &TaskDef,
+    host_ports: &mut BTreeMap<crate::desired::ports::PortKey, u16>,
+    observed: &[ObservedContainer],
+    ctx: &ResolveContext<'_>,
+) {
+    for index in 0..def.manifest.count {
+        let key = InstanceKey::new(def.name.clone(), index);
+        let canonical = key.container_name(ns);
+        let Some(old) = observed.iter().find(|c| c.name == canonical) else {
+            continue;
+        };
+        let Ok(want) = resolve_instance(def, index, host_ports, ctx) else {
+            continue;
+        };
+        if old.spec_hash() == Some(want.hash.as_str()) {
+            continue;
+        }
+        let staged = observed.iter().find(|c| {
+            crate::names::name_role(&c.name, &canonical) == crate::names::NameRole::Staging
+        });
+        for (label, spec) in &def.manifest.ports {
+            if spec.r#static.is_some() {
+                continue;
+            }
+            let port_key = (def.name.clone(), index, label.clone());
+            let Some(old_port) = old.port(label) else {
+                continue;
+            };
+            if host_ports.get(&port_key) != Some(&old_port) {
+                continue;
+            }
+            let mut taken: BTreeSet<u16> = host_ports.values().copied().collect();
+            taken.extend(
+                recorded_ports(observed.iter().map(|c| &c.labels))
+                    .values()
+                    .copied(),
+            );
+            let fresh = staged
+                .and_then(|s| s.port(label))
+                .filter(|p| *p != old_port)
+                .or_else(|| PortAllocator::fresh_port(range, &taken, host_port_is_free));
+            if let Some(port) = fresh {
+                host_ports.insert(port_key.clone(), port);
+                ports.reassign(port_key, port);
+            }
+        }
+    }
+}
+
 /// The id of the file system holding `dir`, when it can be read.
 fn folder_device(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -167,8 +227,9 @@ pub struct Controller<R: ContainerRuntime> {
     /// Image removals running in the background.
     cleanups: Vec<tokio::task::JoinHandle<()>>,
     /// Specs that failed to replace a container: not tried again until the
-    /// manifest changes or `berth retry`.
+    /// manifest changes or `berth retry`; kept across restarts.
     held: BTreeMap<InstanceKey, HeldSpec>,
+    hold_store: HoldStore,
     /// When each pending removal (by container id) was first planned.
     removals_seen: BTreeMap<String, SystemTime>,
     /// The folder's contents as last read, and since when they are unchanged.
@@ -216,6 +277,8 @@ impl<R: ContainerRuntime> Controller<R> {
             clock,
         ));
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let hold_store = HoldStore::new(&config.state_dir, &config.namespace);
+        let held = hold_store.load();
         Controller {
             runtime,
             config,
@@ -234,7 +297,8 @@ impl<R: ContainerRuntime> Controller<R> {
             started: BTreeMap::new(),
             cleanup_candidates: BTreeSet::new(),
             cleanups: Vec::new(),
-            held: BTreeMap::new(),
+            held,
+            hold_store,
             removals_seen: BTreeMap::new(),
             folder_fingerprint: None,
             folder_quiet_since: clock.now(),
@@ -324,6 +388,7 @@ impl<R: ContainerRuntime> Controller<R> {
     pub fn retry(&mut self, task: &str) -> usize {
         let held = self.held.keys().filter(|k| k.task == task).count();
         self.held.retain(|k, _| k.task != task);
+        self.hold_store.save(&self.held);
         let keys: Vec<InstanceKey> = self
             .backoff
             .iter()
@@ -410,7 +475,7 @@ impl<R: ContainerRuntime> Controller<R> {
                 })
             })
             .collect();
-        let (host_ports, port_errors) = self.ports.allocate(
+        let (mut host_ports, port_errors) = self.ports.allocate(
             &requests,
             &recorded_ports(observed.iter().map(|c| &c.labels)),
             self.config.ports,
@@ -443,6 +508,17 @@ impl<R: ContainerRuntime> Controller<R> {
             desired.images.insert(def.manifest.image.clone());
             if desired.held_tasks.contains(&def.name) {
                 continue;
+            }
+            if def.manifest.update.order == UpdateOrder::StartFirst {
+                start_first_ports(
+                    &mut self.ports,
+                    self.config.ports,
+                    &self.config.namespace,
+                    def,
+                    &mut host_ports,
+                    &observed,
+                    &ctx,
+                );
             }
             let resolved: Result<Vec<_>, _> = (0..def.manifest.count)
                 .map(|index| resolve_instance(def, index, &host_ports, &ctx))
@@ -589,14 +665,21 @@ impl<R: ContainerRuntime> Controller<R> {
             }
         };
         self.log_errors_once(&prepared.errors);
-        // A held spec is forgotten once the manifest asks for another one.
-        self.held.retain(|k, h| {
-            prepared
-                .desired
-                .instances
-                .get(k)
-                .is_some_and(|d| d.hash == h.hash)
-        });
+        // A held spec is forgotten once the manifest asks for another one
+        // (or the folder could not be read: then nothing is decided).
+        if !prepared.desired.hold_removals {
+            let before = self.held.len();
+            self.held.retain(|k, h| {
+                prepared
+                    .desired
+                    .instances
+                    .get(k)
+                    .is_some_and(|d| d.hash == h.hash)
+            });
+            if self.held.len() != before {
+                self.hold_store.save(&self.held);
+            }
+        }
         let now = self.clock.now();
         let plan = self.plan(&prepared, now);
         for name in &plan.unrecognised {
@@ -674,7 +757,13 @@ impl<R: ContainerRuntime> Controller<R> {
                 continue;
             };
             let wanted = desired.instances.get(key).map(|d| d.hash.as_str());
-            let waiting = worker.live.step.get().is_some_and(|s| s.doing == "pulling");
+            // Waiting for a pull changed nothing yet; a gate is undone by
+            // putting the old container back.
+            let waiting = worker
+                .live
+                .step
+                .get()
+                .is_some_and(|s| matches!(s.doing, "pulling" | "gating"));
             if waiting && wanted != Some(target.as_str()) && !*worker.cancel.borrow() {
                 info!(task = %key.task, index = key.index, "the manifest changed while its image was pulling; calling the old update off");
                 let _ = worker.cancel.send(true);
@@ -691,7 +780,10 @@ impl<R: ContainerRuntime> Controller<R> {
             let images = actions
                 .iter()
                 .filter_map(|a| match a {
-                    Action::Remove { id, .. } | Action::Replace { old_id: id, .. } => {
+                    Action::Remove { id, .. }
+                    | Action::Replace { old_id: id, .. }
+                    | Action::Resume { old_id: id, .. }
+                    | Action::ResumeStartFirst { old_id: id, .. } => {
                         let image = observed.iter().find(|c| &c.id == id)?.image.clone();
                         Some((id.clone(), image))
                     }
@@ -699,9 +791,10 @@ impl<R: ContainerRuntime> Controller<R> {
                 })
                 .collect();
             let target = actions.iter().find_map(|a| match a {
-                Action::Create { desired } | Action::Replace { desired, .. } => {
-                    Some(desired.hash.clone())
-                }
+                Action::Create { desired }
+                | Action::Replace { desired, .. }
+                | Action::Resume { desired, .. }
+                | Action::ResumeStartFirst { desired, .. } => Some(desired.hash.clone()),
                 _ => None,
             });
             let step = StepCell::new();
@@ -790,7 +883,11 @@ impl<R: ContainerRuntime> Controller<R> {
                     if let Some(at) = o.started_at {
                         self.started.insert(o.key.clone(), at);
                     }
-                    if let Action::Remove { id, .. } | Action::Replace { old_id: id, .. } = action {
+                    if let Action::Remove { id, .. }
+                    | Action::Replace { old_id: id, .. }
+                    | Action::Resume { old_id: id, .. }
+                    | Action::ResumeStartFirst { old_id: id, .. } = action
+                    {
                         if let Some(image) = done.images.get(id) {
                             self.cleanup_candidates.insert(image.clone());
                         }
@@ -810,6 +907,7 @@ impl<R: ContainerRuntime> Controller<R> {
                                     reason: format!("update held: {e}"),
                                 },
                             );
+                            self.hold_store.save(&self.held);
                         }
                     }
                     let failures = self.backoff.get(&o.key).map_or(0, |b| b.failures);

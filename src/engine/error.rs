@@ -18,8 +18,15 @@ pub enum ApplyError {
     ImageNotPresent { image: String },
     #[error("cannot pull image {image}: {cause}")]
     Pull { image: String, cause: RuntimeError },
-    #[error("replacement failed ({cause}); the previous container was put back")]
+    #[error("rolled back: {cause}")]
     RolledBack { cause: Box<ApplyError> },
+    /// The new container of an update did not pass its health gate.
+    #[error("{reason}")]
+    GateFailed { reason: String },
+    /// The update's new container failed its gate and `auto_revert: false`
+    /// keeps it anyway.
+    #[error("update failed and kept (auto_revert is off): {reason}")]
+    UpdateFailed { reason: String },
     /// The chain was called off before it changed anything (its manifest
     /// changed again while it waited for a pull).
     #[error("called off: the desired spec changed while waiting")]

@@ -8,6 +8,7 @@
 //! - [`pulls`]: one background pull per image, shared, with progress.
 //! - [`controller`]: a pass (load, list, plan) and the workers it dispatches.
 //! - [`cleanup`]: images nothing uses any more after removals.
+//! - [`holds`]: held updates, kept across restarts in the state directory.
 //! - [`status`]: what status, metrics and systemd see, live work included.
 //! - [`trigger`]: why a pass runs, one type for every source.
 
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod cleanup;
 pub mod controller;
 pub mod error;
+pub mod holds;
 pub mod plan;
 pub mod pulls;
 pub mod retry;

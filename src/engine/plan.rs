@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::desired::state::{DesiredInstance, DesiredState};
 use crate::engine::backoff::BackoffTable;
-use crate::manifest::RestartPolicy;
+use crate::manifest::{RestartPolicy, UpdateOrder};
 use crate::names::{aside_was_running, labels, name_role, InstanceKey, NameRole};
 use crate::runtime::{ContainerState, Health, ObservedContainer};
 
@@ -78,9 +78,17 @@ pub enum Action {
         canonical_name: String,
         start: bool,
     },
+    /// Finish a start-first replacement cut short while its staged
+    /// container runs: gate it, then stop the old one and swap the names.
+    ResumeStartFirst {
+        staged_id: String,
+        old_id: String,
+        old_running: bool,
+        desired: Arc<DesiredInstance>,
+    },
     /// Finish a replacement cut short after the new container took the
-    /// canonical name: start it, confirm it runs, remove the old one; or put
-    /// the old one back.
+    /// canonical name: start it (or keep it running), let it pass its gate,
+    /// remove the old one; or put the old one back.
     Resume {
         new_id: String,
         old_id: String,
@@ -111,7 +119,8 @@ impl Action {
             | Action::Start { desired, .. }
             | Action::Restart { desired, .. }
             | Action::Replace { desired, .. }
-            | Action::Resume { desired, .. } => &desired.key,
+            | Action::Resume { desired, .. }
+            | Action::ResumeStartFirst { desired, .. } => &desired.key,
             Action::Restore { key, .. } | Action::Remove { key, .. } | Action::Stop { key, .. } => {
                 key
             }
@@ -126,7 +135,7 @@ impl Action {
             Action::Start { restart: true, .. } => "restart",
             Action::Restart { .. } => "restart-unhealthy",
             Action::Replace { .. } => "replace",
-            Action::Resume { .. } => "resume",
+            Action::Resume { .. } | Action::ResumeStartFirst { .. } => "resume",
             Action::Restore { .. } => "restore",
             Action::Remove { .. } => "remove",
             Action::Stop { .. } => "stop",
@@ -188,9 +197,21 @@ impl fmt::Display for Action {
                 ..
             } => write!(
                 f,
-                "resume {} (start {}, then remove the old {})",
+                "resume {} (let {} pass its gate, then remove the old {})",
                 desired.key,
                 short(new_id),
+                short(old_id)
+            ),
+            Action::ResumeStartFirst {
+                staged_id,
+                old_id,
+                desired,
+                ..
+            } => write!(
+                f,
+                "resume {} (let the staged {} pass its gate, then stop and remove the old {})",
+                desired.key,
+                short(staged_id),
                 short(old_id)
             ),
             Action::Remove {
@@ -223,7 +244,7 @@ pub struct HeldUpdate {
 }
 
 /// A spec that failed to replace an instance's container, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HeldSpec {
     pub hash: String,
     pub reason: String,
@@ -601,6 +622,25 @@ fn plan_desired(
                 .and_then(|v| v.split_once(':'))
                 .is_some_and(|(id, state)| current.id.starts_with(id) && state == "running")
         });
+        // A start-first update cut short while its new container runs:
+        // carry on from there rather than stop it.
+        let running_stage = staged.iter().find(|t| {
+            want.update.order == UpdateOrder::StartFirst
+                && t.is_running()
+                && t.spec_hash() == Some(want.hash.as_str())
+        });
+        if let Some(stage) = running_stage {
+            for c in asides.iter().chain(&staged).filter(|c| c.id != stage.id) {
+                out.actions.push(leftover(c));
+            }
+            out.actions.push(Action::ResumeStartFirst {
+                staged_id: stage.id.clone(),
+                old_id: current.id.clone(),
+                old_running: current.is_running() || staged_says_running,
+                desired: want.clone(),
+            });
+            return;
+        }
         for c in asides.iter().chain(&staged) {
             out.actions.push(leftover(c));
         }
@@ -629,25 +669,20 @@ fn plan_desired(
         out.actions.push(leftover(c));
     }
     if let Some(aside) = asides.first() {
-        if !current.is_running() {
-            // A replacement was cut short after the new container took the
-            // name but before it was seen running: finish it (start, confirm,
-            // then remove the old), or roll back to the old one.
-            for c in &asides[1..] {
-                out.actions.push(leftover(c));
-            }
-            out.actions.push(Action::Resume {
-                new_id: current.id.clone(),
-                old_id: aside.id.clone(),
-                old_running: aside_was_running(&aside.name),
-                desired: want.clone(),
-            });
-            return;
-        }
-        // The new container runs: the old ones are done with.
-        for c in &asides {
+        // A replacement was cut short after the new container took the name
+        // (berth killed, host rebooted, or its gate still running): finish
+        // it with the same decision: start the new one if needed, let it
+        // pass its gate, then remove the old one; or put the old one back.
+        for c in &asides[1..] {
             out.actions.push(leftover(c));
         }
+        out.actions.push(Action::Resume {
+            new_id: current.id.clone(),
+            old_id: aside.id.clone(),
+            old_running: aside_was_running(&aside.name),
+            desired: want.clone(),
+        });
+        return;
     }
 
     let settling = |until: SystemTime, out: &mut Plan| {
@@ -1138,12 +1173,26 @@ mod tests {
         let p = plan_now(&d, &[aside.clone(), swapped]);
         assert_eq!(verbs(&p), ["resume"], "{p}");
 
-        // After the new one started: the old one goes.
+        // After the new one started (its gate may be under way): resume
+        // the same decision; the old one goes once the new one passes.
         let p = plan_now(&d, &[aside, running(&new)]);
-        assert_eq!(
-            render(&p),
-            "remove web[0] (berth-web-0-old-id-old-running: leftover of an interrupted replacement)\n"
+        assert_eq!(verbs(&p), ["resume"], "{p}");
+
+        // A start-first update cut short while its new container runs:
+        // carried on, not stopped.
+        let start_first = {
+            let mut w = new.clone();
+            w.update.order = crate::manifest::UpdateOrder::StartFirst;
+            w
+        };
+        let mut staged_running = staged.clone();
+        staged_running.state = ContainerState::Running;
+        let p = plan_now(
+            &desired(vec![start_first]),
+            &[old_canonical(ContainerState::Running), staged_running],
         );
+        assert_eq!(verbs(&p), ["resume"], "{p}");
+        assert!(matches!(p.actions[0], Action::ResumeStartFirst { .. }));
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub fn classify(error: &ApplyError) -> FailureKind {
             FailureKind::Permanent
         }
         ApplyError::RolledBack { cause } => classify(cause),
+        ApplyError::GateFailed { .. } | ApplyError::UpdateFailed { .. } => FailureKind::Transient,
         ApplyError::Cancelled => FailureKind::Transient,
     }
 }

@@ -61,13 +61,21 @@ pub struct WorkStatus {
     /// Whole percent of the pull, while pulling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_percent: Option<u8>,
+    /// How far the step is, e.g. a health gate's `4.0s/10.0s healthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// Unix seconds the chain started.
     pub since: u64,
 }
 
 impl WorkStatus {
-    /// `replace: pulling 45%`, `remove: stopping`.
+    /// `replace: pulling 45%`, `remove: stopping`, `updating 4.0s/10.0s healthy`.
     pub fn describe(&self) -> String {
+        if self.step.as_deref() == Some("gating") {
+            return format!("updating {}", self.detail.as_deref().unwrap_or(""))
+                .trim_end()
+                .to_string();
+        }
         let mut out = self.action.clone();
         if let Some(step) = &self.step {
             out.push_str(": ");
@@ -176,6 +184,7 @@ impl StatusBoard {
                     });
                 WorkStatus {
                     action: w.action.to_string(),
+                    detail: step.as_ref().and_then(|s| s.detail.clone()),
                     step: step.map(|s| s.doing.to_string()),
                     image,
                     pull_percent,

@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::apply::Outcome;
 use crate::engine::controller::{EngineObserver, PassError, PassReport};
+use crate::engine::error::ApplyError;
 use crate::engine::status::Status;
 
 type Labels = Vec<(String, String)>;
@@ -34,6 +35,8 @@ pub struct Metrics {
     pass_duration: Histogram,
     tasks: Family<Labels, Gauge>,
     restarts: Family<Labels, Counter>,
+    updates: Family<Labels, Counter>,
+    rollbacks: Family<Labels, Counter>,
     backoff: Family<Labels, Gauge<f64, AtomicU64>>,
     manifest_errors: Gauge,
     docker_up: Gauge,
@@ -77,6 +80,18 @@ impl Metrics {
             "Container restarts berth performed, by task",
             restarts.clone(),
         );
+        let updates = Family::<Labels, Counter>::default();
+        registry.register(
+            "berth_updates",
+            "Replacements of a container by a new spec, by task and result (done, rolled-back, failed)",
+            updates.clone(),
+        );
+        let rollbacks = Family::<Labels, Counter>::default();
+        registry.register(
+            "berth_rollbacks",
+            "Updates rolled back to the previous container because the new one failed, by task",
+            rollbacks.clone(),
+        );
         let backoff = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "berth_backoff_seconds",
@@ -113,6 +128,8 @@ impl Metrics {
             pass_duration,
             tasks,
             restarts,
+            updates,
+            rollbacks,
             backoff,
             manifest_errors,
             docker_up,
@@ -140,13 +157,31 @@ impl EngineObserver for Metrics {
         }
     }
 
-    /// Count the restarts a finished chain made.
+    /// Count the restarts, updates and rollbacks a finished chain made.
     fn outcomes(&self, outcomes: &[Outcome]) {
         for o in outcomes {
             if o.result.is_ok() && matches!(o.verb, "restart" | "restart-unhealthy") {
                 self.restarts
                     .get_or_create(&label("task", &o.key.task))
                     .inc();
+            }
+            if matches!(o.verb, "replace" | "resume") {
+                let result = match &o.result {
+                    Ok(()) => "done",
+                    Err(ApplyError::RolledBack { .. }) => "rolled-back",
+                    Err(ApplyError::Cancelled) => continue,
+                    Err(_) => "failed",
+                };
+                if result == "rolled-back" {
+                    self.rollbacks
+                        .get_or_create(&label("task", &o.key.task))
+                        .inc();
+                }
+                let labels = vec![
+                    ("task".to_string(), o.key.task.clone()),
+                    ("result".to_string(), result.to_string()),
+                ];
+                self.updates.get_or_create(&labels).inc();
             }
         }
     }

@@ -95,6 +95,11 @@ impl PlanView {
                         desired,
                         ..
                     }
+                    | Action::ResumeStartFirst {
+                        staged_id: id,
+                        desired,
+                        ..
+                    }
                     | Action::Replace {
                         old_id: id,
                         desired,
@@ -302,6 +307,7 @@ mod tests {
                     step: Some("pulling".into()),
                     image: Some("app:2".into()),
                     pull_percent: Some(45),
+                    detail: None,
                     since: 0,
                 }),
                 held: None,

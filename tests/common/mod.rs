@@ -192,9 +192,24 @@ pub fn berth_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_berth"))
 }
 
+/// Where berths under test keep state and their namespace locks: inside the
+/// build directory, never in the host's /var/lib/berth or /run/berth.
+pub fn test_state_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("berth-state")
+}
+
+/// `berth` as the tests run it: the binary under test, with its state
+/// directory and run directory inside the build directory.
+pub fn berth_command() -> Command {
+    let mut cmd = Command::new(berth_bin());
+    cmd.env("BERTH_STATE_DIR", test_state_dir())
+        .env("BERTH_RUN_DIR", test_state_dir().join("run"));
+    cmd
+}
+
 /// Run `berth <args>`; kill it and panic if it outlives `timeout`.
 pub fn run_berth(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(berth_bin())
+    let mut child = berth_command()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

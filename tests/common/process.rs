@@ -78,6 +78,8 @@ impl BerthBuilder {
             .and_then(|i| self.args.get(i + 1))
             .and_then(|a| a.parse::<SocketAddr>().ok());
         let mut cmd = Command::new(&self.bin);
+        cmd.env("BERTH_STATE_DIR", super::test_state_dir())
+            .env("BERTH_RUN_DIR", super::test_state_dir().join("run"));
         cmd.args(&self.args);
         let addr = match given {
             Some(addr) => addr,
