@@ -101,6 +101,17 @@ fn the_sample_agent_config_lists_every_default() {
     let path = root().join("deploy/berth.yaml");
     let config = berth::config::AgentConfig::load(Path::new(&path)).unwrap();
     assert_eq!(config, berth::config::AgentConfig::default());
+    // Every key is written out (or shown commented, for optional blocks).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let keys = serde_json::to_value(berth::config::AgentConfig::default()).unwrap();
+    for key in keys.as_object().unwrap().keys() {
+        assert!(
+            text.lines().any(|l| l
+                .trim_start_matches(['#', ' '])
+                .starts_with(&format!("{key}:"))),
+            "deploy/berth.yaml does not list `{key}`"
+        );
+    }
 }
 
 #[test]
