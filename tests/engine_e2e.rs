@@ -8,25 +8,16 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::process::Berth;
-use common::{docker, fixture_image, run_berth, wait_for_sync, TestNamespace};
+use common::{docker, fixture_image, fixture_task, run_berth, wait_for_sync, write, TestNamespace};
 
 /// A task running the fixture forever, with extra YAML lines.
 fn sleeper(extra: &str) -> String {
-    format!(
-        "image: {}\npull: never\ncommand: sleep\nargs: [\"forever\"]\n{extra}",
-        fixture_image()
-    )
-}
-
-fn write(dir: &Path, file: &str, text: &str) {
-    std::fs::write(dir.join(file), text).unwrap();
+    fixture_task("sleep", &["forever"], extra)
 }
 
 /// (id, running, StartedAt) of a container, from `docker inspect`.
@@ -55,28 +46,17 @@ fn kill_and_time_restart(name: &str) -> Duration {
 /// Docker's own record of `die` events of a namespace since `since`, as
 /// (container name, exit code).
 fn deaths(ns: &str, since: SystemTime) -> Vec<(String, String)> {
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    let out = Command::new("docker")
-        .args([
-            "events",
-            "--since",
-            &format!("{:.3}", secs(since)),
-            "--until",
-            &format!("{:.3}", secs(SystemTime::now())),
-            "--filter",
-            &format!("label=io.berth.namespace={ns}"),
-            "--filter",
-            "event=die",
-            "--format",
-            "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, c)| (n.to_string(), c.to_string()))
-        .collect()
+    docker::events(
+        since,
+        &[&format!("label=io.berth.namespace={ns}"), "event=die"],
+        "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+    )
+    .into_iter()
+    .filter_map(|l| {
+        l.split_once(' ')
+            .map(|(n, c)| (n.to_string(), c.to_string()))
+    })
+    .collect()
 }
 
 /// A registry that accepts connections and never answers: a pull from it

@@ -6,24 +6,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::process::Berth;
-use common::{docker, fixture_image, run_berth, wait_for_sync, TestNamespace};
+use common::{docker, fixture_image, fixture_task, run_berth, wait_for_sync, write, TestNamespace};
 
 const START: Duration = Duration::from_secs(60);
 
 fn sleeper(extra: &str) -> String {
-    format!(
-        "image: {}\npull: never\ncommand: sleep\nargs: [\"forever\"]\nstop_timeout: 1s\n{extra}",
-        fixture_image()
-    )
-}
-
-fn write(dir: &Path, file: &str, text: &str) {
-    std::fs::write(dir.join(file), text).unwrap();
+    fixture_task("sleep", &["forever"], &format!("stop_timeout: 1s\n{extra}"))
 }
 
 /// (id, StartedAt, running) of a container.
@@ -38,24 +29,12 @@ fn identity(name: &str) -> Option<(String, String, bool)> {
 
 /// Docker's `die` events of `name` since `since`.
 fn deaths(name: &str, since: SystemTime) -> usize {
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    let out = Command::new("docker")
-        .args([
-            "events",
-            "--since",
-            &format!("{:.3}", secs(since)),
-            "--until",
-            &format!("{:.3}", secs(SystemTime::now())),
-            "--filter",
-            &format!("container={name}"),
-            "--filter",
-            "event=die",
-            "--format",
-            "{{.ID}}",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
+    docker::events(
+        since,
+        &[&format!("container={name}"), "event=die"],
+        "{{.ID}}",
+    )
+    .len()
 }
 
 /// Wait until berth has looked at the folder as it is now: a pass that

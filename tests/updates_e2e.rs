@@ -7,27 +7,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::process::Berth;
-use common::{docker, fixture_image, run_berth, wait_for_sync, TestNamespace};
+use common::{docker, fixture_task, run_berth, wait_for_sync, write, TestNamespace};
 
 const START: Duration = Duration::from_secs(60);
 
 /// A task running the fixture with `command` and `args`, plus extra YAML.
 fn task(command: &str, args: &[&str], extra: &str) -> String {
-    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    format!(
-        "image: {}\npull: never\ncommand: {command}\nargs: [{}]\nstop_timeout: 1s\n{extra}",
-        fixture_image(),
-        args.join(", ")
-    )
-}
-
-fn write(dir: &Path, file: &str, text: &str) {
-    std::fs::write(dir.join(file), text).unwrap();
+    fixture_task(command, args, &format!("stop_timeout: 1s\n{extra}"))
 }
 
 /// (id, running, VERSION env) of a container.
@@ -47,31 +36,13 @@ fn seen(name: &str) -> Option<(String, bool, String)> {
     ))
 }
 
-/// Docker's `start` events of containers running VERSION=`version`... are
-/// not filterable by env: count starts of containers created from a spec by
-/// their names instead (staging and canonical both count).
+/// Docker's `start` events in the namespace since `since`.
 fn starts_since(ns: &str, since: SystemTime) -> Vec<String> {
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    let out = Command::new("docker")
-        .args([
-            "events",
-            "--since",
-            &format!("{:.3}", secs(since)),
-            "--until",
-            &format!("{:.3}", secs(SystemTime::now())),
-            "--filter",
-            &format!("label=io.berth.namespace={ns}"),
-            "--filter",
-            "event=start",
-            "--format",
-            "{{.ID}}",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    docker::events(
+        since,
+        &[&format!("label=io.berth.namespace={ns}"), "event=start"],
+        "{{.ID}}",
+    )
 }
 
 fn web_status(berth: &Berth) -> Option<serde_json::Value> {

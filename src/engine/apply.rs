@@ -429,6 +429,29 @@ impl<R: ContainerRuntime> Executor<R> {
         }
     }
 
+    /// The first step of every replacement: pull (a registry outage must
+    /// cost no running work), then create the new container under its
+    /// staging name, recording which container it replaces and whether that
+    /// one ran. Nothing running has been touched yet.
+    async fn stage(
+        &self,
+        old_id: &str,
+        old_running: bool,
+        desired: &DesiredInstance,
+        ctx: &ChainCtx<'_>,
+    ) -> Result<String, ApplyError> {
+        self.ensure_image(desired, ctx).await?;
+        let canonical = desired.key.container_name(&self.namespace);
+        let staging = staging_name(&canonical, &desired.hash);
+        let replacing = format!(
+            "{}:{}",
+            short(old_id),
+            if old_running { "running" } else { "stopped" }
+        );
+        self.create_named(desired, &staging, Some(replacing), ctx)
+            .await
+    }
+
     /// Swap `old_id` for a container of the new spec so that the instance is
     /// never left without a container that can run, and a crash at any step
     /// leaves something the next pass recognises:
@@ -450,19 +473,8 @@ impl<R: ContainerRuntime> Executor<R> {
     ) -> Result<SystemTime, ApplyError> {
         let rt = self.runtime.as_ref();
         let ns = self.namespace.as_str();
-        // Pull before anything: a registry outage must cost no running work.
-        self.ensure_image(desired, ctx).await?;
-
         let canonical = desired.key.container_name(ns);
-        let staging = staging_name(&canonical, &desired.hash);
-        let replacing = format!(
-            "{}:{}",
-            short(old_id),
-            if old_running { "running" } else { "stopped" }
-        );
-        let new_id = self
-            .create_named(desired, &staging, Some(replacing), ctx)
-            .await?;
+        let new_id = self.stage(old_id, old_running, desired, ctx).await?;
         crash_point("replace:after-create");
 
         // Undo what was done so far, leaving the old container as it was.
@@ -650,17 +662,7 @@ impl<R: ContainerRuntime> Executor<R> {
         desired: &DesiredInstance,
         ctx: &ChainCtx<'_>,
     ) -> Result<SystemTime, ApplyError> {
-        self.ensure_image(desired, ctx).await?;
-        let canonical = desired.key.container_name(&self.namespace);
-        let staging = staging_name(&canonical, &desired.hash);
-        let replacing = format!(
-            "{}:{}",
-            short(old_id),
-            if old_running { "running" } else { "stopped" }
-        );
-        let staged = self
-            .create_named(desired, &staging, Some(replacing), ctx)
-            .await?;
+        let staged = self.stage(old_id, old_running, desired, ctx).await?;
         crash_point("start-first:after-create");
         if let Err(cause) = self.start(&staged, ctx).await {
             let _ = self.runtime.remove(&staged).await;

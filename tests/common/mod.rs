@@ -282,9 +282,48 @@ pub fn wait_for_sync<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> O
     }
 }
 
+/// A task running the fixture program (`command` + `args`), never pulled,
+/// plus extra YAML lines.
+pub fn fixture_task(command: &str, args: &[&str], extra: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "image: {}\npull: never\ncommand: {command}\nargs: [{}]\n{extra}",
+        fixture_image(),
+        args.join(", ")
+    )
+}
+
+/// Write `text` to `dir/file`.
+pub fn write(dir: &Path, file: &str, text: &str) {
+    std::fs::write(dir.join(file), text).unwrap();
+}
+
 /// Looking at Docker through its CLI: an independent witness of what berth did.
 pub mod docker {
     use super::*;
+
+    /// Docker's recorded events from `since` until now, filtered by
+    /// `filters` (`label=…`, `event=die`, `container=…`), one line each as
+    /// `format` (a Go template) renders it.
+    pub fn events(since: SystemTime, filters: &[&str], format: &str) -> Vec<String> {
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let mut cmd = Command::new("docker");
+        cmd.args([
+            "events",
+            "--since",
+            &format!("{:.3}", secs(since)),
+            "--until",
+            &format!("{:.3}", secs(SystemTime::now())),
+        ]);
+        for f in filters {
+            cmd.args(["--filter", f]);
+        }
+        let out = cmd.args(["--format", format]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
 
     #[derive(Debug, Clone, PartialEq)]
     pub struct PsEntry {
