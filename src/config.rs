@@ -153,10 +153,10 @@ impl<const DEFAULT: bool> Default for Toggle<DEFAULT> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read agent config {path}: {source}")]
+    #[error("cannot read agent config {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
@@ -192,7 +192,7 @@ impl AgentConfig {
     pub fn read(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let config: AgentConfig = if text.trim().is_empty() {
             AgentConfig::default()

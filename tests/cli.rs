@@ -254,3 +254,81 @@ fn berth_config_shows_each_value_and_where_it_came_from() {
         "{stdout}{err}"
     );
 }
+
+/// A cause printed in an error's message and also returned as its source is
+/// said twice in a chain (`berth: {e:#}`). thiserror makes a field named
+/// `source`, or one marked `#[source]`/`#[from]`, the source: no message may
+/// embed it.
+#[test]
+fn no_error_type_says_its_cause_twice() {
+    fn files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    files(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut paths,
+    );
+    let mut found = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(attr) = line.trim_start().strip_prefix("#[error(") else {
+                continue;
+            };
+            // The variant: up to the next attribute of the enum or its end.
+            let variant: Vec<&str> = lines[i + 1..]
+                .iter()
+                .take_while(|l| !l.trim_start().starts_with("#[error") && l.trim() != "}")
+                .copied()
+                .collect();
+            let variant = variant.join("\n");
+            let twice = attr.contains("{source}")
+                || (attr.contains("{0}")
+                    && (variant.contains("#[from]") || variant.contains("#[source]")))
+                || (attr.contains('{')
+                    && variant
+                        .lines()
+                        .any(|l| l.trim_start().starts_with("source:")));
+            if twice && !attr.contains("transparent") {
+                found.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "messages that embed their source:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn a_taken_listen_address_is_said_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_berth(
+        &[
+            "run",
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--namespace",
+            "cli-taken-listen",
+            "--listen",
+            &addr,
+        ],
+        Duration::from_secs(30),
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+}
