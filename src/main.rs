@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return cli::usage_error(e),
     };
-    cli::init_logging(args.log_format);
+    berth::logging::init(args.log_format, args.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
