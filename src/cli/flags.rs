@@ -99,6 +99,10 @@ impl AgentFlags {
             config.state_dir = v.clone();
         }
         config.check()?;
+        if let Some(source) = &config.source {
+            // The applied commit's checkout is the manifest folder.
+            config.manifests = berth::source::manifests_link(&config.state_dir, &source.git)?;
+        }
         Ok(config)
     }
 }
