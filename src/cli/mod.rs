@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use berth::config::AgentConfig;
+use berth::logging::{LogFormat, LogLevel};
 use berth::runtime::docker::DockerRuntime;
 
+mod config;
 mod down;
 mod flags;
 mod plan;
@@ -28,17 +30,14 @@ pub use flags::AgentFlags;
     about = "A reconciling controller for Docker: a folder of task manifests becomes exactly the containers it describes."
 )]
 pub struct Cli {
-    /// Log format: human-readable text or JSON lines. Level from RUST_LOG.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    /// Log format: human-readable text or JSON lines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "BERTH_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Log level; RUST_LOG, when set, adds finer directives and wins where it says something (e.g. RUST_LOG=berth::engine=debug).
+    #[arg(long, value_enum, default_value_t = LogLevel::Info, global = true, env = "BERTH_LOG_LEVEL")]
+    pub log_level: LogLevel,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +92,11 @@ pub enum Command {
         /// The task whose updates to retry.
         task: String,
     },
+    /// Print the effective agent config: every key, its value and where it came from (flag, BERTH_* variable, file or default).
+    Config {
+        #[command(flatten)]
+        agent: AgentFlags,
+    },
     /// Print the JSON Schema of a manifest.
     Schema,
     /// Print a shell completion script (e.g. `berth completions bash > /etc/bash_completion.d/berth`).
@@ -102,25 +106,20 @@ pub enum Command {
     },
 }
 
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // bollard logs whole request bodies at debug (a create body holds secret
-    // env values): never below info, whatever RUST_LOG says.
-    let filter = ["bollard=info", "bollard::docker=info"]
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .fold(filter, |f, d| f.add_directive(d));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+/// The exit status of a command line clap refused: 64 (EX_USAGE) for a
+/// usage error, so it is never taken for `plan`'s 2 ("changes pending");
+/// 0 for `--help` and `--version`.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(USAGE)
+    } else {
+        ExitCode::SUCCESS
     }
 }
+
+/// EX_USAGE from sysexits.h.
+pub const USAGE: u8 = 64;
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -138,6 +137,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             yes,
         } => down::down(agent, dry_run, yes).await,
         Command::Retry { agent, task } => retry::retry(agent, task).await,
+        Command::Config { agent } => config::config(agent),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
