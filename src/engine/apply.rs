@@ -393,6 +393,9 @@ impl<R: ContainerRuntime> Executor<R> {
         if let Some(deps) = crate::engine::deps::dependencies_label(desired) {
             labels.insert(labels::DEPENDS_ON.to_string(), deps);
         }
+        if let Some(commit) = &desired.source_commit {
+            labels.insert(labels::SOURCE_COMMIT.to_string(), commit.clone());
+        }
         let request = CreateRequest {
             name,
             spec: &desired.spec,
