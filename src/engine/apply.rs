@@ -488,8 +488,8 @@ impl<R: ContainerRuntime> Executor<R> {
         // killed a moment ago can land after this one listed. Look again,
         // and stop the old container whatever the plan saw (a no-op when it
         // is stopped), so it never runs beside the new one or aside.
-        let old_running = old_running
-            || matches!(rt.inspect(old_id).await, Ok(old) if old.is_running());
+        let old_running =
+            old_running || matches!(rt.inspect(old_id).await, Ok(old) if old.is_running());
         let mut old_exists = true;
         ctx.step.set("stopping", None, &self.clock);
         match rt.stop(old_id, desired.stop_grace).await {
