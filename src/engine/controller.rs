@@ -18,7 +18,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::config::AgentConfig;
-use crate::desired::folder::{load_folder, DesiredTracker, TaskDef};
+use crate::desired::folder::{load_folder, DesiredTracker, FolderError, TaskDef};
 use crate::desired::ports::{host_port_is_free, recorded_ports, PortAllocator, PortRequest};
 use crate::desired::resolve::{resolve_instance, ResolveContext};
 use crate::desired::state::DesiredState;
@@ -411,7 +411,19 @@ impl<R: ContainerRuntime> Controller<R> {
         let mut errors = Vec::new();
         let mut desired = DesiredState::default();
         let mut no_manifest = false;
-        let tasks = match load_folder(&self.config.manifests, &self.validation_context()) {
+        // Reading the folder and the files its manifests name is blocking
+        // file I/O: it runs off the loop (and opens nothing that can block).
+        let dir = self.config.manifests.clone();
+        let validation = self.validation_context();
+        let loaded = tokio::task::spawn_blocking(move || load_folder(&dir, &validation))
+            .await
+            .unwrap_or_else(|e| {
+                Err(FolderError::Unreadable {
+                    dir: self.config.manifests.clone(),
+                    source: std::io::Error::other(format!("the folder reader failed: {e}")),
+                })
+            });
+        let tasks = match loaded {
             Ok(loaded) => {
                 if self.folder_fingerprint.as_ref() != Some(&loaded.fingerprint) {
                     self.folder_fingerprint = Some(loaded.fingerprint.clone());

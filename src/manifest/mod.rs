@@ -2,6 +2,7 @@
 //! locations, and the rules a manifest must follow.
 
 pub mod duration;
+pub mod files;
 pub mod interpolate;
 pub mod parse;
 pub mod select;
