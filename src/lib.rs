@@ -6,7 +6,8 @@
 //!
 //! - [`manifest`]: the YAML task format: types, parsing with
 //!   file:line:column errors, validation (with the agent's gates),
-//!   interpolation, selectors, the files a manifest may read, schema.
+//!   interpolation, selectors, cron schedules, the files a manifest may
+//!   read, schema.
 //! - [`desired`]: the manifest folder → exactly what Docker is asked for:
 //!   loading with per-file errors and last-good memory, port allocation,
 //!   registry credentials, resolving an instance into a [`desired::spec::ContainerSpec`],

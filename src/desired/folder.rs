@@ -211,7 +211,7 @@ pub fn load_folder_on(
             }
         }
     }
-    let merged = merge_files(per_file);
+    let merged = merge_files(per_file, !loaded.failed_files.is_empty());
     loaded.tasks = merged.tasks;
     loaded.unselected = merged.unselected;
     loaded.errors.extend(merged.errors);
@@ -307,7 +307,11 @@ struct Merged {
 /// an error reported in each of them, and every such file fails as a whole.
 /// Names are unique across the folder whatever `select:` says, so a folder
 /// has the same errors on every host of a fleet.
-fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>) -> Merged {
+///
+/// `any_failed`: some file of the folder has errors, so a task it defines
+/// is unknown right now; a dependency on an unknown name is then not an
+/// error of its own (the broken file's error says what to fix).
+fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>, any_failed: bool) -> Merged {
     let mut owners: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for (file, tasks) in &per_file {
         for task in tasks {
@@ -338,6 +342,9 @@ fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>) -> Merged {
             failed.insert(file.to_string());
         }
     }
+    let (dep_errors, dep_failed) = check_dependencies(&per_file, &failed, any_failed);
+    errors.extend(dep_errors);
+    failed.extend(dep_failed);
     let mut tasks = BTreeMap::new();
     let mut unselected = BTreeMap::new();
     for (file, checked) in per_file {
@@ -375,6 +382,128 @@ fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>) -> Merged {
         errors,
         failed,
     }
+}
+
+/// `depends_on` across the folder: every name is a task some file defines
+/// (selected here or not), `completed` names a job, and there is no cycle.
+/// Each error points at the `depends_on` entry and names the other task's
+/// file; every file of a cycle fails (and keeps its last good tasks).
+fn check_dependencies(
+    per_file: &BTreeMap<String, Vec<CheckedTask>>,
+    duplicated: &BTreeSet<String>,
+    names_may_be_missing: bool,
+) -> (Vec<ManifestError>, BTreeSet<String>) {
+    use crate::manifest::{DependencyCondition, TaskKind};
+    let mut defs: BTreeMap<&str, (&str, &CheckedTask)> = BTreeMap::new();
+    for (file, tasks) in per_file {
+        if duplicated.contains(file) {
+            continue;
+        }
+        for task in tasks {
+            defs.insert(task.name.as_str(), (file.as_str(), task));
+        }
+    }
+    let mut errors = Vec::new();
+    let mut failed = BTreeSet::new();
+    let at = |task: &CheckedTask, dep: &str| {
+        task.depends_at
+            .get(dep)
+            .copied()
+            .unwrap_or(crate::manifest::Pos {
+                line: task.line,
+                column: 1,
+            })
+    };
+    for (name, (file, task)) in &defs {
+        for (dep, condition) in &task.manifest.depends_on {
+            if dep == name {
+                continue; // reported by the file's own checks
+            }
+            match defs.get(dep.as_str()) {
+                None if names_may_be_missing => {}
+                None => {
+                    let known: Vec<&str> = defs.keys().filter(|n| *n != name).copied().collect();
+                    errors.push(ManifestError::new(
+                        file,
+                        at(task, dep),
+                        format!(
+                            "`{name}` depends on `{dep}`, which no manifest in the folder defines (tasks: {}); fix the name or add its manifest",
+                            if known.is_empty() { "none other".to_string() } else { known.join(", ") }
+                        ),
+                    ));
+                    failed.insert(file.to_string());
+                }
+                Some((dep_file, dep_task))
+                    if *condition == DependencyCondition::Completed
+                        && dep_task.manifest.kind != TaskKind::Job =>
+                {
+                    errors.push(ManifestError::new(
+                        file,
+                        at(task, dep),
+                        format!(
+                            "`{name}` waits for `{dep}` to be completed, but `{dep}` ({dep_file}:{}) is a service, which never completes; use `started` or `healthy`, or make it `kind: job`",
+                            dep_task.line
+                        ),
+                    ));
+                    failed.insert(file.to_string());
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    // Cycles: one depth-first walk over the whole graph (each task is
+    // finished once, so a large folder costs linear time); an entry that
+    // leads back into the current path closes a cycle, reported at every
+    // entry along it.
+    let mut finished: BTreeSet<&str> = BTreeSet::new();
+    for start in defs.keys() {
+        if finished.contains(start) {
+            continue;
+        }
+        let mut path: Vec<&str> = vec![start];
+        let mut stack = vec![defs[start].1.manifest.depends_on.keys()];
+        while let Some(next) = stack.last_mut().map(Iterator::next) {
+            let Some(dep) = next else {
+                stack.pop();
+                if let Some(done) = path.pop() {
+                    finished.insert(done);
+                }
+                continue;
+            };
+            let Some((dep_name, (_, dep_task))) = defs.get_key_value(dep.as_str()) else {
+                continue;
+            };
+            if finished.contains(dep_name) {
+                continue;
+            }
+            let Some(pos) = path.iter().position(|n| n == dep_name) else {
+                path.push(dep_name);
+                stack.push(dep_task.manifest.depends_on.keys());
+                continue;
+            };
+            let cycle = &path[pos..];
+            if cycle.len() < 2 {
+                continue; // a task naming itself: the file's own check says so
+            }
+            let shown: Vec<&str> = cycle.iter().chain(&cycle[..1]).copied().collect();
+            let shown = shown.join(" → ");
+            for (i, task_name) in cycle.iter().enumerate() {
+                let (file, task) = defs[task_name];
+                let dep = cycle[(i + 1) % cycle.len()];
+                let (dep_file, dep_def) = defs[dep];
+                errors.push(ManifestError::new(
+                    file,
+                    at(task, dep),
+                    format!(
+                        "dependency cycle {shown}: `{task_name}` waits for `{dep}` ({dep_file}:{}), which leads back to `{task_name}`; remove one of these depends_on entries",
+                        dep_def.line
+                    ),
+                ));
+                failed.insert(file.to_string());
+            }
+        }
+    }
+    (errors, failed)
 }
 
 /// The desired tasks for one reconcile pass.
@@ -485,7 +614,9 @@ pub fn validate_paths(paths: &[PathBuf], ctx: &ValidationContext) -> Vec<Manifes
             Err(file_errors) => errors.extend(file_errors),
         }
     }
-    errors.extend(merge_files(explicit).errors);
+    // Files named one by one may depend on tasks of files not named:
+    // only cycles among them, and conditions, are checked.
+    errors.extend(merge_files(explicit, true).errors);
     errors
 }
 
@@ -1034,5 +1165,217 @@ mod tests {
         assert!(loaded.tasks.is_empty() && loaded.unselected.is_empty());
         assert_eq!(loaded.errors.len(), 2);
         assert!(loaded.errors[0].message.contains("also defined in b.yaml"));
+    }
+
+    #[test]
+    fn a_dependency_cycle_fails_every_file_on_it_naming_the_other_file() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on:
+  db: healthy
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "# the database
+image: y
+depends_on: {web: started}
+",
+        );
+        write(
+            tmp.path(),
+            "other.yaml",
+            "image: z
+",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["other"]);
+        let shown: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        let web = shown
+            .iter()
+            .find(|e| e.starts_with("web.yaml:3:3:"))
+            .expect("web's entry");
+        assert!(web.contains("`db` (db.yaml:2)"), "{web}");
+        assert!(
+            web.contains("cycle db → web → db") || web.contains("cycle web → db → web"),
+            "{web}"
+        );
+        let db = shown
+            .iter()
+            .find(|e| e.starts_with("db.yaml:3:14:"))
+            .expect("db's entry");
+        assert!(db.contains("`web` (web.yaml:1)"), "{db}");
+        assert_eq!(
+            loaded.failed_files,
+            BTreeSet::from(["db.yaml".to_string(), "web.yaml".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_longer_cycle_is_reported_along_its_path_and_a_diamond_is_no_cycle() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "a.yaml",
+            "image: x
+depends_on: {b: started, c: started}
+",
+        );
+        write(
+            tmp.path(),
+            "b.yaml",
+            "image: x
+depends_on: {d: started}
+",
+        );
+        write(
+            tmp.path(),
+            "c.yaml",
+            "image: x
+depends_on: {d: started}
+",
+        );
+        write(
+            tmp.path(),
+            "d.yaml",
+            "image: x
+",
+        );
+        let diamond = load(tmp.path());
+        assert!(diamond.errors.is_empty(), "{:?}", diamond.errors);
+        write(
+            tmp.path(),
+            "d.yaml",
+            "image: x
+depends_on: {a: started}
+",
+        );
+        let cycle = load(tmp.path());
+        // a → b → d → a is reported at each of its entries; a → c → d → a
+        // shares the entry d → a, and shows once that one is fixed.
+        assert_eq!(cycle.errors.len(), 3, "{:?}", cycle.errors);
+        assert_eq!(names(&cycle.tasks), vec!["c"]);
+        assert!(cycle.errors[0]
+            .message
+            .starts_with("dependency cycle a → b → d → a"));
+    }
+
+    #[test]
+    fn a_dependency_on_an_unknown_task_names_it_and_the_known_ones() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on: {dbb: healthy}
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "image: y
+",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["db"]);
+        assert_eq!(loaded.errors.len(), 1);
+        let e = loaded.errors[0].to_string();
+        assert!(e.starts_with("web.yaml:2:14:"), "{e}");
+        assert!(e.contains("`dbb`") && e.contains("tasks: db"), "{e}");
+    }
+
+    #[test]
+    fn while_another_file_is_broken_an_unknown_dependency_is_not_blamed_on_the_dependent() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on: {db: healthy}
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "image: [
+",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["web"]);
+        assert!(
+            loaded.errors.iter().all(|e| e.file == "db.yaml"),
+            "{:?}",
+            loaded.errors
+        );
+    }
+
+    #[test]
+    fn completed_needs_a_job() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on: {migrate: completed, db: started}
+",
+        );
+        write(
+            tmp.path(),
+            "migrate.yaml",
+            "image: y
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "image: y
+",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert!(loaded.errors[0]
+            .message
+            .contains("is a service, which never completes"));
+        write(
+            tmp.path(),
+            "migrate.yaml",
+            "image: y
+kind: job
+",
+        );
+        assert!(load(tmp.path()).errors.is_empty());
+    }
+
+    #[test]
+    fn validate_finds_a_cycle_among_files_named_one_by_one() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on: {db: healthy, cache: started}
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "image: y
+depends_on: {web: started}
+",
+        );
+        let errors = validate_paths(
+            &[tmp.path().join("web.yaml"), tmp.path().join("db.yaml")],
+            &ctx(),
+        );
+        // `cache` may live in a file not named: only the cycle is an error.
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors
+            .iter()
+            .all(|e| e.message.contains("dependency cycle")));
     }
 }

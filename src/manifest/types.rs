@@ -100,12 +100,14 @@ pub struct TaskManifest {
     /// `service` (default: keeps running) or `job` (runs to completion).
     #[serde(default)]
     pub kind: TaskKind,
-    /// Jobs only: cron schedule (5 fields, host time zone) for periodic runs;
-    /// a run is skipped while the previous one still runs.
+    /// Jobs only: cron schedule for periodic runs, in the host's time zone:
+    /// 5 fields (`*/15 * * * *`) or 6 with seconds first. A run is skipped
+    /// while the previous one still runs.
     #[serde(default)]
     pub schedule: Option<String>,
     /// Jobs only: failed runs are retried on the restart curve up to this
-    /// many attempts in all, then the job is `failed`.
+    /// many attempts in all (default 3), then the job is `failed` until the
+    /// manifest changes or `berth retry`.
     #[serde(default)]
     pub max_attempts: Option<u32>,
     /// Fleet selector: the task runs only on agents that match every entry.
@@ -350,7 +352,8 @@ pub enum TaskKind {
     /// Keeps running; restarted per `restart`.
     #[default]
     Service,
-    /// Runs to completion: exit 0 is `succeeded` and never restarted.
+    /// Runs to completion: exit 0 is `succeeded` and never restarted. One
+    /// container (`count` 1).
     Job,
 }
 

@@ -11,7 +11,7 @@ use super::files::{FilePolicy, FileText};
 use super::interpolate::{self, InterpolateError};
 use super::parse::{parse_manifest_file, DocLocations, ManifestError, ParsedTask, Pos, Seg};
 use super::select;
-use super::{is_valid_name, EnvValue, TaskManifest};
+use super::{is_valid_name, EnvValue, TaskKind, TaskManifest};
 
 /// Most instances one task may ask for. Far above any single host's needs;
 /// it exists so a typo (`count: 10000`) cannot launch a container storm.
@@ -71,6 +71,9 @@ pub struct CheckedTask {
     /// Their text by [`FileRef::field`], once the folder loader has read
     /// them (checking a file's text alone reads nothing).
     pub files: BTreeMap<String, FileText>,
+    /// Where each `depends_on` entry sits, for errors the folder finds
+    /// (an unknown task, a cycle across files).
+    pub depends_at: BTreeMap<String, Pos>,
 }
 
 /// A file a manifest asks berth to read: `env.<KEY>` (`{file:}`) or
@@ -179,6 +182,17 @@ pub fn check_file_on(
                 format!("task `{name}` is defined twice in this file (first at line {first_line})"),
             ));
         }
+        let depends_at = doc
+            .manifest
+            .depends_on
+            .keys()
+            .map(|dep| {
+                (
+                    dep.clone(),
+                    doc.locations.key(&[Seg::Key("depends_on"), Seg::Key(dep)]),
+                )
+            })
+            .collect();
         tasks.push(CheckedTask {
             name,
             line: doc.line,
@@ -186,6 +200,7 @@ pub fn check_file_on(
             files: BTreeMap::new(),
             manifest: doc.manifest,
             not_selected,
+            depends_at,
         });
     }
     if errors.is_empty() {
@@ -284,9 +299,81 @@ fn validate_with(
     check_modes(&mut c, m, ctx);
     check_volumes(&mut c, m, ctx);
     check_misc(&mut c, m);
+    check_jobs(&mut c, m, task_self_name(task, file));
     check_select(&mut c, m);
     check_references(&mut c, m, ctx, for_this_agent);
     c.errors
+}
+
+/// The name a task will carry, as far as one document tells (for the
+/// self-dependency rule; the file stem when `name:` is missing).
+fn task_self_name(task: &ParsedTask, file: &str) -> String {
+    task.manifest.name.clone().unwrap_or_else(|| {
+        Path::new(file)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// `kind`, `schedule`, `max_attempts` and the shape of `depends_on`. Names
+/// a dependency must match and cycles are the folder's to check: they span
+/// files.
+fn check_jobs(c: &mut Checker<'_>, m: &TaskManifest, name: String) {
+    let job = m.kind == TaskKind::Job;
+    if let Some(schedule) = &m.schedule {
+        if !job {
+            c.at_key(
+                &[Seg::Key("schedule")],
+                "`schedule` is for jobs only: add `kind: job` (a service keeps running and has nothing to schedule)",
+            );
+        } else if let Err(why) = crate::manifest::cron::Schedule::parse(schedule) {
+            c.at_value(
+                &[Seg::Key("schedule")],
+                format!("schedule `{schedule}` is not a cron schedule: {why}; write 5 fields (minute hour day-of-month month day-of-week, e.g. \"*/15 * * * *\") or 6 with seconds first"),
+            );
+        }
+    }
+    if let Some(attempts) = m.max_attempts {
+        if !job {
+            c.at_key(
+                &[Seg::Key("max_attempts")],
+                "`max_attempts` is for jobs only: add `kind: job`, or use `restart:` for a service",
+            );
+        } else if attempts == 0 {
+            c.at_value(
+                &[Seg::Key("max_attempts")],
+                "max_attempts must be at least 1 (the first run counts as one attempt)",
+            );
+        }
+    }
+    if job && m.count > 1 {
+        c.at_value(
+            &[Seg::Key("count")],
+            format!("a job runs one container, not {}: split parallel work into several jobs, or use count: 1", m.count),
+        );
+    }
+    if job && m.update.order == crate::manifest::UpdateOrder::StartFirst {
+        c.at_value(
+            &[Seg::Key("update"), Seg::Key("order")],
+            "a job is never updated in place: a changed spec runs it again, so `order: start-first` has no meaning here; remove it",
+        );
+    }
+    for dep in m.depends_on.keys() {
+        let path = [Seg::Key("depends_on"), Seg::Key(dep)];
+        if !is_valid_name(dep) {
+            c.at_key(
+                &path,
+                format!("depends_on names `{dep}`, which is not a valid task name"),
+            );
+        } else if *dep == name {
+            c.at_key(
+                &path,
+                format!("task `{name}` depends on itself; remove this entry"),
+            );
+        }
+    }
 }
 
 fn check_select(c: &mut Checker<'_>, m: &TaskManifest) {
@@ -1399,5 +1486,52 @@ stop_timeout: 10s
         .err()
         .unwrap_or_default();
         assert_eq!(err.len(), 1);
+    }
+
+    #[test]
+    fn schedule_and_max_attempts_are_for_jobs_only() {
+        let err = only_error("image: x\nschedule: \"* * * * *\"\n");
+        assert_eq!((err.line, err.column), (2, 1));
+        assert!(err.message.contains("add `kind: job`"), "{err}");
+        let err = only_error("image: x\nmax_attempts: 2\n");
+        assert!(err.message.contains("for jobs only"), "{err}");
+        let ok = "image: x\nkind: job\nschedule: \"*/15 * * * *\"\nmax_attempts: 2\n";
+        assert!(check("web.yaml", ok, &ValidationContext::default()).is_ok());
+    }
+
+    #[test]
+    fn a_schedule_must_be_cron_syntax_with_five_or_six_fields() {
+        let err = only_error("image: x\nkind: job\nschedule: \"every minute\"\n");
+        assert_eq!((err.line, err.column), (3, 11));
+        assert!(err.message.contains("not a cron schedule"), "{err}");
+        let err = only_error("image: x\nkind: job\nschedule: \"61 * * * *\"\n");
+        assert!(err.message.contains("61 * * * *"), "{err}");
+        let seconds = "image: x\nkind: job\nschedule: \"*/20 * * * * *\"\n";
+        assert!(check("web.yaml", seconds, &ValidationContext::default()).is_ok());
+    }
+
+    #[test]
+    fn a_job_runs_one_container_and_at_least_one_attempt() {
+        let err = only_error("image: x\nkind: job\ncount: 2\n");
+        assert!(err.message.contains("a job runs one container"), "{err}");
+        let err = only_error("image: x\nkind: job\nmax_attempts: 0\n");
+        assert!(err.message.contains("at least 1"), "{err}");
+        let err = only_error("image: x\nkind: job\nupdate: {order: start-first}\n");
+        assert!(err.message.contains("never updated in place"), "{err}");
+    }
+
+    #[test]
+    fn a_task_cannot_depend_on_itself() {
+        let err = only_error("image: x\ndepends_on:\n  web: started\n");
+        assert_eq!((err.line, err.column), (3, 3));
+        assert!(err.message.contains("depends on itself"), "{err}");
+        let err = only_error("image: x\ndepends_on: {Db_1: started}\n");
+        assert!(err.message.contains("not a valid task name"), "{err}");
+    }
+
+    #[test]
+    fn a_dependency_condition_outside_the_three_is_refused() {
+        let err = only_error("image: x\ndepends_on: {db: ready}\n");
+        assert!(err.message.contains("ready"), "{err}");
     }
 }
