@@ -26,6 +26,8 @@
 //!   default stop grace: the vocabulary every layer shares.
 //! - [`config`]: the agent config. [`clock`]: the injectable wall clock.
 //!   [`node`]: this host's name and address.
+//! - [`logging`]: log level, format, colour, timestamps, and the cap that
+//!   keeps the Docker and HTTP client libraries from logging bodies.
 //!
 //! The `berth` binary (`src/main.rs` and `src/cli/`) only parses flags and
 //! wires these parts; every behaviour lives here. Imports go one way:
@@ -39,6 +41,7 @@ pub mod config;
 pub mod desired;
 pub mod engine;
 pub mod faces;
+pub mod logging;
 pub mod manifest;
 pub mod names;
 pub mod node;

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use berth::config::AgentConfig;
+use berth::logging::{LogFormat, LogLevel};
 use berth::runtime::docker::DockerRuntime;
 
 mod down;
@@ -28,17 +29,14 @@ pub use flags::AgentFlags;
     about = "A reconciling controller for Docker: a folder of task manifests becomes exactly the containers it describes."
 )]
 pub struct Cli {
-    /// Log format: human-readable text or JSON lines. Level from RUST_LOG.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    /// Log format: human-readable text or JSON lines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "BERTH_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Log level; RUST_LOG, when set, adds finer directives and wins where it says something (e.g. RUST_LOG=berth::engine=debug).
+    #[arg(long, value_enum, default_value_t = LogLevel::Info, global = true, env = "BERTH_LOG_LEVEL")]
+    pub log_level: LogLevel,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -100,26 +98,6 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-}
-
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // bollard logs whole request bodies at debug (a create body holds secret
-    // env values): never below info, whatever RUST_LOG says.
-    let filter = ["bollard=info", "bollard::docker=info"]
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .fold(filter, |f, d| f.add_directive(d));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

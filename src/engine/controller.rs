@@ -243,6 +243,8 @@ pub struct Controller<R: ContainerRuntime> {
     /// Problems already logged, so each is logged when it appears, not at
     /// every pass.
     logged_errors: BTreeSet<String>,
+    /// Foreign-looking containers of our namespace already warned about.
+    logged_unrecognised: BTreeSet<String>,
     status: SharedStatus,
     /// Last apply error per instance, for status (failed removals included).
     last_errors: BTreeMap<InstanceKey, String>,
@@ -305,6 +307,7 @@ impl<R: ContainerRuntime> Controller<R> {
             folder_device: None,
             removals_held: None,
             logged_errors: BTreeSet::new(),
+            logged_unrecognised: BTreeSet::new(),
             status,
             last_errors: BTreeMap::new(),
             observer: None,
@@ -694,8 +697,12 @@ impl<R: ContainerRuntime> Controller<R> {
         }
         let now = self.clock.now();
         let plan = self.plan(&prepared, now);
-        for name in &plan.unrecognised {
+        let (new, gone) = seen_changes(&mut self.logged_unrecognised, &plan.unrecognised);
+        for name in new {
             warn!(container = %name, "container carries our namespace label but no valid task/index labels; leaving it alone");
+        }
+        for name in gone {
+            info!(container = %name, "resolved: the container without valid task/index labels is gone or fixed");
         }
         for w in &plan.waiting {
             self.log_backoff(&w.key, w.until, now);
@@ -729,21 +736,12 @@ impl<R: ContainerRuntime> Controller<R> {
     /// Log each problem when it first appears and say when it is gone; a
     /// broken file must not fill the journal at every pass.
     fn log_errors_once(&mut self, errors: &[String]) {
-        for e in errors {
-            if !self.logged_errors.contains(e) {
-                warn!("{e}");
-                self.logged_errors.insert(e.clone());
-            }
+        let (new, gone) = seen_changes(&mut self.logged_errors, errors);
+        for e in new {
+            warn!("{e}");
         }
-        let gone: Vec<String> = self
-            .logged_errors
-            .iter()
-            .filter(|e| !errors.contains(e))
-            .cloned()
-            .collect();
         for e in gone {
             info!("resolved: {e}");
-            self.logged_errors.remove(&e);
         }
     }
 
@@ -1150,10 +1148,45 @@ impl<R: ContainerRuntime> Controller<R> {
     }
 }
 
+/// The log-once memory: which of `now` were not in `seen` (to log as new)
+/// and which of `seen` are no longer in `now` (to log as resolved); `seen`
+/// becomes `now`. A message that stays the same is logged once, not at
+/// every pass; one that changes is a new message. Pure.
+pub fn seen_changes(seen: &mut BTreeSet<String>, now: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut new: Vec<String> = Vec::new();
+    for m in now {
+        if !seen.contains(m) && !new.contains(m) {
+            new.push(m.clone());
+        }
+    }
+    let current: BTreeSet<&String> = now.iter().collect();
+    let gone: Vec<String> = seen
+        .iter()
+        .filter(|m| !current.contains(m))
+        .cloned()
+        .collect();
+    *seen = now.iter().cloned().collect();
+    (new, gone)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::manifest::RestartSpec;
+
+    #[test]
+    fn a_repeated_message_is_new_once_and_resolved_once() {
+        let mut seen = BTreeSet::new();
+        let now = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (new, gone) = seen_changes(&mut seen, &now(&["a", "b", "a"]));
+        assert_eq!((new, gone), (now(&["a", "b"]), now(&[])));
+        for _ in 0..3 {
+            let (new, gone) = seen_changes(&mut seen, &now(&["b", "a"]));
+            assert!(new.is_empty() && gone.is_empty(), "the same messages again");
+        }
+        let (new, gone) = seen_changes(&mut seen, &now(&["a", "c"]));
+        assert_eq!((new, gone), (now(&["c"]), now(&["b"])), "b changed to c");
+    }
     use crate::runtime::fake::FakeRuntime;
 
     fn controller(dir: &std::path::Path, manifest: &str) -> Controller<FakeRuntime> {
