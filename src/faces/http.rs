@@ -25,10 +25,10 @@ use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen on {addr}: {source} (choose another address with --listen or `listen:` in the agent config)")]
+    #[error("cannot listen on {addr}: {cause} (choose another address with --listen or `listen:` in the agent config)")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -52,7 +52,10 @@ pub const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| HttpError::Bind { addr, source })
+        .map_err(|source| HttpError::Bind {
+            addr,
+            cause: source,
+        })
 }
 
 pub fn router(state: HttpState) -> Router {
