@@ -431,7 +431,7 @@ impl<R: ContainerRuntime> Controller<R> {
             .unwrap_or_else(|e| {
                 Err(FolderError::Unreadable {
                     dir: self.config.manifests.clone(),
-                    source: std::io::Error::other(format!("the folder reader failed: {e}")),
+                    cause: std::io::Error::other(format!("the folder reader failed: {e}")),
                 })
             });
         let tasks = match loaded {
