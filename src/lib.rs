@@ -18,7 +18,8 @@
 //! - [`runtime`]: the narrow [`runtime::ContainerRuntime`] trait, over Docker
 //!   (bollard, split by concern) or in memory for tests.
 //! - [`agent`]: `berth run`'s loop and `run --once`: triggers, the folder
-//!   watch, Docker events, signals, heartbeat and systemd notification.
+//!   watch, the git source's polling task, Docker events, signals,
+//!   heartbeat and systemd notification.
 //! - [`source`]: manifests from a git repository (GitOps).
 //! - [`faces`]: what people and machines see: HTTP endpoints, metrics,
 //!   rendering of status and plans, pull progress.

@@ -15,6 +15,10 @@ pub mod labels {
     pub const INDEX: &str = "io.berth.index";
     pub const SPEC_HASH: &str = "io.berth.spec-hash";
     pub const MANIFEST: &str = "io.berth.manifest";
+    /// The git commit a container's manifest came from (git source only).
+    /// Set when the container is created; a later commit that leaves the
+    /// spec unchanged leaves the container, and this label, alone.
+    pub const SOURCE_COMMIT: &str = "io.berth.source-commit";
     /// The applied spec without secrets (see `desired::applied`), for field diffs.
     pub const APPLIED: &str = "io.berth.applied";
     /// `io.berth.port.<label>` holds the host port allocated to a port label.

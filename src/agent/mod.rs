@@ -5,6 +5,7 @@
 //! - [`lock`]: one agent per namespace on a host.
 //! - [`notify`]: systemd's sd_notify (READY, WATCHDOG, STATUS).
 //! - [`once`]: `run --once`, converging and judging honestly.
+//! - [`source`]: the git source's task: polls, `POST /v1/sync`, SIGHUP.
 //!
 //! Triggers (folder changes, Docker events, timers, SIGHUP, finished work)
 //! only say "look again"; bursts coalesce into one pass. A pass returns as
@@ -23,6 +24,7 @@ pub mod events;
 pub mod lock;
 pub mod notify;
 pub mod once;
+pub mod source;
 pub mod watch;
 
 pub use once::{run_once, OnceReport, ONCE_DEADLINE};

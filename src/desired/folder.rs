@@ -42,6 +42,10 @@ pub struct TaskDef {
     /// The text of the files it names (`env.<KEY>`, `auth.password_file`),
     /// read under the agent's `files` rules when the folder was loaded.
     pub files: BTreeMap<String, FileText>,
+    /// The git commit this version of the task was read from, when the
+    /// manifests come from a git source; the `io.berth.source-commit`
+    /// label of the containers created from it. Not part of the spec.
+    pub source_commit: Option<String>,
 }
 
 /// A task whose `select:` excludes this agent: shown by plan and status,
@@ -368,6 +372,7 @@ fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>, any_failed: bool) -
                     line: task.line,
                     manifest: task.manifest,
                     files: task.files,
+                    source_commit: None,
                 },
             );
         }

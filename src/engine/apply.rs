@@ -383,6 +383,9 @@ impl<R: ContainerRuntime> Executor<R> {
         if let Some(replacing) = replacing {
             labels.insert(labels::REPLACING.to_string(), replacing);
         }
+        if let Some(commit) = &desired.source_commit {
+            labels.insert(labels::SOURCE_COMMIT.to_string(), commit.clone());
+        }
         let request = CreateRequest {
             name,
             spec: &desired.spec,

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::config::AgentConfig;
-use crate::desired::folder::{load_folder, DesiredTracker, FolderError, TaskDef};
+use crate::desired::folder::{load_folder, DesiredTracker, TaskDef};
 use crate::desired::ports::{host_port_is_free, recorded_ports, PortAllocator, PortRequest};
 use crate::desired::resolve::{resolve_instance, ResolveContext};
 use crate::desired::state::DesiredState;
@@ -38,6 +38,7 @@ use crate::manifest::UpdateOrder;
 use crate::names::InstanceKey;
 use crate::node::NodeInfo;
 use crate::runtime::{ContainerRuntime, ObservedContainer, RuntimeError};
+use crate::source::Revision;
 
 /// An error that is not about one task, e.g. Docker being unreachable.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +249,9 @@ pub struct Controller<R: ContainerRuntime> {
     folder_device: Option<u64>,
     /// Why every removal is held this pass, if it is.
     removals_held: Option<String>,
+    /// The applied commit of a git source, when the manifests come from one
+    /// (see [`Controller::set_source`]).
+    source: Option<watch::Receiver<Option<Revision>>>,
     /// Problems already logged, so each is logged when it appears, not at
     /// every pass.
     logged_errors: BTreeSet<String>,
@@ -314,6 +318,7 @@ impl<R: ContainerRuntime> Controller<R> {
             folder_quiet_since: clock.now(),
             folder_device: None,
             removals_held: None,
+            source: None,
             logged_errors: BTreeSet::new(),
             logged_unrecognised: BTreeSet::new(),
             status,
@@ -324,6 +329,30 @@ impl<R: ContainerRuntime> Controller<R> {
 
     pub fn status(&self) -> SharedStatus {
         self.status.clone()
+    }
+
+    /// Load the manifests from a git source's applied commit instead of the
+    /// `manifests` folder. Each pass reads the commit's own checkout folder
+    /// (a fixed path per commit), so one pass never mixes two commits, and
+    /// its containers are labelled with that commit. `None` in the channel
+    /// (nothing applied yet) is treated like an unreadable folder: nothing
+    /// is removed.
+    pub fn set_source(&mut self, applied: watch::Receiver<Option<Revision>>) {
+        self.source = Some(applied);
+    }
+
+    /// The folder this pass loads, and the commit it holds (git source).
+    fn manifest_folder(&self) -> Result<(std::path::PathBuf, Option<String>), String> {
+        let Some(source) = &self.source else {
+            return Ok((self.config.manifests.clone(), None));
+        };
+        match source.borrow().as_ref() {
+            Some(rev) => Ok((rev.manifests.clone(), Some(rev.commit.clone()))),
+            None => Err(
+                "source: no commit applied yet (waiting for the first good fetch); nothing is removed meanwhile"
+                    .to_string(),
+            ),
+        }
     }
 
     /// Observe passes and outcomes (e.g. for `/metrics`).
@@ -368,6 +397,12 @@ impl<R: ContainerRuntime> Controller<R> {
                 "the namespace cannot change while berth runs; keeping the old one until restart"
             );
             config.namespace = self.config.namespace.clone();
+        }
+        if config.source != self.config.source || config.state_dir != self.config.state_dir {
+            warn!("the git source and state_dir cannot change while berth runs; keeping the old ones until restart");
+            config.source = self.config.source.clone();
+            config.state_dir = self.config.state_dir.clone();
+            config.manifests = self.config.manifests.clone();
         }
         if config.parallelism != self.config.parallelism {
             self.executor = Arc::new(Executor::new(
@@ -422,18 +457,26 @@ impl<R: ContainerRuntime> Controller<R> {
         let mut errors = Vec::new();
         let mut desired = DesiredState::default();
         let mut no_manifest = false;
+        let folder = self.manifest_folder();
+        let manifest_dir = match &folder {
+            Ok((dir, _)) => dir.clone(),
+            Err(_) => self.config.manifests.clone(),
+        };
         // Reading the folder and the files its manifests name is blocking
         // file I/O: it runs off the loop (and opens nothing that can block).
-        let dir = self.config.manifests.clone();
         let validation = self.validation_context();
-        let loaded = tokio::task::spawn_blocking(move || load_folder(&dir, &validation))
+        let loaded = match folder {
+            Ok((dir, commit)) => tokio::task::spawn_blocking(move || {
+                let mut loaded = load_folder(&dir, &validation).map_err(|e| e.to_string())?;
+                for def in loaded.tasks.values_mut() {
+                    def.source_commit.clone_from(&commit);
+                }
+                Ok(loaded)
+            })
             .await
-            .unwrap_or_else(|e| {
-                Err(FolderError::Unreadable {
-                    dir: self.config.manifests.clone(),
-                    cause: std::io::Error::other(format!("the folder reader failed: {e}")),
-                })
-            });
+            .unwrap_or_else(|e| Err(format!("the folder reader failed: {e}"))),
+            Err(e) => Err(e),
+        };
         let tasks = match loaded {
             Ok(loaded) => {
                 if self.folder_fingerprint.as_ref() != Some(&loaded.fingerprint) {
@@ -459,7 +502,7 @@ impl<R: ContainerRuntime> Controller<R> {
             }
             Err(e) => {
                 // Never an empty set: keep what we had, and remove nothing.
-                errors.push(e.to_string());
+                errors.push(e);
                 desired.hold_removals = true;
                 self.last_tasks.clone().unwrap_or_default()
             }
@@ -477,7 +520,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     ))))
                 }
             };
-        self.removals_held = self.hold_everything(no_manifest, &observed);
+        self.removals_held = self.hold_everything(&manifest_dir, no_manifest, &observed);
         if let Some(why) = &self.removals_held {
             desired.hold_removals = true;
             errors.push(why.clone());
@@ -513,7 +556,7 @@ impl<R: ContainerRuntime> Controller<R> {
             namespace: &self.config.namespace,
             meta: &self.config.meta,
             node: &self.node,
-            manifest_dir: &self.config.manifests,
+            manifest_dir: &manifest_dir,
         };
         // Read at each pass, like env files: a rotated password is used at once.
         let agent_auth = match &self.config.docker.auth_config {
@@ -574,12 +617,18 @@ impl<R: ContainerRuntime> Controller<R> {
     /// (what an unmounted disk leaves at its mount point) or a folder now on
     /// another file system than at start holds every removal, unless the
     /// agent says `allow_empty: true`; `berth down` empties a host on purpose.
+    ///
+    /// With a git source, `dir` is the applied commit's checkout: every
+    /// checkout lies in `state_dir` on one file system, so switching commits
+    /// never looks like a mount going away; a commit with no manifest at all
+    /// holds every removal like an empty folder does.
     fn hold_everything(
         &mut self,
+        dir: &std::path::Path,
         no_manifest: bool,
         observed: &[ObservedContainer],
     ) -> Option<String> {
-        let device = folder_device(&self.config.manifests);
+        let device = folder_device(dir);
         if self.folder_device.is_none() {
             self.folder_device = device;
         }
@@ -587,7 +636,7 @@ impl<R: ContainerRuntime> Controller<R> {
         if let Some(now) = device.filter(|d| self.folder_device.is_some() && *d != first) {
             return Some(format!(
                 "every removal is held: the manifest folder {} is on another file system than when berth started (device {first} then, {now} now; did a mount go away?). Restart berth once the folder is right",
-                self.config.manifests.display()
+                dir.display()
             ));
         }
         let ours = observed
@@ -597,7 +646,7 @@ impl<R: ContainerRuntime> Controller<R> {
         if no_manifest && ours > 0 && !self.config.allow_empty {
             return Some(format!(
                 "every removal is held: the manifest folder {} has no manifest, and removing all {ours} containers of the namespace is never done by accident. Put the manifests back, run `berth down` to empty the host, or set allow_empty: true",
-                self.config.manifests.display()
+                dir.display()
             ));
         }
         None

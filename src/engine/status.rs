@@ -110,6 +110,10 @@ pub struct Status {
     /// folder moved to another file system).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removals_held: Option<String>,
+    /// The git source, when the manifests come from one: the commit that
+    /// runs, when it was fetched, the last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::source::SourceStatus>,
 }
 
 /// Work in flight that status reads live.

@@ -13,6 +13,8 @@ pub enum Trigger {
     Startup,
     /// Something changed in the manifest folder.
     ManifestsChanged,
+    /// The git source switched to a new commit.
+    SourceChanged { commit: String },
     /// Docker reported an event for one of berth's containers (a hint).
     DockerEvent { task: Option<String> },
     /// The periodic resync, or Docker's event stream came back.
@@ -33,6 +35,7 @@ impl Trigger {
         match self {
             Trigger::Startup => "startup",
             Trigger::ManifestsChanged => "manifests",
+            Trigger::SourceChanged { .. } => "source",
             Trigger::DockerEvent { .. } => "docker-event",
             Trigger::Resync => "resync",
             Trigger::BackoffDue => "backoff",
@@ -49,6 +52,9 @@ impl fmt::Display for Trigger {
             Trigger::DockerEvent { task: Some(task) } => write!(f, "docker-event({task})"),
             Trigger::WorkDone { key } => write!(f, "work-done({key})"),
             Trigger::Retry { task } => write!(f, "retry({task})"),
+            Trigger::SourceChanged { commit } => {
+                write!(f, "source({})", commit.chars().take(7).collect::<String>())
+            }
             other => f.write_str(other.name()),
         }
     }

@@ -42,6 +42,9 @@ pub struct Metrics {
     docker_up: Gauge,
     removals_held: Gauge,
     docker_info: Family<Labels, Gauge>,
+    source_info: Family<Labels, Gauge>,
+    source_fetch_failures: Counter,
+    source_last_fetch: Gauge,
     /// Serialises gauge refreshes (clear + set) between concurrent scrapes.
     refresh: Mutex<()>,
 }
@@ -122,8 +125,29 @@ impl Metrics {
             "The Docker engine version (value is always 1)",
             docker_info.clone(),
         );
+        let source_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "berth_source_info",
+            "The git commit whose manifests are applied (value is always 1; absent without a git source or before a first good fetch)",
+            source_info.clone(),
+        );
+        let source_fetch_failures = Counter::default();
+        registry.register(
+            "berth_source_fetch_failures",
+            "Fetches of the git source that failed (remote unreachable, ref gone, timeout); the applied commit is kept",
+            source_fetch_failures.clone(),
+        );
+        let source_last_fetch = Gauge::default();
+        registry.register(
+            "berth_source_last_fetch_timestamp_seconds",
+            "Unix time of the last fetch of the git source that reached the remote",
+            source_last_fetch.clone(),
+        );
         Metrics {
             registry,
+            source_info,
+            source_fetch_failures,
+            source_last_fetch,
             passes,
             pass_duration,
             tasks,
@@ -223,6 +247,24 @@ impl Metrics {
         if let Some(v) = &status.docker_version {
             self.docker_info.get_or_create(&label("version", v)).set(1);
         }
+        self.source_info.clear();
+        if let Some(source) = &status.source {
+            if let Some(commit) = &source.commit {
+                self.source_info
+                    .get_or_create(&label("commit", commit))
+                    .set(1);
+            }
+            // The source counts; the counter catches up (never goes back).
+            let seen = self.source_fetch_failures.get();
+            if source.fetch_failures > seen {
+                self.source_fetch_failures
+                    .inc_by(source.fetch_failures - seen);
+            }
+            if let Some(t) = source.last_success {
+                self.source_last_fetch
+                    .set(i64::try_from(t).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// The OpenMetrics text exposition.
@@ -291,6 +333,34 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("state=\"exited\""), "{text}");
         assert!(text.contains("berth_docker_up 0"), "{text}");
+    }
+
+    #[test]
+    fn the_source_metrics_follow_the_source_status() {
+        let m = Metrics::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut status = Status::default();
+        m.refresh_from(&status, now);
+        assert!(!m.encode().contains("berth_source_info{"));
+        status.source = Some(crate::source::SourceStatus {
+            commit: Some("a".repeat(40)),
+            last_success: Some(990),
+            fetch_failures: 2,
+            ..Default::default()
+        });
+        m.refresh_from(&status, now);
+        m.refresh_from(&status, now);
+        let text = m.encode();
+        let info = format!("berth_source_info{{commit=\"{}\"}} 1", "a".repeat(40));
+        assert!(text.contains(&info), "{text}");
+        assert!(
+            text.contains("berth_source_fetch_failures_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_source_last_fetch_timestamp_seconds 990"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -271,6 +271,52 @@ pub fn status_table(status: &Status, now: SystemTime) -> String {
     if let Some(e) = &status.docker_error {
         out.push_str(&format!("\ndocker: {e}\n"));
     }
+    if let Some(source) = &status.source {
+        out.push_str(&source_lines(source, now));
+    }
+    out
+}
+
+/// The git source under the status table: the commit that runs, when the
+/// remote was last reached, the last error.
+fn source_lines(source: &crate::source::SourceStatus, now: u64) -> String {
+    let short = |c: &str| c.chars().take(7).collect::<String>();
+    let mut out = format!("\nsource: {} {}", source.url, source.git_ref);
+    if !source.path.is_empty() {
+        out.push_str(&format!(" ({})", source.path));
+    }
+    out.push('\n');
+    match &source.commit {
+        Some(c) => {
+            out.push_str(&format!("  commit: {}", short(c)));
+            if let Some(subject) = &source.commit_subject {
+                out.push_str(&format!(" {subject}"));
+            }
+            out.push('\n');
+        }
+        None => out.push_str("  commit: none applied yet\n"),
+    }
+    if let Some(remote) = source
+        .remote_commit
+        .as_ref()
+        .filter(|r| source.commit.as_ref() != Some(*r))
+    {
+        out.push_str(&format!("  remote: {} (not applied)\n", short(remote)));
+    }
+    let ago = |t: Option<u64>| {
+        t.map_or_else(
+            || "never".to_string(),
+            |t| format!("{} ago", human_duration(now.saturating_sub(t))),
+        )
+    };
+    out.push_str(&format!("  fetched: {}", ago(source.last_success)));
+    if source.last_fetch != source.last_success {
+        out.push_str(&format!(" (last try {})", ago(source.last_fetch)));
+    }
+    out.push('\n');
+    if let Some(e) = &source.last_error {
+        out.push_str(&format!("  error: {e}\n"));
+    }
     out
 }
 
@@ -278,6 +324,35 @@ pub fn status_table(status: &Status, now: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::engine::status::{InstanceStatus, WorkStatus};
+
+    #[test]
+    fn the_status_shows_the_commit_that_runs_and_why_a_newer_one_does_not() {
+        let status = Status {
+            source: Some(crate::source::SourceStatus {
+                url: "file:///srv/ops.git".into(),
+                git_ref: "main".into(),
+                path: "hosts".into(),
+                commit: Some(format!("1a2b3c4{}", "0".repeat(33))),
+                commit_subject: Some("web: 1.2".into()),
+                remote_commit: Some(format!("9f8e7d6{}", "0".repeat(33))),
+                last_fetch: Some(990),
+                last_success: Some(990),
+                last_error: Some("commit 9f8e7d6 not applied: no valid signature".into()),
+                ..Default::default()
+            }),
+            ..Status::default()
+        };
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        let text = status_table(&status, now);
+        assert!(
+            text.contains("source: file:///srv/ops.git main (hosts)"),
+            "{text}"
+        );
+        assert!(text.contains("commit: 1a2b3c4 web: 1.2"), "{text}");
+        assert!(text.contains("remote: 9f8e7d6 (not applied)"), "{text}");
+        assert!(text.contains("fetched: 10s ago\n"), "{text}");
+        assert!(text.contains("error: commit 9f8e7d6 not applied"), "{text}");
+    }
 
     #[test]
     fn durations_read_like_a_person_would_write_them() {
