@@ -324,3 +324,67 @@ fn over_git_daemon_post_sync_and_sighup_fetch_at_once_and_a_dead_remote_touches_
     assert_eq!(seen(&ns, "web"), Some(web));
     assert_eq!(seen(&ns, "db"), Some(db));
 }
+
+#[test]
+fn plan_ref_shows_what_an_unmerged_branch_would_change_and_changes_nothing() {
+    let ns = TestNamespace::new("gitops-plan");
+    let remote = Remote::new();
+    let main = remote.commit(&[("hosts/web.yaml", Some(&task("")))], None, "main");
+    let cfg = config(remote.root(), &remote.url(), "1s", None);
+    let berth = start(&ns, &remote, &cfg);
+    let web = wait_for_commit(&ns, "web", &main);
+
+    // A pull request's branch: web changes, api is new. Not merged.
+    let feature = remote.commit(
+        &[
+            ("hosts/web.yaml", Some(&task("env: {V: \"2\"}\n"))),
+            ("hosts/api.yaml", Some(&task(""))),
+        ],
+        None,
+        "feature",
+    );
+    let state = remote.state().display().to_string();
+    let cfg = cfg.display().to_string();
+    let plan = |git_ref: &str| {
+        common::run_berth(
+            &[
+                "plan",
+                "--config",
+                &cfg,
+                "--state-dir",
+                &state,
+                "--namespace",
+                &ns.ns,
+                "--ref",
+                git_ref,
+            ],
+            DEADLINE,
+        )
+    };
+    let out = plan("feature");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains(&feature), "{stderr}");
+    assert!(stdout.contains("api"), "{stdout}");
+    assert!(stdout.contains("web") && stdout.contains("V"), "{stdout}");
+
+    let out = plan("main");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = plan("no-such-branch");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-branch"), "{stderr}");
+
+    // Planning touched neither the agent's commit nor its containers.
+    let source = source_status(&berth);
+    assert_eq!(source["commit"], main.as_str(), "{source}");
+    assert_eq!(seen(&ns, "web"), Some(web));
+    assert!(seen(&ns, "api").is_none());
+}
