@@ -9,8 +9,11 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    cli::init_logging(args.log_format);
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return cli::usage_error(e),
+    };
+    let bars = cli::start_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -22,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::dispatch(args.command)) {
+    match runtime.block_on(cli::dispatch(args.command, bars)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth: {e:#}");

@@ -15,6 +15,10 @@ pub mod labels {
     pub const INDEX: &str = "io.berth.index";
     pub const SPEC_HASH: &str = "io.berth.spec-hash";
     pub const MANIFEST: &str = "io.berth.manifest";
+    /// The git commit a container's manifest came from (git source only).
+    /// Set when the container is created; a later commit that leaves the
+    /// spec unchanged leaves the container, and this label, alone.
+    pub const SOURCE_COMMIT: &str = "io.berth.source-commit";
     /// The applied spec without secrets (see `desired::applied`), for field diffs.
     pub const APPLIED: &str = "io.berth.applied";
     /// `io.berth.port.<label>` holds the host port allocated to a port label.
@@ -25,6 +29,9 @@ pub mod labels {
     /// On a staged new container: `<old id>:running|stopped`, the container
     /// it replaces and whether that one ran, for a restore after a crash.
     pub const REPLACING: &str = "io.berth.replacing";
+    /// The tasks this container's task depends on (`db,cache`), so removal
+    /// and `berth down` stop dependents first without the manifests.
+    pub const DEPENDS_ON: &str = "io.berth.depends-on";
 }
 
 /// How long a stop waits before SIGKILL when nothing better is known:
@@ -53,6 +60,26 @@ impl InstanceKey {
     pub fn container_name(&self, namespace: &str) -> String {
         format!("{namespace}-{}-{}", self.task, self.index)
     }
+}
+
+/// The instance a canonical container name `<namespace>-<task>-<index>`
+/// stands for, if `name` is one in `namespace`. Task names follow the
+/// manifest's rule (lowercase letters, digits, `-`).
+pub fn parse_container_name(name: &str, namespace: &str) -> Option<InstanceKey> {
+    let rest = name.strip_prefix(namespace)?.strip_prefix('-')?;
+    let (task, index) = rest.rsplit_once('-')?;
+    let valid_task = !task.is_empty()
+        && task.len() <= 48
+        && task
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !task.starts_with('-')
+        && !task.ends_with('-');
+    let digits = !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit());
+    (valid_task && digits)
+        .then(|| index.parse().ok())
+        .flatten()
+        .map(|index| InstanceKey::new(task, index))
 }
 
 impl fmt::Display for InstanceKey {
@@ -111,6 +138,26 @@ pub fn name_role(name: &str, canonical: &str) -> NameRole {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_names_of_a_namespace_are_recognised_and_no_other() {
+        assert_eq!(
+            parse_container_name("edge-web-api-2", "edge"),
+            Some(InstanceKey::new("web-api", 2))
+        );
+        for other in [
+            "edge-web",
+            "edgeweb-0",
+            "other-web-0",
+            "edge--0",
+            "edge-web-x",
+            "edge-Web-0",
+            "edge-web-0-old-0123456789ab",
+            "edge-web-+1",
+        ] {
+            assert_eq!(parse_container_name(other, "edge"), None, "{other}");
+        }
+    }
 
     #[test]
     fn replacement_names_say_what_a_container_is() {

@@ -6,11 +6,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use berth::config::AgentConfig;
+use berth::faces::progress::PullBars;
+use berth::logging::{LogFormat, LogLevel};
 use berth::runtime::docker::DockerRuntime;
 
+mod config;
 mod down;
 mod flags;
 mod plan;
@@ -28,17 +31,14 @@ pub use flags::AgentFlags;
     about = "A reconciling controller for Docker: a folder of task manifests becomes exactly the containers it describes."
 )]
 pub struct Cli {
-    /// Log format: human-readable text or JSON lines. Level from RUST_LOG.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    /// Log format: human-readable text or JSON lines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "BERTH_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Log level; RUST_LOG, when set, adds finer directives and wins where it says something (e.g. RUST_LOG=berth::engine=debug).
+    #[arg(long, value_enum, default_value_t = LogLevel::Info, global = true, env = "BERTH_LOG_LEVEL")]
+    pub log_level: LogLevel,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +67,11 @@ pub enum Command {
         agent: AgentFlags,
         #[arg(long)]
         json: bool,
+        /// With a git source: plan a branch, tag or commit instead of the
+        /// applied one (fetched, verified and checked out apart; e.g. a
+        /// pull request's branch in CI).
+        #[arg(long = "ref", value_name = "REF")]
+        git_ref: Option<String>,
     },
     /// Show tasks, containers, restarts and errors.
     Status {
@@ -93,8 +98,15 @@ pub enum Command {
         /// The task whose updates to retry.
         task: String,
     },
+    /// Print the effective agent config: every key, its value and where it came from (flag, BERTH_* variable, file or default).
+    Config {
+        #[command(flatten)]
+        agent: AgentFlags,
+    },
     /// Print the JSON Schema of a manifest.
     Schema,
+    /// Print berth's man page (roff; e.g. `berth manpage > /usr/share/man/man1/berth.1`).
+    Manpage,
     /// Print a shell completion script (e.g. `berth completions bash > /etc/bash_completion.d/berth`).
     Completions {
         #[arg(value_enum)]
@@ -102,35 +114,52 @@ pub enum Command {
     },
 }
 
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // bollard logs whole request bodies at debug (a create body holds secret
-    // env values): never below info, whatever RUST_LOG says.
-    let filter = ["bollard=info", "bollard::docker=info"]
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .fold(filter, |f, d| f.add_directive(d));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+/// The exit status of a command line clap refused: 64 (EX_USAGE) for a
+/// usage error, so it is never taken for `plan`'s 2 ("changes pending");
+/// 0 for `--help` and `--version`.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(USAGE)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
-pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+/// EX_USAGE from sysexits.h.
+pub const USAGE: u8 = 64;
+
+/// Start logging. With human logs on a terminal, pulls are drawn as bars
+/// and log lines go above them; the bars are returned for `run` to feed.
+pub fn start_logging(args: &Cli) -> Option<PullBars> {
+    let bars = match args.log_format {
+        LogFormat::Human => PullBars::for_stderr(),
+        LogFormat::Json => None,
+    };
+    match &bars {
+        Some(bars) => berth::logging::init_with_writer(
+            args.log_format,
+            args.log_level,
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(bars.log_writer()),
+        ),
+        None => berth::logging::init(args.log_format, args.log_level),
+    }
+    bars
+}
+
+pub async fn dispatch(command: Command, bars: Option<PullBars>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             agent,
             once,
             once_timeout,
-        } => run::run(agent, once, once_timeout.map(|d| d.get())).await,
+        } => run::run(agent, once, once_timeout.map(|d| d.get()), bars).await,
         Command::Validate { agent, paths } => validate::validate(agent, paths),
-        Command::Plan { agent, json } => plan::plan(agent, json).await,
+        Command::Plan {
+            agent,
+            json,
+            git_ref,
+        } => plan::plan(agent, json, git_ref).await,
         Command::Status { agent, json } => status::status(agent, json).await,
         Command::Down {
             agent,
@@ -138,9 +167,15 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             yes,
         } => down::down(agent, dry_run, yes).await,
         Command::Retry { agent, task } => retry::retry(agent, task).await,
+        Command::Config { agent } => config::config(agent),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

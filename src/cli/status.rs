@@ -9,7 +9,7 @@ use berth::runtime::ContainerRuntime;
 use super::{connect, AgentFlags};
 
 pub async fn status(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
-    let config = flags.load()?;
+    let config = flags.load_host()?;
     let addr = config.listen;
     let status = match berth::faces::status_client::fetch_status(addr, Duration::from_secs(5)).await
     {
@@ -62,6 +62,9 @@ async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::engine::sta
                 work: None,
                 held: None,
                 removal_due: None,
+                job: None,
+                next_run: None,
+                waiting: None,
             }
         })
         .collect();

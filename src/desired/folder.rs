@@ -6,11 +6,11 @@
 //! (bad input never costs running work: ARCHITECTURE.md). Only the deletion of a file removes its tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::manifest::files::{read_manifest_file, read_regular, FilePolicy, FileText, OpenError};
 use crate::manifest::parse::MAX_FILE_BYTES;
 use crate::manifest::validate::{check_file, check_file_on, CheckedTask, ValidationContext};
 use crate::manifest::{ManifestError, TaskManifest};
@@ -24,12 +24,8 @@ pub enum FolderError {
     Missing { dir: PathBuf },
     #[error("manifest path {} is not a directory", dir.display())]
     NotADirectory { dir: PathBuf },
-    #[error("manifest directory {} cannot be read: {source}", dir.display())]
-    Unreadable {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("manifest directory {} cannot be read: {cause}", dir.display())]
+    Unreadable { dir: PathBuf, cause: std::io::Error },
 }
 
 /// One task as the folder defines it.
@@ -43,6 +39,13 @@ pub struct TaskDef {
     /// 1-based line where the task's document starts.
     pub line: u64,
     pub manifest: TaskManifest,
+    /// The text of the files it names (`env.<KEY>`, `auth.password_file`),
+    /// read under the agent's `files` rules when the folder was loaded.
+    pub files: BTreeMap<String, FileText>,
+    /// The git commit this version of the task was read from, when the
+    /// manifests come from a git source; the `io.berth.source-commit`
+    /// label of the containers created from it. Not part of the spec.
+    pub source_commit: Option<String>,
 }
 
 /// A task whose `select:` excludes this agent: shown by plan and status,
@@ -89,20 +92,23 @@ pub fn is_manifest_file_name(name: &str) -> bool {
 /// `display` is the name errors carry.
 fn read_manifest(path: &Path, display: &str) -> Result<String, ManifestError> {
     let fail = |why: String| ManifestError::whole_file(display, why);
-    // `File::open` follows symlinks; a dangling one fails here, as an error
-    // for this file only.
-    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
-    let mut bytes = Vec::new();
-    // Read at most one byte past the cap, so a file that grows while we read
-    // it cannot make us read without bound.
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(format!("cannot be read: {e}")))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(fail(format!(
+    // Follows symlinks (git-sync's `web.yaml -> ..data/web.yaml`); a dangling
+    // one fails here, as an error for this file only. Opened without
+    // blocking and checked before reading: a FIFO named `x.yaml` must not
+    // hang the pass, and at most one byte past the cap is read, so a file
+    // that grows meanwhile cannot make the read unbounded.
+    let bytes = read_regular(path, MAX_FILE_BYTES, true).map_err(|e| match e {
+        OpenError::TooLarge => fail(format!(
             "is larger than the {MAX_FILE_BYTES}-byte limit for a manifest"
-        )));
-    }
+        )),
+        OpenError::NotRegular(kind) => fail(format!(
+            "is {kind}, not a regular file; a manifest must be a regular file"
+        )),
+        OpenError::NotFound => {
+            fail("cannot be read: it does not exist (a dangling symlink?)".into())
+        }
+        OpenError::Io(why) => fail(format!("cannot be read: {why}")),
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() as u64 + 1;
@@ -140,7 +146,7 @@ pub fn load_folder_on(
         },
         _ => FolderError::Unreadable {
             dir: dir.to_path_buf(),
-            source,
+            cause: source,
         },
     })?;
     if !meta.is_dir() {
@@ -150,7 +156,7 @@ pub fn load_folder_on(
     }
     let unreadable = |source| FolderError::Unreadable {
         dir: dir.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
@@ -193,7 +199,8 @@ pub fn load_folder_on(
         fingerprint.update([0]);
         let result = text
             .map_err(|e| vec![e])
-            .and_then(|text| check_file_on(&name, &text, ctx, hostname));
+            .and_then(|text| check_file_on(&name, &text, ctx, hostname))
+            .and_then(|tasks| read_task_files(tasks, &name, dir, &ctx.files));
         match result {
             Ok(tasks) => {
                 per_file.insert(name, tasks);
@@ -204,7 +211,7 @@ pub fn load_folder_on(
             }
         }
     }
-    let merged = merge_files(per_file);
+    let merged = merge_files(per_file, !loaded.failed_files.is_empty());
     loaded.tasks = merged.tasks;
     loaded.unselected = merged.unselected;
     loaded.errors.extend(merged.errors);
@@ -212,6 +219,37 @@ pub fn load_folder_on(
     cap_instances(&mut loaded, ctx.max_instances);
     loaded.fingerprint = hex::encode(fingerprint.finalize());
     Ok(loaded)
+}
+
+/// Read the files the selected tasks of one good manifest name, under the
+/// agent's `files` rules. Any refusal fails the whole manifest at the line
+/// and column of the path; nothing of a refused file is read.
+pub fn read_task_files(
+    mut tasks: Vec<CheckedTask>,
+    display: &str,
+    manifest_dir: &Path,
+    policy: &FilePolicy,
+) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
+    let mut errors = Vec::new();
+    for task in tasks.iter_mut().filter(|t| t.not_selected.is_none()) {
+        for r in &task.file_refs {
+            match read_manifest_file(policy, manifest_dir, &r.written) {
+                Ok(text) => {
+                    task.files.insert(r.field.clone(), text);
+                }
+                Err(e) => errors.push(ManifestError::new(
+                    display,
+                    r.pos,
+                    format!("{}: {e}", r.field),
+                )),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(tasks)
+    } else {
+        Err(errors)
+    }
 }
 
 /// A typo (`count: 100000` in one file, or many files) must not ask the
@@ -269,7 +307,11 @@ struct Merged {
 /// an error reported in each of them, and every such file fails as a whole.
 /// Names are unique across the folder whatever `select:` says, so a folder
 /// has the same errors on every host of a fleet.
-fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>) -> Merged {
+///
+/// `any_failed`: some file of the folder has errors, so a task it defines
+/// is unknown right now; a dependency on an unknown name is then not an
+/// error of its own (the broken file's error says what to fix).
+fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>, any_failed: bool) -> Merged {
     let mut owners: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for (file, tasks) in &per_file {
         for task in tasks {
@@ -300,6 +342,9 @@ fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>) -> Merged {
             failed.insert(file.to_string());
         }
     }
+    let (dep_errors, dep_failed) = check_dependencies(&per_file, &failed, any_failed);
+    errors.extend(dep_errors);
+    failed.extend(dep_failed);
     let mut tasks = BTreeMap::new();
     let mut unselected = BTreeMap::new();
     for (file, checked) in per_file {
@@ -326,6 +371,8 @@ fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>) -> Merged {
                     file: file.clone(),
                     line: task.line,
                     manifest: task.manifest,
+                    files: task.files,
+                    source_commit: None,
                 },
             );
         }
@@ -336,6 +383,128 @@ fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>) -> Merged {
         errors,
         failed,
     }
+}
+
+/// `depends_on` across the folder: every name is a task some file defines
+/// (selected here or not), `completed` names a job, and there is no cycle.
+/// Each error points at the `depends_on` entry and names the other task's
+/// file; every file of a cycle fails (and keeps its last good tasks).
+fn check_dependencies(
+    per_file: &BTreeMap<String, Vec<CheckedTask>>,
+    duplicated: &BTreeSet<String>,
+    names_may_be_missing: bool,
+) -> (Vec<ManifestError>, BTreeSet<String>) {
+    use crate::manifest::{DependencyCondition, TaskKind};
+    let mut defs: BTreeMap<&str, (&str, &CheckedTask)> = BTreeMap::new();
+    for (file, tasks) in per_file {
+        if duplicated.contains(file) {
+            continue;
+        }
+        for task in tasks {
+            defs.insert(task.name.as_str(), (file.as_str(), task));
+        }
+    }
+    let mut errors = Vec::new();
+    let mut failed = BTreeSet::new();
+    let at = |task: &CheckedTask, dep: &str| {
+        task.depends_at
+            .get(dep)
+            .copied()
+            .unwrap_or(crate::manifest::Pos {
+                line: task.line,
+                column: 1,
+            })
+    };
+    for (name, (file, task)) in &defs {
+        for (dep, condition) in &task.manifest.depends_on {
+            if dep == name {
+                continue; // reported by the file's own checks
+            }
+            match defs.get(dep.as_str()) {
+                None if names_may_be_missing => {}
+                None => {
+                    let known: Vec<&str> = defs.keys().filter(|n| *n != name).copied().collect();
+                    errors.push(ManifestError::new(
+                        file,
+                        at(task, dep),
+                        format!(
+                            "`{name}` depends on `{dep}`, which no manifest in the folder defines (tasks: {}); fix the name or add its manifest",
+                            if known.is_empty() { "none other".to_string() } else { known.join(", ") }
+                        ),
+                    ));
+                    failed.insert(file.to_string());
+                }
+                Some((dep_file, dep_task))
+                    if *condition == DependencyCondition::Completed
+                        && dep_task.manifest.kind != TaskKind::Job =>
+                {
+                    errors.push(ManifestError::new(
+                        file,
+                        at(task, dep),
+                        format!(
+                            "`{name}` waits for `{dep}` to be completed, but `{dep}` ({dep_file}:{}) is a service, which never completes; use `started` or `healthy`, or make it `kind: job`",
+                            dep_task.line
+                        ),
+                    ));
+                    failed.insert(file.to_string());
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    // Cycles: one depth-first walk over the whole graph (each task is
+    // finished once, so a large folder costs linear time); an entry that
+    // leads back into the current path closes a cycle, reported at every
+    // entry along it.
+    let mut finished: BTreeSet<&str> = BTreeSet::new();
+    for start in defs.keys() {
+        if finished.contains(start) {
+            continue;
+        }
+        let mut path: Vec<&str> = vec![start];
+        let mut stack = vec![defs[start].1.manifest.depends_on.keys()];
+        while let Some(next) = stack.last_mut().map(Iterator::next) {
+            let Some(dep) = next else {
+                stack.pop();
+                if let Some(done) = path.pop() {
+                    finished.insert(done);
+                }
+                continue;
+            };
+            let Some((dep_name, (_, dep_task))) = defs.get_key_value(dep.as_str()) else {
+                continue;
+            };
+            if finished.contains(dep_name) {
+                continue;
+            }
+            let Some(pos) = path.iter().position(|n| n == dep_name) else {
+                path.push(dep_name);
+                stack.push(dep_task.manifest.depends_on.keys());
+                continue;
+            };
+            let cycle = &path[pos..];
+            if cycle.len() < 2 {
+                continue; // a task naming itself: the file's own check says so
+            }
+            let shown: Vec<&str> = cycle.iter().chain(&cycle[..1]).copied().collect();
+            let shown = shown.join(" → ");
+            for (i, task_name) in cycle.iter().enumerate() {
+                let (file, task) = defs[task_name];
+                let dep = cycle[(i + 1) % cycle.len()];
+                let (dep_file, dep_def) = defs[dep];
+                errors.push(ManifestError::new(
+                    file,
+                    at(task, dep),
+                    format!(
+                        "dependency cycle {shown}: `{task_name}` waits for `{dep}` ({dep_file}:{}), which leads back to `{task_name}`; remove one of these depends_on entries",
+                        dep_def.line
+                    ),
+                ));
+                failed.insert(file.to_string());
+            }
+        }
+    }
+    (errors, failed)
 }
 
 /// The desired tasks for one reconcile pass.
@@ -431,9 +600,14 @@ pub fn validate_paths(paths: &[PathBuf], ctx: &ValidationContext) -> Vec<Manifes
             }
             continue;
         }
+        let manifest_dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         match read_manifest(path, &shown)
             .map_err(|e| vec![e])
             .and_then(|text| check_file(&shown, &text, ctx))
+            .and_then(|tasks| read_task_files(tasks, &shown, &manifest_dir, &ctx.files))
         {
             Ok(tasks) => {
                 explicit.insert(shown, tasks);
@@ -441,7 +615,9 @@ pub fn validate_paths(paths: &[PathBuf], ctx: &ValidationContext) -> Vec<Manifes
             Err(file_errors) => errors.extend(file_errors),
         }
     }
-    errors.extend(merge_files(explicit).errors);
+    // Files named one by one may depend on tasks of files not named:
+    // only cycles among them, and conditions, are checked.
+    errors.extend(merge_files(explicit, true).errors);
     errors
 }
 
@@ -468,6 +644,81 @@ mod tests {
 
     fn tempdir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
+    }
+
+    #[test]
+    fn files_a_manifest_names_are_read_relative_to_its_folder() {
+        let tmp = tempdir();
+        fs::create_dir(tmp.path().join("secrets")).unwrap();
+        write(tmp.path(), "secrets/db", "pw1\n");
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x\nenv:\n  DB: {file: secrets/db}\nauth: {username: u, password_file: secrets/db}\n",
+        );
+        let loaded = load(tmp.path());
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let files = &loaded.tasks["web"].files;
+        assert_eq!(files["env.DB"].0, "pw1");
+        assert_eq!(files["auth.password_file"].0, "pw1");
+    }
+
+    #[test]
+    fn a_file_outside_the_allowed_folders_fails_its_manifest_at_the_path() {
+        let outside = tempdir();
+        write(outside.path(), "shadow", "root:$6$secret\n");
+        let tmp = tempdir();
+        let shadow = outside.path().join("shadow");
+        write(
+            tmp.path(),
+            "web.yaml",
+            &format!(
+                "image: x\nenv:\n  DB: {{file: {}}}\nauth: {{password_file: ../../../../../../../..{}}}\n",
+                shadow.display(),
+                shadow.display()
+            ),
+        );
+        let loaded = load(tmp.path());
+        assert!(loaded.tasks.is_empty());
+        assert!(loaded.failed_files.contains("web.yaml"));
+        let positions: Vec<(u64, u64)> = loaded.errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(positions, [(3, 14), (4, 23)], "{:?}", loaded.errors);
+        for e in &loaded.errors {
+            let text = e.to_string();
+            assert!(
+                text.contains("outside the folders the agent allows"),
+                "{text}"
+            );
+            assert!(!text.contains("root:"), "{text}");
+        }
+        assert!(loaded.errors[0].message.starts_with("env.DB: "));
+        assert!(loaded.errors[1].message.starts_with("auth.password_file: "));
+        // `berth validate` says the same.
+        let errors = validate_paths(&[tmp.path().join("web.yaml")], &ctx());
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn a_fifo_manifest_is_an_error_for_that_file_and_does_not_block() {
+        let tmp = tempdir();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            tmp.path().join("pipe.yaml"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        write(tmp.path(), "ok.yaml", "image: x\n");
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), ["ok"]);
+        assert!(
+            loaded.errors[0]
+                .to_string()
+                .contains("pipe.yaml:0:0: is a FIFO"),
+            "{:?}",
+            loaded.errors
+        );
     }
 
     #[test]
@@ -915,5 +1166,217 @@ mod tests {
         assert!(loaded.tasks.is_empty() && loaded.unselected.is_empty());
         assert_eq!(loaded.errors.len(), 2);
         assert!(loaded.errors[0].message.contains("also defined in b.yaml"));
+    }
+
+    #[test]
+    fn a_dependency_cycle_fails_every_file_on_it_naming_the_other_file() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on:
+  db: healthy
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "# the database
+image: y
+depends_on: {web: started}
+",
+        );
+        write(
+            tmp.path(),
+            "other.yaml",
+            "image: z
+",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["other"]);
+        let shown: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        let web = shown
+            .iter()
+            .find(|e| e.starts_with("web.yaml:3:3:"))
+            .expect("web's entry");
+        assert!(web.contains("`db` (db.yaml:2)"), "{web}");
+        assert!(
+            web.contains("cycle db → web → db") || web.contains("cycle web → db → web"),
+            "{web}"
+        );
+        let db = shown
+            .iter()
+            .find(|e| e.starts_with("db.yaml:3:14:"))
+            .expect("db's entry");
+        assert!(db.contains("`web` (web.yaml:1)"), "{db}");
+        assert_eq!(
+            loaded.failed_files,
+            BTreeSet::from(["db.yaml".to_string(), "web.yaml".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_longer_cycle_is_reported_along_its_path_and_a_diamond_is_no_cycle() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "a.yaml",
+            "image: x
+depends_on: {b: started, c: started}
+",
+        );
+        write(
+            tmp.path(),
+            "b.yaml",
+            "image: x
+depends_on: {d: started}
+",
+        );
+        write(
+            tmp.path(),
+            "c.yaml",
+            "image: x
+depends_on: {d: started}
+",
+        );
+        write(
+            tmp.path(),
+            "d.yaml",
+            "image: x
+",
+        );
+        let diamond = load(tmp.path());
+        assert!(diamond.errors.is_empty(), "{:?}", diamond.errors);
+        write(
+            tmp.path(),
+            "d.yaml",
+            "image: x
+depends_on: {a: started}
+",
+        );
+        let cycle = load(tmp.path());
+        // a → b → d → a is reported at each of its entries; a → c → d → a
+        // shares the entry d → a, and shows once that one is fixed.
+        assert_eq!(cycle.errors.len(), 3, "{:?}", cycle.errors);
+        assert_eq!(names(&cycle.tasks), vec!["c"]);
+        assert!(cycle.errors[0]
+            .message
+            .starts_with("dependency cycle a → b → d → a"));
+    }
+
+    #[test]
+    fn a_dependency_on_an_unknown_task_names_it_and_the_known_ones() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on: {dbb: healthy}
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "image: y
+",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["db"]);
+        assert_eq!(loaded.errors.len(), 1);
+        let e = loaded.errors[0].to_string();
+        assert!(e.starts_with("web.yaml:2:14:"), "{e}");
+        assert!(e.contains("`dbb`") && e.contains("tasks: db"), "{e}");
+    }
+
+    #[test]
+    fn while_another_file_is_broken_an_unknown_dependency_is_not_blamed_on_the_dependent() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on: {db: healthy}
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "image: [
+",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), vec!["web"]);
+        assert!(
+            loaded.errors.iter().all(|e| e.file == "db.yaml"),
+            "{:?}",
+            loaded.errors
+        );
+    }
+
+    #[test]
+    fn completed_needs_a_job() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on: {migrate: completed, db: started}
+",
+        );
+        write(
+            tmp.path(),
+            "migrate.yaml",
+            "image: y
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "image: y
+",
+        );
+        let loaded = load(tmp.path());
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert!(loaded.errors[0]
+            .message
+            .contains("is a service, which never completes"));
+        write(
+            tmp.path(),
+            "migrate.yaml",
+            "image: y
+kind: job
+",
+        );
+        assert!(load(tmp.path()).errors.is_empty());
+    }
+
+    #[test]
+    fn validate_finds_a_cycle_among_files_named_one_by_one() {
+        let tmp = tempdir();
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x
+depends_on: {db: healthy, cache: started}
+",
+        );
+        write(
+            tmp.path(),
+            "db.yaml",
+            "image: y
+depends_on: {web: started}
+",
+        );
+        let errors = validate_paths(
+            &[tmp.path().join("web.yaml"), tmp.path().join("db.yaml")],
+            &ctx(),
+        );
+        // `cache` may live in a file not named: only the cycle is an error.
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors
+            .iter()
+            .all(|e| e.message.contains("dependency cycle")));
     }
 }

@@ -1,4 +1,6 @@
-//! berth's HTTP endpoints on `listen`: `/healthz`, `/metrics`, `/v1/status`.
+//! berth's HTTP endpoints on `listen`: `/healthz`, `/metrics`, `/v1/status`,
+//! and the two that ask the loop to act: `POST /v1/retry/{task}` and
+//! `POST /v1/sync` (fetch the git source now).
 //!
 //! Every handler reads what the loop published; none calls Docker, so a
 //! hung daemon cannot hang a health probe. `/healthz` follows the loop's own
@@ -21,14 +23,16 @@ use tokio::net::TcpListener;
 use crate::engine::status::{unix_millis, unix_secs, SharedStatus, Status};
 use crate::engine::trigger::Trigger;
 use crate::faces::metrics::Metrics;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::source::SourceStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen on {addr}: {source} (choose another address with --listen or `listen:` in the agent config)")]
+    #[error("cannot listen on {addr}: {cause} (choose another address with --listen or `listen:` in the agent config)")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -42,6 +46,8 @@ pub struct HttpState {
     pub docker_down_limit: Duration,
     /// Where `POST /v1/retry/{task}` asks the loop to act.
     pub triggers: Option<mpsc::Sender<Trigger>>,
+    /// Where `POST /v1/sync` asks the git source to fetch, when there is one.
+    pub sync: Option<mpsc::Sender<oneshot::Sender<SourceStatus>>>,
 }
 
 /// `/healthz` turns 503 when the loop has not beaten for this long. It beats
@@ -52,7 +58,10 @@ pub const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| HttpError::Bind { addr, source })
+        .map_err(|source| HttpError::Bind {
+            addr,
+            cause: source,
+        })
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -61,6 +70,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/retry/{task}", post(retry))
+        .route("/v1/sync", post(sync))
         .with_state(state)
 }
 
@@ -142,6 +152,31 @@ async fn retry(State(state): State<HttpState>, Path(task): Path<String>) -> Resp
         )
             .into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "the loop is not running\n").into_response(),
+    }
+}
+
+/// Fetch the git source now and answer with its status once the fetch is
+/// done (200, also when the fetch failed: `last_error` says why; the
+/// commit that runs is unchanged then). 404 without a git source.
+async fn sync(State(state): State<HttpState>) -> Response {
+    let Some(requests) = &state.sync else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no git source configured (source.git in the agent config)\n",
+        )
+            .into_response();
+    };
+    let (tx, rx) = oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the git source is not running\n",
+        )
+            .into_response();
+    }
+    match rx.await {
+        Ok(status) => Json(status).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the git source stopped\n").into_response(),
     }
 }
 

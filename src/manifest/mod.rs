@@ -1,7 +1,9 @@
 //! Task manifests: the YAML a person writes, its parsing with precise
 //! locations, and the rules a manifest must follow.
 
+pub mod cron;
 pub mod duration;
+pub mod files;
 pub mod interpolate;
 pub mod parse;
 pub mod select;
