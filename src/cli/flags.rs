@@ -46,6 +46,12 @@ pub struct AgentFlags {
     /// Where the one-agent-per-namespace lock lives [default: /run/berth].
     #[arg(long, value_name = "DIR", env = "BERTH_RUN_DIR")]
     run_dir: Option<PathBuf>,
+    /// File whose first line is the bearer token /v1/status and /v1/retry want [default: none, no token].
+    #[arg(long, value_name = "FILE", env = "BERTH_HTTP_TOKEN_FILE")]
+    http_token_file: Option<PathBuf>,
+    /// HTTP connections served at once (a small reserve beyond answers /healthz and /metrics) [default: 64].
+    #[arg(long, value_name = "N", env = "BERTH_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: Option<usize>,
 }
 
 impl AgentFlags {
@@ -97,6 +103,12 @@ impl AgentFlags {
         }
         if let Some(v) = &self.state_dir {
             config.state_dir = v.clone();
+        }
+        if let Some(v) = &self.http_token_file {
+            config.http.token_file = Some(v.clone());
+        }
+        if let Some(v) = self.http_max_connections {
+            config.http.max_connections = v;
         }
         config.check()?;
         Ok(config)
