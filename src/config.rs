@@ -1,6 +1,6 @@
 //! The agent config (`berth.yaml`): where the manifests are, which namespace
 //! berth owns, how to reach Docker and what it may allow. Every key has a
-//! flag in `main.rs`; flags win over the file.
+//! flag and a `BERTH_*` variable (`src/cli/flags.rs`); both win over the file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -177,10 +177,10 @@ impl<const DEFAULT: bool> Default for Toggle<DEFAULT> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read agent config {path}: {source}")]
+    #[error("cannot read agent config {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
@@ -206,9 +206,17 @@ impl AgentConfig {
 
     /// Read and check an agent config file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let config = AgentConfig::read(path)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Read an agent config file without [`AgentConfig::check`]: flags may
+    /// still change it (the CLI checks the result).
+    pub fn read(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let config: AgentConfig = if text.trim().is_empty() {
             AgentConfig::default()
@@ -226,7 +234,6 @@ impl AgentConfig {
                 }
             })?
         };
-        config.check()?;
         Ok(config)
     }
 

@@ -27,11 +27,10 @@ pub enum LockError {
          stop it first, or give this one another namespace"
     )]
     Taken { namespace: String, holder: String },
-    #[error("cannot take the agent lock {}: {source}", path.display())]
+    #[error("cannot take the agent lock {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -46,7 +45,7 @@ impl AgentLock {
         let path = run_dir.join(format!("{namespace}.lock"));
         let io = |source| LockError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         };
         std::fs::create_dir_all(run_dir).map_err(io)?;
         let mut file = std::fs::OpenOptions::new()

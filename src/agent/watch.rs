@@ -100,12 +100,8 @@ impl Default for WatchOptions {
 pub enum WatchError {
     #[error("watching a folder needs a tokio runtime; call it from within one")]
     NoRuntime,
-    #[error("cannot watch {dir} with inotify: {source} (use `watch: poll` where inotify is not available, e.g. on network file systems)")]
-    Inotify {
-        dir: PathBuf,
-        #[source]
-        source: notify::Error,
-    },
+    #[error("cannot watch {dir} with inotify: {cause} (use `watch: poll` where inotify is not available, e.g. on network file systems)")]
+    Inotify { dir: PathBuf, cause: notify::Error },
 }
 
 /// A running watch of one manifest directory. It sends
@@ -291,7 +287,7 @@ impl Supervisor {
                     Err(source) if self.options.mode == WatchMode::Inotify => {
                         return Err(WatchError::Inotify {
                             dir: self.dir.clone(),
-                            source,
+                            cause: source,
                         })
                     }
                     Err(error) => {
@@ -406,7 +402,7 @@ impl Supervisor {
                 }
                 return Err(WatchError::Inotify {
                     dir: self.dir.clone(),
-                    source,
+                    cause: source,
                 });
             }
             Err(error) => {

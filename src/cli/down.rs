@@ -12,7 +12,7 @@ use super::{connect, AgentFlags};
 /// removal at once, each with the grace recorded on its container.
 pub async fn down(flags: AgentFlags, dry_run: bool, yes: bool) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
-    let config = flags.load()?;
+    let config = flags.load_host()?;
     let runtime = connect(&config).await?;
     let observed = runtime.list(&config.namespace).await?;
     let plan = berth::engine::plan::plan(

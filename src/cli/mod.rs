@@ -12,6 +12,7 @@ use berth::config::AgentConfig;
 use berth::logging::{LogFormat, LogLevel};
 use berth::runtime::docker::DockerRuntime;
 
+mod config;
 mod down;
 mod flags;
 mod plan;
@@ -91,6 +92,11 @@ pub enum Command {
         /// The task whose updates to retry.
         task: String,
     },
+    /// Print the effective agent config: every key, its value and where it came from (flag, BERTH_* variable, file or default).
+    Config {
+        #[command(flatten)]
+        agent: AgentFlags,
+    },
     /// Print the JSON Schema of a manifest.
     Schema,
     /// Print a shell completion script (e.g. `berth completions bash > /etc/bash_completion.d/berth`).
@@ -99,6 +105,21 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 }
+
+/// The exit status of a command line clap refused: 64 (EX_USAGE) for a
+/// usage error, so it is never taken for `plan`'s 2 ("changes pending");
+/// 0 for `--help` and `--version`.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(USAGE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// EX_USAGE from sysexits.h.
+pub const USAGE: u8 = 64;
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -116,6 +137,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             yes,
         } => down::down(agent, dry_run, yes).await,
         Command::Retry { agent, task } => retry::retry(agent, task).await,
+        Command::Config { agent } => config::config(agent),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());

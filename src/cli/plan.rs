@@ -9,7 +9,7 @@ use berth::faces::render::{plan_text, PlanView};
 use super::{connect, AgentFlags};
 
 pub async fn plan(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
-    let config = flags.load()?;
+    let config = flags.load_host()?;
     let runtime = connect(&config).await?;
     let mut controller = Controller::new(runtime, config);
     let prepared = controller.prepare().await?;

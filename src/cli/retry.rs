@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::AgentFlags;
 
 pub async fn retry(flags: AgentFlags, task: String) -> anyhow::Result<ExitCode> {
-    let config = flags.load()?;
+    let config = flags.load_host()?;
     let addr = config.listen;
     let path = format!("/v1/retry/{task}");
     let token = match &config.http.token_file {

@@ -9,7 +9,7 @@ use berth::runtime::ContainerRuntime;
 use super::{connect, AgentFlags};
 
 pub async fn status(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
-    let config = flags.load()?;
+    let config = flags.load_host()?;
     let addr = config.listen;
     let token = match &config.http.token_file {
         Some(path) => Some(berth::faces::http::read_token_file(path)?),

@@ -24,12 +24,8 @@ pub enum FolderError {
     Missing { dir: PathBuf },
     #[error("manifest path {} is not a directory", dir.display())]
     NotADirectory { dir: PathBuf },
-    #[error("manifest directory {} cannot be read: {source}", dir.display())]
-    Unreadable {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("manifest directory {} cannot be read: {cause}", dir.display())]
+    Unreadable { dir: PathBuf, cause: std::io::Error },
 }
 
 /// One task as the folder defines it.
@@ -140,7 +136,7 @@ pub fn load_folder_on(
         },
         _ => FolderError::Unreadable {
             dir: dir.to_path_buf(),
-            source,
+            cause: source,
         },
     })?;
     if !meta.is_dir() {
@@ -150,7 +146,7 @@ pub fn load_folder_on(
     }
     let unreadable = |source| FolderError::Unreadable {
         dir: dir.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {

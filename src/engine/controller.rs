@@ -42,8 +42,16 @@ use crate::runtime::{ContainerRuntime, ObservedContainer, RuntimeError};
 /// An error that is not about one task, e.g. Docker being unreachable.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
+    /// The cause is in the message, so it is not also the error's source:
+    /// a chain (`{:#}`) says it once.
     #[error("cannot list containers: {0}")]
-    Docker(#[from] RuntimeError),
+    Docker(RuntimeError),
+}
+
+impl From<RuntimeError> for PassError {
+    fn from(e: RuntimeError) -> Self {
+        PassError::Docker(e)
+    }
 }
 
 /// The longest a pass waits for Docker's container list. A daemon that

@@ -40,15 +40,15 @@ use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen on {addr}: {source} (choose another address with --listen or `listen:` in the agent config)")]
+    #[error("cannot listen on {addr}: {cause} (choose another address with --listen or `listen:` in the agent config)")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot read http.token_file {path}: {source}")]
+    #[error("cannot read http.token_file {path}: {cause}")]
     TokenRead {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("http.token_file {path} is empty: put the token on its first line")]
     TokenEmpty { path: std::path::PathBuf },
@@ -102,9 +102,9 @@ impl BearerToken {
 /// The token in `path` (first line, trimmed): what `berth status` and
 /// `berth retry` send.
 pub fn read_token_file(path: &std::path::Path) -> Result<String, HttpError> {
-    let text = std::fs::read_to_string(path).map_err(|source| HttpError::TokenRead {
+    let text = std::fs::read_to_string(path).map_err(|cause| HttpError::TokenRead {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let token = text.lines().next().unwrap_or_default().trim().to_string();
     if token.is_empty() {
@@ -163,7 +163,10 @@ pub const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| HttpError::Bind { addr, source })
+        .map_err(|source| HttpError::Bind {
+            addr,
+            cause: source,
+        })
 }
 
 pub fn router(state: HttpState) -> Router {

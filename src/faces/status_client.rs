@@ -12,17 +12,17 @@ use crate::engine::status::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusClientError {
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {cause}")]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{addr} did not answer within {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
-    #[error("{addr}: {source}")]
+    #[error("{addr}: {cause}")]
     Io {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{addr} answered, but not like berth: {message}")]
     Protocol { addr: SocketAddr, message: String },
@@ -47,10 +47,17 @@ pub async fn fetch_status(
 }
 
 async fn fetch(addr: SocketAddr, authorization: String) -> Result<Status, StatusClientError> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| StatusClientError::Connect { addr, source })?;
-    let io = |source| StatusClientError::Io { addr, source };
+    let mut stream =
+        TcpStream::connect(addr)
+            .await
+            .map_err(|source| StatusClientError::Connect {
+                addr,
+                cause: source,
+            })?;
+    let io = |source| StatusClientError::Io {
+        addr,
+        cause: source,
+    };
     let request = format!(
         "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{authorization}Connection: close\r\n\r\n"
     );
@@ -74,10 +81,17 @@ pub async fn post(
 ) -> Result<(u16, String), StatusClientError> {
     let authorization = authorization(token);
     let exchange = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| StatusClientError::Connect { addr, source })?;
-        let io = |source| StatusClientError::Io { addr, source };
+        let mut stream =
+            TcpStream::connect(addr)
+                .await
+                .map_err(|source| StatusClientError::Connect {
+                    addr,
+                    cause: source,
+                })?;
+        let io = |source| StatusClientError::Io {
+            addr,
+            cause: source,
+        };
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{authorization}Connection: close\r\n\r\n"
         );

@@ -51,12 +51,11 @@ pub enum SourceError {
     NotVerified { short: String, detail: String },
     #[error("commit {short} not applied: `{path}` is not a folder in it")]
     PathMissing { short: String, path: String },
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {cause}", path.display())]
     Io {
         what: &'static str,
         path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("state directory {} is in use by another berth (lock held on {})", dir.display(), lock.display())]
     Locked {
@@ -70,7 +69,7 @@ impl SourceError {
         SourceError::Io {
             what,
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 
