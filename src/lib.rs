@@ -11,13 +11,14 @@
 //!   loading with per-file errors and last-good memory, port allocation,
 //!   registry credentials, resolving an instance into a [`desired::spec::ContainerSpec`],
 //!   its label set and its secret-free applied record.
-//! - [`engine`]: deciding (the pure [`engine::plan`], backoff, the retry
-//!   policy) and doing (per-instance chains, shared background pulls, the
+//! - [`engine`]: deciding (the pure [`engine::plan`], dependencies, jobs,
+//!   backoff, the retry policy) and doing (per-instance chains, shared background pulls, the
 //!   controller's pass, image cleanup), and the status it publishes.
 //! - [`runtime`]: the narrow [`runtime::ContainerRuntime`] trait, over Docker
 //!   (bollard, split by concern) or in memory for tests.
 //! - [`agent`]: `berth run`'s loop and `run --once`: triggers, the folder
-//!   watch, Docker events, signals, heartbeat and systemd notification.
+//!   watch, the git source's polling task, Docker events, signals,
+//!   heartbeat and systemd notification.
 //! - [`source`]: manifests from a git repository (GitOps).
 //! - [`faces`]: what people and machines see: HTTP endpoints, metrics,
 //!   rendering of status and plans, pull progress.

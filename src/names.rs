@@ -15,6 +15,10 @@ pub mod labels {
     pub const INDEX: &str = "io.berth.index";
     pub const SPEC_HASH: &str = "io.berth.spec-hash";
     pub const MANIFEST: &str = "io.berth.manifest";
+    /// The git commit a container's manifest came from (git source only).
+    /// Set when the container is created; a later commit that leaves the
+    /// spec unchanged leaves the container, and this label, alone.
+    pub const SOURCE_COMMIT: &str = "io.berth.source-commit";
     /// The applied spec without secrets (see `desired::applied`), for field diffs.
     pub const APPLIED: &str = "io.berth.applied";
     /// `io.berth.port.<label>` holds the host port allocated to a port label.
@@ -25,6 +29,9 @@ pub mod labels {
     /// On a staged new container: `<old id>:running|stopped`, the container
     /// it replaces and whether that one ran, for a restore after a crash.
     pub const REPLACING: &str = "io.berth.replacing";
+    /// The tasks this container's task depends on (`db,cache`), so removal
+    /// and `berth down` stop dependents first without the manifests.
+    pub const DEPENDS_ON: &str = "io.berth.depends-on";
 }
 
 /// How long a stop waits before SIGKILL when nothing better is known:

@@ -5,6 +5,7 @@
 //! - [`lock`]: one agent per namespace on a host.
 //! - [`notify`]: systemd's sd_notify (READY, WATCHDOG, STATUS).
 //! - [`once`]: `run --once`, converging and judging honestly.
+//! - [`source`]: the git source's task: polls, `POST /v1/sync`, SIGHUP.
 //!
 //! Triggers (folder changes, Docker events, timers, SIGHUP, finished work)
 //! only say "look again"; bursts coalesce into one pass. A pass returns as
@@ -23,6 +24,7 @@ pub mod events;
 pub mod lock;
 pub mod notify;
 pub mod once;
+pub mod source;
 pub mod watch;
 
 pub use once::{run_once, OnceReport, ONCE_DEADLINE};
@@ -138,13 +140,13 @@ pub async fn run_loop<R: ContainerRuntime>(
                     info!("Docker is reachable again");
                     docker_failures = 0;
                 }
-                report.plan.next_due()
+                report.plan.next_trigger()
             }
             Err(e) => {
                 let delay = outage_delay(docker_failures);
                 docker_failures = docker_failures.saturating_add(1);
                 error!(retry_in = ?delay, "{e}");
-                Some(controller.clock().now() + delay)
+                Some((controller.clock().now() + delay, Trigger::BackoffDue))
             }
         };
         hooks.after_pass(result.is_ok());
@@ -157,7 +159,9 @@ pub async fn run_loop<R: ContainerRuntime>(
         // Wait for the next reason to look again, beating meanwhile.
         let resync = controller.config().resync.get();
         let wait = next_due
-            .map(|t| {
+            .as_ref()
+            .map(|(t, _)| {
+                let t = *t;
                 t.duration_since(controller.clock().now())
                     .unwrap_or_default()
             })
@@ -178,7 +182,13 @@ pub async fn run_loop<R: ContainerRuntime>(
                     None => triggers_open = false,
                 },
                 () = &mut sleep => {
-                    break if next_due.is_some() { Trigger::BackoffDue } else { Trigger::Resync };
+                    break match &next_due {
+                        // Whichever timer was due names the pass; the
+                        // resync caps every wait.
+                        Some((t, why)) if *t <= controller.clock().now() => why.clone(),
+                        Some(_) => Trigger::BackoffDue,
+                        None => Trigger::Resync,
+                    };
                 }
                 _ = heartbeat.tick() => beat(controller, hooks),
                 () = &mut shutdown => {

@@ -336,8 +336,12 @@ impl AgentFlags {
                 Value::Null,
             ),
         };
-        let config = overlay(&base, &self.overrides)?;
+        let mut config = overlay(&base, &self.overrides)?;
         config.check()?;
+        if let Some(source) = &config.source {
+            // The applied commit's checkout is the manifest folder.
+            config.manifests = berth::source::manifests_link(&config.state_dir, &source.git)?;
+        }
         Ok(Effective {
             config,
             file,

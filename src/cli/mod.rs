@@ -66,6 +66,11 @@ pub enum Command {
         agent: AgentFlags,
         #[arg(long)]
         json: bool,
+        /// With a git source: plan a branch, tag or commit instead of the
+        /// applied one (fetched, verified and checked out apart; e.g. a
+        /// pull request's branch in CI).
+        #[arg(long = "ref", value_name = "REF")]
+        git_ref: Option<String>,
     },
     /// Show tasks, containers, restarts and errors.
     Status {
@@ -129,7 +134,11 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             once_timeout,
         } => run::run(agent, once, once_timeout.map(|d| d.get())).await,
         Command::Validate { agent, paths } => validate::validate(agent, paths),
-        Command::Plan { agent, json } => plan::plan(agent, json).await,
+        Command::Plan {
+            agent,
+            json,
+            git_ref,
+        } => plan::plan(agent, json, git_ref).await,
         Command::Status { agent, json } => status::status(agent, json).await,
         Command::Down {
             agent,

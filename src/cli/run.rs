@@ -105,11 +105,39 @@ pub async fn run(
         };
         (Some(berth::faces::http::bind(config.listen).await?), token)
     };
+    // The git source's state folder is locked for this process: opened
+    // before anything runs, so a second agent on it fails now, clearly.
+    let source = match &config.source {
+        Some(s) => Some((
+            berth::source::GitSource::open(&config.state_dir, &s.git).await?,
+            s.git.interval.get(),
+        )),
+        None => None,
+    };
     let mut controller = Controller::new(runtime, config);
     // A small queue: a pending trigger already means "look again".
     let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     let metrics = Arc::new(berth::faces::metrics::Metrics::new());
     controller.set_observer(metrics.clone());
+    let source = match source {
+        // `run --once` fetches once, then converges to what it has.
+        Some((mut source, _)) if once => {
+            let _ = source.sync().await;
+            let (_keep, applied) = tokio::sync::watch::channel(source.current().cloned());
+            controller.set_source(applied);
+            controller
+                .status()
+                .update(|s| s.source = Some(source.status().clone()));
+            None
+        }
+        Some((source, interval)) => {
+            let handle =
+                berth::agent::source::spawn(source, interval, controller.status(), tx.clone());
+            controller.set_source(handle.applied());
+            Some(handle)
+        }
+        None => None,
+    };
     if let Some(listener) = listener {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving /healthz, /metrics and /v1/status");
@@ -122,6 +150,7 @@ pub async fn run(
                 docker_down_limit: controller.config().docker_down_limit.get(),
                 triggers: Some(tx.clone()),
                 token,
+                sync: source.as_ref().map(|s| s.requests()),
             },
             berth::faces::http::HttpLimits::new(controller.config().http.max_connections),
         );
@@ -149,19 +178,28 @@ pub async fn run(
 
     forward_sighup(tx.clone());
     let config = controller.config().clone();
-    let _watcher = match berth::agent::watch::FolderWatcher::start(
-        &config.manifests,
-        berth::agent::watch::WatchOptions::new(config.watch, berth::agent::watch::DEFAULT_DEBOUNCE),
-        tx.clone(),
-    ) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(
-                "cannot watch {}: {e}; relying on the {} resync",
-                config.manifests.display(),
-                config.resync
-            );
-            None
+    // A git source's checkouts never change in place: its task triggers a
+    // pass when it switches commits, so only a plain folder is watched.
+    let _watcher = if source.is_some() {
+        None
+    } else {
+        match berth::agent::watch::FolderWatcher::start(
+            &config.manifests,
+            berth::agent::watch::WatchOptions::new(
+                config.watch,
+                berth::agent::watch::DEFAULT_DEBOUNCE,
+            ),
+            tx.clone(),
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch {}: {e}; relying on the {} resync",
+                    config.manifests.display(),
+                    config.resync
+                );
+                None
+            }
         }
     };
     let _events = berth::agent::events::follow(

@@ -39,6 +39,10 @@ pub struct TaskDef {
     /// 1-based line where the task's document starts.
     pub line: u64,
     pub manifest: TaskManifest,
+    /// The git commit this version of the task was read from, when the
+    /// manifests come from a git source; the `io.berth.source-commit`
+    /// label of the containers created from it. Not part of the spec.
+    pub source_commit: Option<String>,
 }
 
 /// A task whose `select:` excludes this agent: shown by plan and status,
@@ -329,6 +333,7 @@ fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>, any_failed: bool) -
                     file: file.clone(),
                     line: task.line,
                     manifest: task.manifest,
+                    source_commit: None,
                 },
             );
         }

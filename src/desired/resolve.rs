@@ -261,6 +261,7 @@ pub fn resolve_instance(
     instance.kind = m.kind;
     instance.schedule = m.schedule.clone();
     instance.max_attempts = m.max_attempts;
+    instance.source_commit = def.source_commit.clone();
     instance.pull = m.pull;
     instance.credentials = credentials;
     instance.stop_grace = m

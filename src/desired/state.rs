@@ -33,6 +33,9 @@ pub struct DesiredInstance {
     pub kind: TaskKind,
     pub schedule: Option<String>,
     pub max_attempts: Option<u32>,
+    /// The git commit the task's manifest was read from (a label, not
+    /// hashed: a new commit that leaves the spec alone replaces nothing).
+    pub source_commit: Option<String>,
 }
 
 impl DesiredInstance {
@@ -52,6 +55,7 @@ impl DesiredInstance {
             kind: TaskKind::default(),
             schedule: None,
             max_attempts: None,
+            source_commit: None,
         }
     }
 }

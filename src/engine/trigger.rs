@@ -13,12 +13,16 @@ pub enum Trigger {
     Startup,
     /// Something changed in the manifest folder.
     ManifestsChanged,
+    /// The git source switched to a new commit.
+    SourceChanged { commit: String },
     /// Docker reported an event for one of berth's containers (a hint).
     DockerEvent { task: Option<String> },
     /// The periodic resync, or Docker's event stream came back.
     Resync,
     /// A backoff or settle time is over.
     BackoffDue,
+    /// A job's scheduled run is due.
+    Scheduled { task: String },
     /// SIGHUP: re-read the agent config, then look again.
     Reload,
     /// An instance's chain of actions ended.
@@ -33,9 +37,11 @@ impl Trigger {
         match self {
             Trigger::Startup => "startup",
             Trigger::ManifestsChanged => "manifests",
+            Trigger::SourceChanged { .. } => "source",
             Trigger::DockerEvent { .. } => "docker-event",
             Trigger::Resync => "resync",
             Trigger::BackoffDue => "backoff",
+            Trigger::Scheduled { .. } => "schedule",
             Trigger::Reload => "reload",
             Trigger::WorkDone { .. } => "work-done",
             Trigger::Retry { .. } => "retry",
@@ -49,6 +55,10 @@ impl fmt::Display for Trigger {
             Trigger::DockerEvent { task: Some(task) } => write!(f, "docker-event({task})"),
             Trigger::WorkDone { key } => write!(f, "work-done({key})"),
             Trigger::Retry { task } => write!(f, "retry({task})"),
+            Trigger::Scheduled { task } => write!(f, "schedule({task})"),
+            Trigger::SourceChanged { commit } => {
+                write!(f, "source({})", commit.chars().take(7).collect::<String>())
+            }
             other => f.write_str(other.name()),
         }
     }

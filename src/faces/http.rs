@@ -1,5 +1,6 @@
 //! berth's HTTP endpoints on `listen`: `/healthz`, `/metrics`, `/v1/status`,
-//! `POST /v1/retry/{task}`.
+//! and the two that ask the loop to act: `POST /v1/retry/{task}` and
+//! `POST /v1/sync` (fetch the git source now).
 //!
 //! Every handler reads what the loop published; none calls Docker, so a
 //! hung daemon cannot hang a health probe. `/healthz` follows the loop's own
@@ -12,8 +13,8 @@
 //! after the header timeout (or sooner, when newer ones need the room);
 //! when every slot is taken a small reserve
 //! still answers `/healthz` and `/metrics`; beyond that a connection is
-//! closed at once. With `http.token_file`, `/v1/status` and `/v1/retry`
-//! want `Authorization: Bearer <token>`.
+//! closed at once. With `http.token_file`, `/v1/status`, `/v1/retry` and
+//! `/v1/sync` want `Authorization: Bearer <token>`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -36,7 +37,9 @@ use tokio::sync::Semaphore;
 use crate::engine::status::{unix_millis, unix_secs, SharedStatus, Status};
 use crate::engine::trigger::Trigger;
 use crate::faces::metrics::Metrics;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::source::SourceStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -64,8 +67,10 @@ pub struct HttpState {
     pub docker_down_limit: Duration,
     /// Where `POST /v1/retry/{task}` asks the loop to act.
     pub triggers: Option<mpsc::Sender<Trigger>>,
-    /// When set, `/v1/status` and `/v1/retry` want this bearer token.
+    /// When set, `/v1/status`, `/v1/retry` and `/v1/sync` want this bearer token.
     pub token: Option<BearerToken>,
+    /// Where `POST /v1/sync` asks the git source to fetch, when there is one.
+    pub sync: Option<mpsc::Sender<oneshot::Sender<SourceStatus>>>,
 }
 
 /// A bearer token, kept as its digest so comparing takes the same time
@@ -175,6 +180,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/retry/{task}", post(retry))
+        .route("/v1/sync", post(sync))
         .with_state(state)
 }
 
@@ -502,6 +508,34 @@ async fn retry(
         )
             .into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "the loop is not running\n").into_response(),
+    }
+}
+
+/// Fetch the git source now and answer with its status once the fetch is
+/// done (200, also when the fetch failed: `last_error` says why; the
+/// commit that runs is unchanged then). 404 without a git source.
+async fn sync(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(&state, &headers) {
+        return denied;
+    }
+    let Some(requests) = &state.sync else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no git source configured (source.git in the agent config)\n",
+        )
+            .into_response();
+    };
+    let (tx, rx) = oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the git source is not running\n",
+        )
+            .into_response();
+    }
+    match rx.await {
+        Ok(status) => Json(status).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the git source stopped\n").into_response(),
     }
 }
 

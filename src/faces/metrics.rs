@@ -37,11 +37,15 @@ pub struct Metrics {
     restarts: Family<Labels, Counter>,
     updates: Family<Labels, Counter>,
     rollbacks: Family<Labels, Counter>,
+    job_runs: Family<Labels, Counter>,
     backoff: Family<Labels, Gauge<f64, AtomicU64>>,
     manifest_errors: Gauge,
     docker_up: Gauge,
     removals_held: Gauge,
     docker_info: Family<Labels, Gauge>,
+    source_info: Family<Labels, Gauge>,
+    source_fetch_failures: Counter,
+    source_last_fetch: Gauge,
     /// Serialises gauge refreshes (clear + set) between concurrent scrapes.
     refresh: Mutex<()>,
 }
@@ -92,6 +96,12 @@ impl Metrics {
             "Updates rolled back to the previous container because the new one failed, by task",
             rollbacks.clone(),
         );
+        let job_runs = Family::<Labels, Counter>::default();
+        registry.register(
+            "berth_job_runs",
+            "Job runs by task and result (succeeded, failed: a run that exited non-zero; skipped: a scheduled slot that came while the previous run still went on)",
+            job_runs.clone(),
+        );
         let backoff = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "berth_backoff_seconds",
@@ -122,14 +132,36 @@ impl Metrics {
             "The Docker engine version (value is always 1)",
             docker_info.clone(),
         );
+        let source_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "berth_source_info",
+            "The git commit whose manifests are applied (value is always 1; absent without a git source or before a first good fetch)",
+            source_info.clone(),
+        );
+        let source_fetch_failures = Counter::default();
+        registry.register(
+            "berth_source_fetch_failures",
+            "Fetches of the git source that failed (remote unreachable, ref gone, timeout); the applied commit is kept",
+            source_fetch_failures.clone(),
+        );
+        let source_last_fetch = Gauge::default();
+        registry.register(
+            "berth_source_last_fetch_timestamp_seconds",
+            "Unix time of the last fetch of the git source that reached the remote",
+            source_last_fetch.clone(),
+        );
         Metrics {
             registry,
+            source_info,
+            source_fetch_failures,
+            source_last_fetch,
             passes,
             pass_duration,
             tasks,
             restarts,
             updates,
             rollbacks,
+            job_runs,
             backoff,
             manifest_errors,
             docker_up,
@@ -155,6 +187,14 @@ impl EngineObserver for Metrics {
                 let _ = self.restarts.get_or_create(&label("task", &key.task));
             }
         }
+    }
+
+    fn job_run(&self, task: &str, result: &str) {
+        let labels = vec![
+            ("task".to_string(), task.to_string()),
+            ("result".to_string(), result.to_string()),
+        ];
+        self.job_runs.get_or_create(&labels).inc();
     }
 
     /// Count the restarts, updates and rollbacks a finished chain made.
@@ -223,6 +263,24 @@ impl Metrics {
         if let Some(v) = &status.docker_version {
             self.docker_info.get_or_create(&label("version", v)).set(1);
         }
+        self.source_info.clear();
+        if let Some(source) = &status.source {
+            if let Some(commit) = &source.commit {
+                self.source_info
+                    .get_or_create(&label("commit", commit))
+                    .set(1);
+            }
+            // The source counts; the counter catches up (never goes back).
+            let seen = self.source_fetch_failures.get();
+            if source.fetch_failures > seen {
+                self.source_fetch_failures
+                    .inc_by(source.fetch_failures - seen);
+            }
+            if let Some(t) = source.last_success {
+                self.source_last_fetch
+                    .set(i64::try_from(t).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// The OpenMetrics text exposition.
@@ -255,6 +313,9 @@ mod tests {
             work: None,
             held: None,
             removal_due: None,
+            job: None,
+            next_run: None,
+            waiting: None,
         }
     }
 
@@ -291,6 +352,34 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("state=\"exited\""), "{text}");
         assert!(text.contains("berth_docker_up 0"), "{text}");
+    }
+
+    #[test]
+    fn the_source_metrics_follow_the_source_status() {
+        let m = Metrics::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut status = Status::default();
+        m.refresh_from(&status, now);
+        assert!(!m.encode().contains("berth_source_info{"));
+        status.source = Some(crate::source::SourceStatus {
+            commit: Some("a".repeat(40)),
+            last_success: Some(990),
+            fetch_failures: 2,
+            ..Default::default()
+        });
+        m.refresh_from(&status, now);
+        m.refresh_from(&status, now);
+        let text = m.encode();
+        let info = format!("berth_source_info{{commit=\"{}\"}} 1", "a".repeat(40));
+        assert!(text.contains(&info), "{text}");
+        assert!(
+            text.contains("berth_source_fetch_failures_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_source_last_fetch_timestamp_seconds 990"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -73,15 +73,35 @@ fn short(commit: &str) -> String {
     commit.chars().take(7).collect()
 }
 
+/// `<state_dir>/git/<url hash>/`, keyed by the shown URL: a change of
+/// user name or token keeps the clone.
+fn layout_for(state_dir: &Path, url: &GitUrl) -> Layout {
+    let hash = hex::encode(Sha256::digest(url.redacted().as_bytes()));
+    Layout {
+        base: state_dir.join("git").join(&hash[..16]),
+    }
+}
+
+/// The manifest folder as the agent shows it: `<state_dir>/git/<url
+/// hash>/current/<path>`, the `current` link that always names the applied
+/// commit's checkout. (Passes read the applied commit's own folder,
+/// [`Revision::manifests`], so a switch in the middle of one is harmless.)
+pub fn manifests_link(state_dir: &Path, config: &GitSourceConfig) -> Result<PathBuf, SourceError> {
+    let url = GitUrl::parse(&config.url).map_err(|e| SourceError::Config(format!("url: {e}")))?;
+    let link = layout_for(state_dir, &url).current_link();
+    let path = normalise_repo_path(&config.path);
+    Ok(if path.is_empty() {
+        link
+    } else {
+        link.join(path)
+    })
+}
+
 impl Repo {
     fn new(state_dir: &Path, config: &GitSourceConfig) -> Result<Repo, SourceError> {
         let url =
             GitUrl::parse(&config.url).map_err(|e| SourceError::Config(format!("url: {e}")))?;
-        // Keyed by the shown URL: a change of user name or token keeps the clone.
-        let hash = hex::encode(Sha256::digest(url.redacted().as_bytes()));
-        let layout = Layout {
-            base: state_dir.join("git").join(&hash[..16]),
-        };
+        let layout = layout_for(state_dir, &url);
         for dir in [
             layout.base.clone(),
             layout.home(),

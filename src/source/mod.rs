@@ -22,7 +22,7 @@ pub mod url;
 use serde::{Deserialize, Serialize};
 
 pub use checkouts::TempCheckout;
-pub use git::{checkout_ref, Change, GitSource, Revision};
+pub use git::{checkout_ref, manifests_link, Change, GitSource, Revision};
 pub use url::{GitUrl, Transport};
 
 /// Why a sync did not apply a new commit. Messages never hold a credential

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+pub mod git;
 pub mod process;
 
 /// How the fixture image is made: shared with the benchmark.

@@ -195,6 +195,11 @@ impl Berth {
         http_get(self.addr, path)
     }
 
+    /// `POST path` on berth's HTTP port: (status, body).
+    pub fn post(&self, path: &str) -> Option<(u16, String)> {
+        http_request(self.addr, "POST", path)
+    }
+
     /// `/v1/status` as JSON.
     pub fn status(&self) -> Option<serde_json::Value> {
         let (code, body) = self.get("/v1/status")?;
@@ -230,11 +235,17 @@ impl Drop for Berth {
 
 /// A blocking HTTP/1.1 GET; `None` when nothing answers.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+/// A blocking HTTP/1.1 request without a body (e.g. `POST /v1/sync`);
+/// `None` when nothing answers within 30 s.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = String::new();
