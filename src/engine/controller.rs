@@ -693,6 +693,7 @@ impl<R: ContainerRuntime> Controller<R> {
             &mut self.backoff,
             &prepared.desired,
             &settled,
+            &self.held,
             &self.config.namespace,
             now,
         );
