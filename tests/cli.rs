@@ -350,3 +350,32 @@ fn the_man_page_and_completions_come_from_the_same_flags() {
         "completions know the agent flags"
     );
 }
+
+/// The schema and README say: `args` without `command` go to the image's
+/// ENTRYPOINT, replacing its CMD. The fixture image's ENTRYPOINT is
+/// `/fixture`; `args: [sleep]` must run `/fixture sleep`.
+#[test]
+fn args_without_command_go_to_the_image_entrypoint_as_documented() {
+    let schema = run_berth(&["schema"], Duration::from_secs(10));
+    let (schema, _) = text(&schema);
+    assert!(schema.contains("passed to the image's ENTRYPOINT"), "{schema}");
+    assert!(!schema.contains("ignored without"), "{schema}");
+
+    let ns = common::TestNamespace::new("args-entrypoint");
+    let dir = tempfile::tempdir().unwrap();
+    common::write(
+        dir.path(),
+        "task.yaml",
+        &format!("name: app\nimage: {}\npull: never\nargs: [\"sleep\"]\n", common::fixture_image()),
+    );
+    let out = run_berth(
+        &["run", "--once", "--manifests", dir.path().to_str().unwrap(), "--namespace", &ns.ns],
+        Duration::from_secs(90),
+    );
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    let c = common::docker::inspect(&ns.container_name("app", 0)).expect("the container exists");
+    assert_eq!(c["Config"]["Entrypoint"], serde_json::json!(["/fixture"]));
+    assert_eq!(c["Config"]["Cmd"], serde_json::json!(["sleep"]));
+    assert_eq!(c["State"]["Running"], serde_json::json!(true), "{c:#}");
+}

@@ -94,7 +94,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("berth.service");
     let berth = env!("CARGO_BIN_EXE_berth");
-    std::fs::write(&copy, content.replace("/usr/local/bin/berth", berth)).unwrap();
+    std::fs::write(&copy, content.replace("/usr/bin/berth", berth)).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&copy)

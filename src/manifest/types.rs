@@ -27,7 +27,9 @@ pub struct TaskManifest {
     /// The container's command. With `args`, it becomes Docker's `Cmd`.
     #[serde(default)]
     pub command: Option<String>,
-    /// Arguments to `command` (ignored without a `command`, as in Nomad).
+    /// Arguments. With `command`, Docker's `Cmd` is command + args; without
+    /// one, `args` alone are the `Cmd`, passed to the image's ENTRYPOINT (in
+    /// place of the image's CMD), as `docker run IMAGE ARGS...` does.
     #[serde(default)]
     pub args: Vec<String>,
     /// Overrides the image's ENTRYPOINT.
