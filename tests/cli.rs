@@ -358,7 +358,10 @@ fn the_man_page_and_completions_come_from_the_same_flags() {
 fn args_without_command_go_to_the_image_entrypoint_as_documented() {
     let schema = run_berth(&["schema"], Duration::from_secs(10));
     let (schema, _) = text(&schema);
-    assert!(schema.contains("passed to the image's ENTRYPOINT"), "{schema}");
+    assert!(
+        schema.contains("passed to the image's ENTRYPOINT"),
+        "{schema}"
+    );
     assert!(!schema.contains("ignored without"), "{schema}");
 
     let ns = common::TestNamespace::new("args-entrypoint");
@@ -366,10 +369,20 @@ fn args_without_command_go_to_the_image_entrypoint_as_documented() {
     common::write(
         dir.path(),
         "task.yaml",
-        &format!("name: app\nimage: {}\npull: never\nargs: [\"sleep\"]\n", common::fixture_image()),
+        &format!(
+            "name: app\nimage: {}\npull: never\nargs: [\"sleep\"]\n",
+            common::fixture_image()
+        ),
     );
     let out = run_berth(
-        &["run", "--once", "--manifests", dir.path().to_str().unwrap(), "--namespace", &ns.ns],
+        &[
+            "run",
+            "--once",
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--namespace",
+            &ns.ns,
+        ],
         Duration::from_secs(90),
     );
     let (_, err) = text(&out);

@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{berth_command, docker, fixture_image, wait_for_sync, TestNamespace};
+use common::{docker, fixture_image, run_berth_env, TestNamespace};
 
 /// Longest any single berth command may take before the test fails.
 const BERTH_TIMEOUT: Duration = Duration::from_secs(90);
@@ -240,39 +239,6 @@ impl Folder {
             )
         });
         (out.status.code(), view)
-    }
-}
-
-/// Run berth with extra environment variables; output goes to files, so a
-/// chatty or aborting berth can never block on a pipe.
-fn run_berth_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
-    let logs = tempfile::tempdir().unwrap();
-    let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
-    let mut child = berth_command()
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for_sync(timeout, &format!("berth {args:?} to exit"), || {
-            child.try_wait().unwrap()
-        })
-    }));
-    let status = match waited {
-        Ok(status) => status,
-        Err(panic) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            std::panic::resume_unwind(panic);
-        }
-    };
-    Output {
-        status,
-        stdout: std::fs::read(out_path).unwrap(),
-        stderr: std::fs::read(err_path).unwrap(),
     }
 }
 

@@ -233,3 +233,79 @@ fn completions_are_printed_for_bash_zsh_and_fish() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("berth"));
     }
 }
+
+/// The README's static build runs without glibc: slow (a full release
+/// build), so only with BERTH_SLOW_TESTS=1.
+#[test]
+fn the_static_build_is_static_and_runs() {
+    if std::env::var("BERTH_SLOW_TESTS").as_deref() != Ok("1") {
+        println!("SKIPPED: set BERTH_SLOW_TESTS=1 to build the static binary");
+        return;
+    }
+    let target = root().join("target/static-test");
+    let out = Command::new("cargo")
+        .args(["build", "--release", "-p", "berth", "--bin", "berth"])
+        .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+        .arg(&target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let bin = target.join("x86_64-unknown-linux-gnu/release/berth");
+    let ldd = Command::new("ldd").arg(&bin).output().unwrap();
+    let said = text(&ldd);
+    assert!(
+        said.contains("statically linked") || said.contains("not a dynamic executable"),
+        "{said}"
+    );
+    let out = Command::new(&bin).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("berth {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `cargo deb` then `dpkg -i`: the unit and config land where the README
+/// says. Changes the host, so only with BERTH_SLOW_TESTS=1 (and as root).
+#[test]
+fn the_deb_installs_the_binary_unit_and_config() {
+    if std::env::var("BERTH_SLOW_TESTS").as_deref() != Ok("1") {
+        println!("SKIPPED: set BERTH_SLOW_TESTS=1 to build and install the .deb");
+        return;
+    }
+    let out = Command::new("cargo")
+        .args(["deb", "-p", "berth"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo deb (cargo install cargo-deb): {}",
+        text(&out)
+    );
+    let deb = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    let out = Command::new("dpkg").args(["-i", &deb]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    for path in [
+        "/usr/bin/berth",
+        "/lib/systemd/system/berth.service",
+        "/etc/berth/berth.yaml",
+        "/etc/berth/manifests",
+        "/usr/share/man/man1/berth.1.gz",
+        "/usr/share/bash-completion/completions/berth",
+    ] {
+        assert!(
+            Path::new(path).exists(),
+            "{path} missing after dpkg -i {deb}"
+        );
+    }
+    let conffiles =
+        std::fs::read_to_string("/var/lib/dpkg/info/berth.conffiles").unwrap_or_default();
+    assert!(conffiles.contains("/etc/berth/berth.yaml"), "{conffiles}");
+}
