@@ -16,11 +16,14 @@
 //! - [`scenarios`]: one function per measured figure.
 //! - [`counting`]: a call-counting [`berth::runtime::ContainerRuntime`].
 //! - [`plan_scale`]: hand-built planner inputs (shared with `benches/plan.rs`).
+//! - [`gitops`]: push → container started from a git source, and a poll's
+//!   idle cost (also alone: `--gitops-only`).
 //! - [`fixture_image`]: the workload image, made without a registry.
 //! - [`procfs`], [`stats`], [`report`]: measuring, summarising, writing.
 
 mod counting;
 mod fixture_image;
+mod gitops;
 mod host;
 mod plan_scale;
 mod procfs;
@@ -53,10 +56,11 @@ pub struct Options {
     pub parallelism: usize,
     /// Only the planner (no Docker, no builds): for profiling `plan()`.
     pub planner_only: bool,
+    /// Only the GitOps scenario; prints, writes no report.
+    pub gitops_only: bool,
 }
 
-const USAGE: &str =
-    "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--out FILE] [--planner-only]";
+const USAGE: &str = "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--out FILE] [--planner-only] [--gitops-only]";
 
 fn parse_args(workspace: &std::path::Path) -> Result<Options> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -72,6 +76,7 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
         noop_passes: 20,
         parallelism: berth::config::AgentConfig::default().parallelism,
         planner_only: false,
+        gitops_only: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -83,6 +88,7 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
         match a.as_str() {
             "--quick" => {}
             "--planner-only" => o.planner_only = true,
+            "--gitops-only" => o.gitops_only = true,
             "--rounds" => o.rounds = value("--rounds")?.parse()?,
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
             "--out" => o.out = PathBuf::from(value("--out")?),
@@ -217,7 +223,19 @@ async fn run(workspace: PathBuf, options: Options) -> Result<()> {
     let machine = report::Machine::detect(&workspace);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let result = scenarios::all(&host, &options).await;
+    if options.gitops_only {
+        let mut results = scenarios::Results::default();
+        let result = gitops::gitops(&host, &options, &mut results).await;
+        println!("{}", report::text_table(&results.rows, &results.targets));
+        results.notes.iter().for_each(|n| println!("{n}"));
+        return result;
+    }
+    let result = match scenarios::all(&host, &options).await {
+        Ok(mut results) => gitops::gitops(&host, &options, &mut results)
+            .await
+            .map(|()| results),
+        Err(e) => Err(e),
+    };
     // Whatever happened, leave the daemon as we found it.
     if let Err(e) = host.remove_all().await {
         eprintln!("berth-bench: clean-up failed: {e:#}");
