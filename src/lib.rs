@@ -11,8 +11,8 @@
 //!   loading with per-file errors and last-good memory, port allocation,
 //!   registry credentials, resolving an instance into a [`desired::spec::ContainerSpec`],
 //!   its label set and its secret-free applied record.
-//! - [`engine`]: deciding (the pure [`engine::plan`], backoff, the retry
-//!   policy) and doing (per-instance chains, shared background pulls, the
+//! - [`engine`]: deciding (the pure [`engine::plan`], dependencies, jobs,
+//!   backoff, the retry policy) and doing (per-instance chains, shared background pulls, the
 //!   controller's pass, image cleanup), and the status it publishes.
 //! - [`runtime`]: the narrow [`runtime::ContainerRuntime`] trait, over Docker
 //!   (bollard, split by concern) or in memory for tests.

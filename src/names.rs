@@ -29,6 +29,9 @@ pub mod labels {
     /// On a staged new container: `<old id>:running|stopped`, the container
     /// it replaces and whether that one ran, for a restore after a crash.
     pub const REPLACING: &str = "io.berth.replacing";
+    /// The tasks this container's task depends on (`db,cache`), so removal
+    /// and `berth down` stop dependents first without the manifests.
+    pub const DEPENDS_ON: &str = "io.berth.depends-on";
 }
 
 /// How long a stop waits before SIGKILL when nothing better is known:

@@ -140,13 +140,13 @@ pub async fn run_loop<R: ContainerRuntime>(
                     info!("Docker is reachable again");
                     docker_failures = 0;
                 }
-                report.plan.next_due()
+                report.plan.next_trigger()
             }
             Err(e) => {
                 let delay = outage_delay(docker_failures);
                 docker_failures = docker_failures.saturating_add(1);
                 error!(retry_in = ?delay, "{e}");
-                Some(controller.clock().now() + delay)
+                Some((controller.clock().now() + delay, Trigger::BackoffDue))
             }
         };
         hooks.after_pass(result.is_ok());
@@ -159,7 +159,9 @@ pub async fn run_loop<R: ContainerRuntime>(
         // Wait for the next reason to look again, beating meanwhile.
         let resync = controller.config().resync.get();
         let wait = next_due
-            .map(|t| {
+            .as_ref()
+            .map(|(t, _)| {
+                let t = *t;
                 t.duration_since(controller.clock().now())
                     .unwrap_or_default()
             })
@@ -180,7 +182,13 @@ pub async fn run_loop<R: ContainerRuntime>(
                     None => triggers_open = false,
                 },
                 () = &mut sleep => {
-                    break if next_due.is_some() { Trigger::BackoffDue } else { Trigger::Resync };
+                    break match &next_due {
+                        // Whichever timer was due names the pass; the
+                        // resync caps every wait.
+                        Some((t, why)) if *t <= controller.clock().now() => why.clone(),
+                        Some(_) => Trigger::BackoffDue,
+                        None => Trigger::Resync,
+                    };
                 }
                 _ = heartbeat.tick() => beat(controller, hooks),
                 () = &mut shutdown => {

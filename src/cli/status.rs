@@ -62,6 +62,9 @@ async fn label_status(config: &AgentConfig) -> anyhow::Result<berth::engine::sta
                 work: None,
                 held: None,
                 removal_due: None,
+                job: None,
+                next_run: None,
+                waiting: None,
             }
         })
         .collect();

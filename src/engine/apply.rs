@@ -23,7 +23,7 @@ use crate::desired::state::DesiredInstance;
 use crate::engine::error::ApplyError;
 use crate::engine::plan::Action;
 use crate::engine::pulls::Pulls;
-use crate::manifest::{PullPolicy, UpdateOrder};
+use crate::manifest::{PullPolicy, TaskKind, UpdateOrder};
 use crate::names::{aside_name, labels, name_role, staging_name, InstanceKey, NameRole};
 use crate::runtime::{
     ContainerRuntime, ContainerState, CreateRequest, Health, ObservedContainer, RuntimeError,
@@ -221,6 +221,13 @@ impl<R: ContainerRuntime> Executor<R> {
         match action {
             Action::Create { desired } => {
                 self.ensure_image(desired, ctx).await?;
+                if desired.kind == TaskKind::Job && desired.schedule.is_some() {
+                    // A scheduled job's container waits, created, for its
+                    // first slot.
+                    let name = desired.key.container_name(&self.namespace);
+                    self.create_named(desired, &name, None, ctx).await?;
+                    return Ok(None);
+                }
                 self.create_and_start(desired, ctx).await.map(Some)
             }
             Action::Start { id, .. } => self.start(id, ctx).await.map(Some),
@@ -382,6 +389,9 @@ impl<R: ContainerRuntime> Executor<R> {
             .container_labels(ns, &desired.key, &desired.manifest);
         if let Some(replacing) = replacing {
             labels.insert(labels::REPLACING.to_string(), replacing);
+        }
+        if let Some(deps) = crate::engine::deps::dependencies_label(desired) {
+            labels.insert(labels::DEPENDS_ON.to_string(), deps);
         }
         if let Some(commit) = &desired.source_commit {
             labels.insert(labels::SOURCE_COMMIT.to_string(), commit.clone());

@@ -26,6 +26,7 @@ use crate::engine::apply::{group_chains, Executor, Outcome, StepCell};
 use crate::engine::backoff::BackoffTable;
 use crate::engine::error::ApplyError;
 use crate::engine::holds::HoldStore;
+use crate::engine::jobs::{JobState, JobStore, JobTable};
 use crate::engine::plan::{observe_failures, plan, Action, HeldSpec, Memory, Plan, PlanOptions};
 use crate::engine::pulls::{LogPulls, PullObserver, Pulls};
 use crate::engine::retry::{classify, error_policy, FailureKind, ONCE_MAX_FAILURES};
@@ -90,6 +91,7 @@ impl PassReport {
             && self.plan.waiting.is_empty()
             && self.plan.settling.is_empty()
             && self.plan.pending_removals.is_empty()
+            && self.plan.blocked.is_empty()
             && self.busy.is_empty()
     }
 }
@@ -109,6 +111,9 @@ pub struct ChainDone {
 pub trait EngineObserver: Send + Sync {
     fn pass(&self, _elapsed: Duration, _result: &Result<PassReport, PassError>) {}
     fn outcomes(&self, _outcomes: &[Outcome]) {}
+    /// A job run ended (`succeeded`, `failed`) or a scheduled slot was
+    /// `skipped` because the previous run still went on.
+    fn job_run(&self, _task: &str, _result: &str) {}
 }
 
 /// A chain in flight.
@@ -239,6 +244,18 @@ pub struct Controller<R: ContainerRuntime> {
     /// manifest changes or `berth retry`; kept across restarts.
     held: BTreeMap<InstanceKey, HeldSpec>,
     hold_store: HoldStore,
+    /// Jobs' attempts and since when each spec is known; kept across
+    /// restarts.
+    jobs: JobTable,
+    job_store: JobStore,
+    /// The last skipped slot per job, so each skip is logged and counted once.
+    skipped: BTreeMap<InstanceKey, SystemTime>,
+    /// Job records changed since they were last saved.
+    jobs_dirty: bool,
+    /// Job runs seen ending, not yet logged and counted.
+    runs_ended: Vec<crate::engine::jobs::RunEnded>,
+    /// The time zone job schedules are evaluated in.
+    zone: jiff::tz::TimeZone,
     /// When each pending removal (by container id) was first planned.
     removals_seen: BTreeMap<String, SystemTime>,
     /// The folder's contents as last read, and since when they are unchanged.
@@ -293,6 +310,8 @@ impl<R: ContainerRuntime> Controller<R> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let hold_store = HoldStore::new(&config.state_dir, &config.namespace);
         let held = hold_store.load();
+        let job_store = JobStore::new(&config.state_dir, &config.namespace);
+        let jobs = job_store.load();
         Controller {
             runtime,
             config,
@@ -313,6 +332,12 @@ impl<R: ContainerRuntime> Controller<R> {
             cleanups: Vec::new(),
             held,
             hold_store,
+            jobs,
+            job_store,
+            skipped: BTreeMap::new(),
+            jobs_dirty: false,
+            runs_ended: Vec::new(),
+            zone: crate::manifest::cron::host_zone(),
             removals_seen: BTreeMap::new(),
             folder_fingerprint: None,
             folder_quiet_since: clock.now(),
@@ -424,6 +449,7 @@ impl<R: ContainerRuntime> Controller<R> {
         PlanOptions {
             cleanup_containers: self.config.docker.cleanup.container,
             removal_gate: Some(self.config.removal_delay.get()),
+            zone: self.zone.clone(),
             ..PlanOptions::new(self.config.namespace.clone())
         }
     }
@@ -444,11 +470,17 @@ impl<R: ContainerRuntime> Controller<R> {
         for k in keys {
             self.backoff.forget(&k);
         }
+        let jobs = self.jobs.rearm(task);
+        if jobs > 0 {
+            self.job_store.save(&self.jobs);
+        }
         info!(
             task,
-            held, "retry asked for: the task's held updates and backoff are forgotten"
+            held,
+            jobs,
+            "retry asked for: the task's held updates, failed job attempts and backoff are forgotten"
         );
-        held
+        held + jobs
     }
 
     /// Load the folder, list the containers, allocate ports and resolve
@@ -664,6 +696,13 @@ impl<R: ContainerRuntime> Controller<R> {
             &self.config.namespace,
             now,
         );
+        // Counted in memory here (so `berth plan` shows the truth); a pass
+        // saves, logs and counts them (`record_jobs`), `plan` never writes.
+        let (jobs_changed, runs) =
+            self.jobs
+                .observe(&prepared.desired, &settled, &self.config.namespace, now);
+        self.jobs_dirty |= jobs_changed;
+        self.runs_ended.extend(runs);
         let plan = plan(
             &prepared.desired,
             &prepared.observed,
@@ -674,10 +713,12 @@ impl<R: ContainerRuntime> Controller<R> {
                 held: &self.held,
                 removals_seen: &self.removals_seen,
                 folder_quiet_since: self.folder_quiet_since,
+                jobs: &self.jobs,
             },
             now,
             &self.plan_options(),
         );
+
         // A removal planned now is remembered from its first sighting; one
         // no longer planned (the task came back) is forgotten.
         let planned: BTreeSet<&str> = plan
@@ -691,6 +732,34 @@ impl<R: ContainerRuntime> Controller<R> {
             self.removals_seen.entry(id.to_string()).or_insert(now);
         }
         plan
+    }
+
+    /// What a pass's plan means for jobs, once it is dispatched: runs that
+    /// ended are logged and counted, scheduled runs start their attempts
+    /// from zero, skipped slots are logged once, and the records are saved.
+    fn record_jobs(&mut self, plan: &Plan) {
+        for run in std::mem::take(&mut self.runs_ended) {
+            info!(task = %run.key.task, index = run.key.index, result = run.result, "job run ended: {}", run.result);
+            if let Some(observer) = &self.observer {
+                observer.job_run(&run.key.task, run.result);
+            }
+        }
+        for key in &plan.runs {
+            self.jobs_dirty |= self.jobs.start_run(key);
+            info!(task = %key.task, index = key.index, "scheduled job run");
+        }
+        for view in &plan.jobs {
+            let Some(slot) = view.skipped else { continue };
+            if self.skipped.insert(view.key.clone(), slot) != Some(slot) {
+                info!(task = %view.key.task, index = view.key.index, "scheduled run skipped: the previous run still goes on");
+                if let Some(observer) = &self.observer {
+                    observer.job_run(&view.key.task, "skipped");
+                }
+            }
+        }
+        if std::mem::take(&mut self.jobs_dirty) {
+            self.job_store.save(&self.jobs);
+        }
     }
 
     /// One pass: prepare, plan, dispatch. Returns without waiting for the
@@ -744,9 +813,19 @@ impl<R: ContainerRuntime> Controller<R> {
             if self.held.len() != before {
                 self.hold_store.save(&self.held);
             }
+            let jobs_wanted = |k: &InstanceKey| {
+                prepared
+                    .desired
+                    .instances
+                    .get(k)
+                    .is_some_and(|d| d.kind == crate::manifest::TaskKind::Job)
+            };
+            self.jobs_dirty |= self.jobs.retain(jobs_wanted);
+            self.skipped.retain(|k, _| jobs_wanted(k));
         }
         let now = self.clock.now();
         let plan = self.plan(&prepared, now);
+        self.record_jobs(&plan);
         let (new, gone) = seen_changes(&mut self.logged_unrecognised, &plan.unrecognised);
         for name in new {
             warn!(container = %name, "container carries our namespace label but no valid task/index labels; leaving it alone");
@@ -1048,8 +1127,19 @@ impl<R: ContainerRuntime> Controller<R> {
     pub fn once_verdict(&self, report: &PassReport) -> OnceVerdict {
         let mut problems = Vec::new();
         let mut pending = false;
+        let is_job = |key: &InstanceKey| {
+            self.last_desired
+                .instances
+                .get(key)
+                .is_some_and(|d| d.kind == crate::manifest::TaskKind::Job)
+        };
         let given_up = |key: &InstanceKey| -> Option<String> {
             let b = self.backoff.get(key)?;
+            if is_job(key) && !b.permanent {
+                // A job's failed runs are judged by its max_attempts: it is
+                // held (a problem below) once they are used up.
+                return None;
+            }
             let why = b.last_error.clone().unwrap_or_else(|| "failed".into());
             if b.permanent {
                 Some(format!("{key}: {why}"))
@@ -1079,6 +1169,25 @@ impl<R: ContainerRuntime> Controller<R> {
         }
         for h in &report.plan.held {
             problems.push(format!("{}: {}", h.key, h.reason));
+        }
+        for b in &report.plan.blocked {
+            if b.held {
+                problems.push(b.to_string());
+            } else {
+                pending = true;
+            }
+        }
+        // A job without a schedule is waited for until it ends; a scheduled
+        // one only until its container exists (its runs are the schedule's).
+        for j in &report.plan.jobs {
+            let scheduled = self
+                .last_desired
+                .instances
+                .get(&j.key)
+                .is_some_and(|d| d.schedule.is_some());
+            if !scheduled && matches!(j.state, JobState::Running { .. }) {
+                pending = true;
+            }
         }
         for f in &report.plan.finished {
             if !f.succeeded() {
@@ -1133,6 +1242,14 @@ impl<R: ContainerRuntime> Controller<R> {
             .iter()
             .map(|r| (&r.key, unix_secs(r.due)))
             .collect();
+        let blocked: BTreeMap<&InstanceKey, &str> = report
+            .plan
+            .blocked
+            .iter()
+            .map(|b| (&b.key, b.reason.as_str()))
+            .collect();
+        let jobs: BTreeMap<&InstanceKey, &crate::engine::jobs::JobView> =
+            report.plan.jobs.iter().map(|j| (&j.key, j)).collect();
         let finished: BTreeMap<&InstanceKey, bool> = report
             .plan
             .finished
@@ -1151,7 +1268,9 @@ impl<R: ContainerRuntime> Controller<R> {
                     .and_then(|w| self.backoff.due(&key, &w.restart))
                     .filter(|t| *t > now)
                     .map(unix_secs);
+                let job = jobs.get(&key);
                 let state = match (container, want) {
+                    _ if job.is_some() => job.map_or_else(String::new, |j| j.state_name().into()),
                     _ if finished.get(&key) == Some(&true) => "succeeded".into(),
                     _ if finished.get(&key) == Some(&false) => "failed".into(),
                     (Some(_), _) if settling.contains(&key) => "starting".into(),
@@ -1182,13 +1301,18 @@ impl<R: ContainerRuntime> Controller<R> {
                     work: None,
                     held: held.get(&key).map(|r| r.to_string()),
                     removal_due: removal_due.get(&key).copied(),
+                    job: job.map(|j| j.describe(now)),
+                    next_run: job.and_then(|j| j.next_run).map(unix_secs),
+                    waiting: blocked.get(&key).map(|r| r.to_string()),
                 }
             })
             .collect();
         let removals_held = self.removals_held.clone();
+        let zone = crate::manifest::cron::zone_name(&self.zone);
         self.status.update(|s| {
             s.instances = instances;
             s.removals_held = removals_held;
+            s.time_zone = Some(zone);
             s.manifest_errors = report.errors.clone();
             s.last_pass = Some(unix_secs(now));
             s.passes += 1;
@@ -1317,5 +1441,137 @@ mod tests {
         let due = c.backoff.due(&key, &RestartSpec::default()).unwrap();
         let wait = due.duration_since(c.clock.now()).unwrap_or_default();
         assert!(wait <= crate::engine::retry::UNAVAILABLE_RETRY, "{wait:?}");
+    }
+
+    /// A controller over `files` in a fresh folder, with its own state dir.
+    fn controller_with(dir: &std::path::Path, files: &[(&str, &str)]) -> Controller<FakeRuntime> {
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        for (name, text) in files {
+            std::fs::write(manifests.join(name), text).unwrap();
+        }
+        let config = AgentConfig {
+            manifests,
+            namespace: "t".into(),
+            state_dir: dir.join("state"),
+            ..AgentConfig::default()
+        };
+        let clock = Clock::tokio();
+        let runtime = FakeRuntime::new().with_clock(clock);
+        for image in ["db:1", "web:1", "job:1", "job:2"] {
+            runtime.add_image(image);
+        }
+        Controller::with_parts(Arc::new(runtime), config, clock, Arc::new(LogPulls))
+    }
+
+    fn state_of(c: &Controller<FakeRuntime>, name: &str) -> Option<crate::runtime::ContainerState> {
+        c.runtime()
+            .all()
+            .into_iter()
+            .find(|x| x.name == name)
+            .map(|x| x.state)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dependent_starts_only_once_its_dependency_is_healthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller_with(
+            dir.path(),
+            &[
+                ("db.yaml", "image: db:1\n"),
+                ("web.yaml", "image: web:1\ndepends_on: {db: healthy}\n"),
+            ],
+        );
+        let first = pass_and_finish(&mut c).await;
+        assert_eq!(first.dispatched, 1, "db only");
+        assert!(state_of(&c, "t-web-0").is_none());
+        c.runtime()
+            .set_health("t-db-0", crate::runtime::Health::Starting);
+        let waiting = pass_and_finish(&mut c).await;
+        assert_eq!(waiting.dispatched, 0);
+        assert_eq!(c.once_verdict(&waiting), OnceVerdict::Pending);
+        let web = c
+            .status()
+            .view(SystemTime::now())
+            .instances
+            .into_iter()
+            .find(|i| i.task == "web")
+            .unwrap();
+        assert_eq!(web.waiting.as_deref(), Some("waiting for db (healthy)"));
+        c.runtime()
+            .set_health("t-db-0", crate::runtime::Health::Healthy);
+        let go = pass_and_finish(&mut c).await;
+        assert_eq!(go.dispatched, 1);
+        assert_eq!(
+            state_of(&c, "t-web-0"),
+            Some(crate::runtime::ContainerState::Running)
+        );
+        // The created container records what it depends on, for removals.
+        let web = c
+            .runtime()
+            .all()
+            .into_iter()
+            .find(|x| x.name == "t-web-0")
+            .unwrap();
+        assert_eq!(
+            web.labels
+                .get(crate::names::labels::DEPENDS_ON)
+                .map(String::as_str),
+            Some("db")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_runs_to_completion_is_not_restarted_and_its_attempts_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [("job.yaml", "image: job:1\nkind: job\nmax_attempts: 2\n")];
+        let mut c = controller_with(dir.path(), &files);
+        pass_and_finish(&mut c).await;
+        assert_eq!(
+            state_of(&c, "t-job-0"),
+            Some(crate::runtime::ContainerState::Running)
+        );
+        let running = pass_and_finish(&mut c).await;
+        assert_eq!(
+            c.once_verdict(&running),
+            OnceVerdict::Pending,
+            "a job is waited for"
+        );
+        c.runtime().exit("t-job-0", 1, c.clock.now());
+        let retried = pass_and_finish(&mut c).await;
+        assert_eq!(retried.dispatched, 1, "attempt 2");
+        assert_eq!(
+            state_of(&c, "t-job-0"),
+            Some(crate::runtime::ContainerState::Running)
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        c.runtime().exit("t-job-0", 1, c.clock.now());
+
+        // A new berth over the same state dir: the attempts are remembered.
+        let runtime = c.runtime().clone();
+        let mut c = Controller::with_parts(runtime, c.config.clone(), c.clock, Arc::new(LogPulls));
+        let failed = pass_and_finish(&mut c).await;
+        assert_eq!(failed.dispatched, 0);
+        match c.once_verdict(&failed) {
+            OnceVerdict::Failed(problems) => {
+                assert!(
+                    problems[0].starts_with("job[0]: failed after 2 attempts: exit 1"),
+                    "{problems:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.retry("job"), 1);
+        let rearmed = pass_and_finish(&mut c).await;
+        assert_eq!(rearmed.dispatched, 1);
+        c.runtime().exit("t-job-0", 0, c.clock.now());
+        let done = pass_and_finish(&mut c).await;
+        assert_eq!(c.once_verdict(&done), OnceVerdict::Converged);
+        let again = pass_and_finish(&mut c).await;
+        assert_eq!(again.dispatched, 0, "a success is never restarted");
+        assert_eq!(
+            state_of(&c, "t-job-0"),
+            Some(crate::runtime::ContainerState::Exited)
+        );
     }
 }

@@ -13,8 +13,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::engine::plan::HeldSpec;
 use crate::names::InstanceKey;
+
+/// A spec that failed to replace an instance's container, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldSpec {
+    pub hash: String,
+    pub reason: String,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {

@@ -9,6 +9,8 @@
 //! - [`controller`]: a pass (load, list, plan) and the workers it dispatches.
 //! - [`cleanup`]: images nothing uses any more after removals.
 //! - [`holds`]: held updates, kept across restarts in the state directory.
+//! - [`deps`]: `depends_on`: what a task waits for, and removal order.
+//! - [`jobs`]: tasks that run to completion, their attempts and schedules.
 //! - [`status`]: what status, metrics and systemd see, live work included.
 //! - [`trigger`]: why a pass runs, one type for every source.
 
@@ -16,8 +18,10 @@ pub mod apply;
 pub mod backoff;
 pub mod cleanup;
 pub mod controller;
+pub mod deps;
 pub mod error;
 pub mod holds;
+pub mod jobs;
 pub mod plan;
 pub mod pulls;
 pub mod retry;

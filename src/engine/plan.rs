@@ -15,7 +15,11 @@ use serde::Serialize;
 
 use crate::desired::state::{DesiredInstance, DesiredState};
 use crate::engine::backoff::BackoffTable;
-use crate::manifest::{RestartPolicy, UpdateOrder};
+use crate::engine::deps::{self, Blocked, Readiness};
+pub use crate::engine::holds::HeldSpec;
+use crate::engine::jobs::{self, JobStep, JobTable, JobView};
+use crate::engine::trigger::Trigger;
+use crate::manifest::{RestartPolicy, TaskKind, UpdateOrder};
 use crate::names::{aside_was_running, labels, name_role, InstanceKey, NameRole};
 use crate::runtime::{ContainerState, Health, ObservedContainer};
 
@@ -31,6 +35,8 @@ pub enum RemoveReason {
     Leftover,
     /// Docker marked it dead; it cannot be started again.
     Dead,
+    /// A job's spec changed: its old run makes way for a new one.
+    JobChanged,
 }
 
 impl fmt::Display for RemoveReason {
@@ -40,6 +46,7 @@ impl fmt::Display for RemoveReason {
             RemoveReason::ScaledDown => "scaled down",
             RemoveReason::Leftover => "leftover of an interrupted replacement",
             RemoveReason::Dead => "container is dead",
+            RemoveReason::JobChanged => "the job's spec changed: it runs again",
         })
     }
 }
@@ -243,13 +250,6 @@ pub struct HeldUpdate {
     pub reason: String,
 }
 
-/// A spec that failed to replace an instance's container, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HeldSpec {
-    pub hash: String,
-    pub reason: String,
-}
-
 /// A removal waiting for the folder to be quiet and the removal to be seen
 /// again on a fresh read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +309,17 @@ pub struct Plan {
     /// Containers labelled with our namespace whose task/index labels do not
     /// parse: never touched, only reported.
     pub unrecognised: Vec<String>,
+    /// Work that waits for a dependency (or is held by a failed one), and
+    /// removals that wait for their dependents to stop first.
+    pub blocked: Vec<Blocked>,
+    /// Every job instance with a container of its current spec: its state
+    /// and next scheduled run.
+    pub jobs: Vec<JobView>,
+    /// Scheduled job runs this plan starts (their attempts count from zero).
+    pub runs: Vec<InstanceKey>,
+    /// When a waiting dependency or a running job is worth another look
+    /// (no Docker event may tell, e.g. under `run --once`).
+    pub recheck: Option<SystemTime>,
 }
 
 impl Plan {
@@ -319,12 +330,31 @@ impl Plan {
     /// The earliest moment a backing-off or settling instance is worth
     /// another look.
     pub fn next_due(&self) -> Option<SystemTime> {
-        self.waiting
+        self.next_trigger().map(|(t, _)| t)
+    }
+
+    /// The earliest moment worth another look, and the trigger to name it
+    /// by: a scheduled job run, or a backoff, settle, recheck or removal.
+    pub fn next_trigger(&self) -> Option<(SystemTime, Trigger)> {
+        let timers = self
+            .waiting
             .iter()
             .chain(&self.settling)
             .map(|w| w.until)
             .chain(self.pending_removals.iter().map(|r| r.due))
+            .chain(self.recheck)
             .min()
+            .map(|t| (t, Trigger::BackoffDue));
+        let scheduled = self
+            .jobs
+            .iter()
+            .filter_map(|j| Some((j.next_run?, j.key.task.clone())))
+            .min()
+            .map(|(t, task)| (t, Trigger::Scheduled { task }));
+        match (timers, scheduled) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -341,6 +371,20 @@ impl fmt::Display for Plan {
         }
         for h in &self.held {
             writeln!(f, "hold {} ({})", h.key, h.reason)?;
+        }
+        for b in &self.blocked {
+            let verb = if b.held { "hold" } else { "wait" };
+            writeln!(f, "{verb} {b}")?;
+        }
+        for j in &self.jobs {
+            write!(f, "job {}: {}", j.key, j.describe(SystemTime::now()))?;
+            if let Some(next) = j.next_run {
+                let secs = next
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                write!(f, ", next run at unix {secs}")?;
+            }
+            writeln!(f)?;
         }
         for r in &self.pending_removals {
             writeln!(f, "pending {r}")?;
@@ -362,6 +406,8 @@ pub struct PlanOptions {
     /// this long and the removal is seen again on a fresh read. `None`:
     /// remove at once (`down`, tests of the pure planner).
     pub removal_gate: Option<Duration>,
+    /// The time zone job schedules are evaluated in: the host's.
+    pub zone: jiff::tz::TimeZone,
 }
 
 /// How long a container must stay up before it counts as converged: long
@@ -379,9 +425,14 @@ impl PlanOptions {
             cleanup_containers: true,
             settle: DEFAULT_SETTLE,
             removal_gate: None,
+            zone: crate::manifest::cron::host_zone(),
         }
     }
 }
+
+/// How soon a running job, or work waiting for a dependency, is looked at
+/// again when no event comes first.
+const JOB_RECHECK: Duration = Duration::from_secs(2);
 
 /// What berth knows about instances beyond what Docker shows.
 #[derive(Debug, Clone, Copy)]
@@ -399,6 +450,8 @@ pub struct Memory<'a> {
     pub removals_seen: &'a BTreeMap<String, SystemTime>,
     /// Since when the folder's contents have not changed.
     pub folder_quiet_since: SystemTime,
+    /// Jobs' attempts and since when each spec is known.
+    pub jobs: &'a JobTable,
 }
 
 impl<'a> Memory<'a> {
@@ -408,6 +461,7 @@ impl<'a> Memory<'a> {
         static NO_STARTS: BTreeMap<InstanceKey, SystemTime> = BTreeMap::new();
         static NO_HOLDS: BTreeMap<InstanceKey, HeldSpec> = BTreeMap::new();
         static NO_REMOVALS: BTreeMap<String, SystemTime> = BTreeMap::new();
+        static NO_JOBS: JobTable = JobTable::new();
         Memory {
             backoff,
             busy: &NONE,
@@ -415,6 +469,7 @@ impl<'a> Memory<'a> {
             held: &NO_HOLDS,
             removals_seen: &NO_REMOVALS,
             folder_quiet_since: SystemTime::UNIX_EPOCH,
+            jobs: &NO_JOBS,
         }
     }
 }
@@ -483,6 +538,20 @@ pub fn plan(
         }
     }
 
+    let ready = deps::readiness(
+        desired,
+        observed,
+        deps::History {
+            backoff: memory.backoff,
+            held: memory.held,
+            jobs: memory.jobs,
+        },
+        ns,
+        &options.zone,
+        now,
+    );
+    let leaving = deps::leaving_dependents(desired, observed, ns);
+
     // Both maps are sorted by (task, index): walk them side by side.
     let mut wanted = desired.instances.iter().peekable();
     let mut seen = by_key.into_iter().peekable();
@@ -500,7 +569,7 @@ pub fn plan(
                 if let Some((key, want)) = wanted.next() {
                     // Work in flight: its containers are in transition.
                     if !memory.busy.contains(key) {
-                        plan_desired(want, &containers, memory, now, options, &mut out);
+                        plan_desired(want, &containers, &ready, memory, now, options, &mut out);
                     }
                 }
             }
@@ -508,11 +577,27 @@ pub fn plan(
                 if let Some(((task, index), containers)) = seen.next() {
                     let key = InstanceKey::new(task, index);
                     if !memory.busy.contains(&key) {
-                        plan_undesired(&key, &containers, desired, memory, now, options, &mut out);
+                        plan_undesired(
+                            &key,
+                            &containers,
+                            desired,
+                            &leaving,
+                            memory,
+                            now,
+                            options,
+                            &mut out,
+                        );
                     }
                 }
             }
         }
+    }
+    let running_job = out
+        .jobs
+        .iter()
+        .any(|j| matches!(j.state, jobs::JobState::Running { .. }));
+    if running_job || out.blocked.iter().any(|b| !b.held) {
+        out.recheck = Some(now + JOB_RECHECK);
     }
     out
 }
@@ -535,6 +620,7 @@ fn is_canonical(name: &str, ns: &str, key: &InstanceKey) -> bool {
 fn plan_desired(
     want: &Arc<DesiredInstance>,
     containers: &[&ObservedContainer],
+    ready: &BTreeMap<String, Readiness>,
     memory: Memory<'_>,
     now: SystemTime,
     options: &PlanOptions,
@@ -545,10 +631,17 @@ fn plan_desired(
     let leftover =
         |c: &ObservedContainer| remove(&want.key, c, RemoveReason::Leftover, want.stop_grace);
 
-    // A retry that is not due yet becomes a wait instead of an action.
+    // Work waits for the task's dependencies; a retry that is not due yet
+    // becomes a wait instead of an action.
+    let blocked = if want.depends_on.is_empty() {
+        None
+    } else {
+        deps::unmet(want, ready)
+    };
     let due = backoff.due(&want.key, &want.restart);
-    let gated = |action: Action, out: &mut Plan| match due {
-        Some(until) if until > now => out.waiting.push(Waiting {
+    let gated = |action: Action, out: &mut Plan| match (&blocked, due) {
+        (Some(b), _) => out.blocked.push(b.clone()),
+        (None, Some(until)) if until > now => out.waiting.push(Waiting {
             key: want.key.clone(),
             until,
         }),
@@ -612,6 +705,33 @@ fn plan_desired(
         }
         return;
     };
+
+    if current.spec_hash() != Some(want.hash.as_str()) && want.kind == TaskKind::Job {
+        // A job is not updated in place: its old run (finished or not)
+        // makes way and the new spec runs, once nothing holds it back.
+        for c in asides.iter().chain(&staged) {
+            out.actions.push(leftover(c));
+        }
+        if let Some(b) = &blocked {
+            out.blocked.push(b.clone());
+        } else if let Some(until) = due.filter(|t| *t > now) {
+            out.waiting.push(Waiting {
+                key: want.key.clone(),
+                until,
+            });
+        } else {
+            out.actions.push(remove(
+                &want.key,
+                current,
+                RemoveReason::JobChanged,
+                want.stop_grace,
+            ));
+            out.actions.push(Action::Create {
+                desired: want.clone(),
+            });
+        }
+        return;
+    }
 
     if current.spec_hash() != Some(want.hash.as_str()) {
         // A staged container of an interrupted replacement knows whether
@@ -682,6 +802,43 @@ fn plan_desired(
             old_running: aside_was_running(&aside.name),
             desired: want.clone(),
         });
+        return;
+    }
+
+    if want.kind == TaskKind::Job
+        && !matches!(
+            current.state,
+            ContainerState::Dead | ContainerState::Removing
+        )
+    {
+        let (step, view) = jobs::decide(want, current, memory.jobs, &options.zone, now);
+        match step {
+            JobStep::Idle => {}
+            JobStep::Start { retry } => {
+                if !retry && blocked.is_none() && due.is_none_or(|t| t <= now) {
+                    out.runs.push(want.key.clone());
+                }
+                gated(
+                    Action::Start {
+                        id: current.id.clone(),
+                        desired: want.clone(),
+                        restart: retry,
+                    },
+                    out,
+                );
+            }
+            JobStep::Failed(reason) => out.held.push(HeldUpdate {
+                key: want.key.clone(),
+                reason,
+            }),
+        }
+        if view.next_run.is_none() && matches!(view.state, jobs::JobState::Succeeded { .. }) {
+            out.finished.push(Finished {
+                key: want.key.clone(),
+                exit_code: current.exit_code,
+            });
+        }
+        out.jobs.push(view);
         return;
     }
 
@@ -766,10 +923,12 @@ fn plan_desired(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_undesired(
     key: &InstanceKey,
     containers: &[&ObservedContainer],
     desired: &DesiredState,
+    leaving: &BTreeMap<&str, BTreeSet<&str>>,
     memory: Memory<'_>,
     now: SystemTime,
     options: &PlanOptions,
@@ -810,6 +969,23 @@ fn plan_undesired(
                 });
                 continue;
             }
+        }
+        // Dependents stop first: a database outlives the web server that
+        // uses it, on the way down as on the way up.
+        let dependents: Vec<&str> = leaving
+            .get(key.task.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|t| *t != key.task)
+            .collect();
+        if c.is_running() && !dependents.is_empty() {
+            out.blocked.push(Blocked {
+                key: key.clone(),
+                reason: format!("stops after its dependents: {}", dependents.join(", ")),
+                held: false,
+            });
+            continue;
         }
         if options.cleanup_containers {
             out.actions.push(remove(key, c, reason, grace));

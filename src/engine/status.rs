@@ -46,6 +46,18 @@ pub struct InstanceStatus {
     /// folder must stay quiet until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removal_due: Option<u64>,
+    /// A job's state in words: `succeeded 2m ago`, `failed after 3
+    /// attempts: exit 1`, `running (attempt 2/3)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Unix seconds of a scheduled job's next run (in the host's time zone,
+    /// [`Status::time_zone`], for people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<u64>,
+    /// Why this instance's work waits: `waiting for db (healthy)`, `held:
+    /// db failed: ...`, `stops after its dependents: web`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// A chain in flight, for status.
@@ -110,6 +122,10 @@ pub struct Status {
     /// folder moved to another file system).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removals_held: Option<String>,
+    /// The time zone job schedules are evaluated in (the host's), e.g.
+    /// `Europe/Berlin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     /// The git source, when the manifests come from one: the commit that
     /// runs, when it was fetched, the last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,6 +21,8 @@ pub enum Trigger {
     Resync,
     /// A backoff or settle time is over.
     BackoffDue,
+    /// A job's scheduled run is due.
+    Scheduled { task: String },
     /// SIGHUP: re-read the agent config, then look again.
     Reload,
     /// An instance's chain of actions ended.
@@ -39,6 +41,7 @@ impl Trigger {
             Trigger::DockerEvent { .. } => "docker-event",
             Trigger::Resync => "resync",
             Trigger::BackoffDue => "backoff",
+            Trigger::Scheduled { .. } => "schedule",
             Trigger::Reload => "reload",
             Trigger::WorkDone { .. } => "work-done",
             Trigger::Retry { .. } => "retry",
@@ -52,6 +55,7 @@ impl fmt::Display for Trigger {
             Trigger::DockerEvent { task: Some(task) } => write!(f, "docker-event({task})"),
             Trigger::WorkDone { key } => write!(f, "work-done({key})"),
             Trigger::Retry { task } => write!(f, "retry({task})"),
+            Trigger::Scheduled { task } => write!(f, "schedule({task})"),
             Trigger::SourceChanged { commit } => {
                 write!(f, "source({})", commit.chars().take(7).collect::<String>())
             }

@@ -37,6 +37,7 @@ pub struct Metrics {
     restarts: Family<Labels, Counter>,
     updates: Family<Labels, Counter>,
     rollbacks: Family<Labels, Counter>,
+    job_runs: Family<Labels, Counter>,
     backoff: Family<Labels, Gauge<f64, AtomicU64>>,
     manifest_errors: Gauge,
     docker_up: Gauge,
@@ -94,6 +95,12 @@ impl Metrics {
             "berth_rollbacks",
             "Updates rolled back to the previous container because the new one failed, by task",
             rollbacks.clone(),
+        );
+        let job_runs = Family::<Labels, Counter>::default();
+        registry.register(
+            "berth_job_runs",
+            "Job runs by task and result (succeeded, failed: a run that exited non-zero; skipped: a scheduled slot that came while the previous run still went on)",
+            job_runs.clone(),
         );
         let backoff = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -154,6 +161,7 @@ impl Metrics {
             restarts,
             updates,
             rollbacks,
+            job_runs,
             backoff,
             manifest_errors,
             docker_up,
@@ -179,6 +187,14 @@ impl EngineObserver for Metrics {
                 let _ = self.restarts.get_or_create(&label("task", &key.task));
             }
         }
+    }
+
+    fn job_run(&self, task: &str, result: &str) {
+        let labels = vec![
+            ("task".to_string(), task.to_string()),
+            ("result".to_string(), result.to_string()),
+        ];
+        self.job_runs.get_or_create(&labels).inc();
     }
 
     /// Count the restarts, updates and rollbacks a finished chain made.
@@ -297,6 +313,9 @@ mod tests {
             work: None,
             held: None,
             removal_due: None,
+            job: None,
+            next_run: None,
+            waiting: None,
         }
     }
 

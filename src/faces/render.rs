@@ -47,7 +47,33 @@ pub struct PlanView {
     pub pending_removals: Vec<WaitingView>,
     /// Updates held because their spec failed to replace the running container.
     pub held: Vec<HeldView>,
+    /// Work waiting for a dependency (`held: true`: a dependency failed),
+    /// and removals waiting for their dependents to stop.
+    pub blocked: Vec<BlockedView>,
+    /// Every job instance: its state and next scheduled run.
+    pub jobs: Vec<JobPlanView>,
     pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedView {
+    pub task: String,
+    pub index: u32,
+    pub reason: String,
+    pub held: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobPlanView {
+    pub task: String,
+    pub index: u32,
+    /// `scheduled`, `running`, `succeeded`, `retrying`, `failed`.
+    pub state: &'static str,
+    /// `succeeded 2m ago`, `failed after 3 attempts: exit 1`, ...
+    pub description: String,
+    /// Unix seconds of the next scheduled run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -155,6 +181,27 @@ impl PlanView {
                         .unwrap_or(0),
                 })
                 .collect(),
+            blocked: plan
+                .blocked
+                .iter()
+                .map(|b| BlockedView {
+                    task: b.key.task.clone(),
+                    index: b.key.index,
+                    reason: b.reason.clone(),
+                    held: b.held,
+                })
+                .collect(),
+            jobs: plan
+                .jobs
+                .iter()
+                .map(|j| JobPlanView {
+                    task: j.key.task.clone(),
+                    index: j.key.index,
+                    state: j.state_name(),
+                    description: j.describe(SystemTime::now()),
+                    next_run: j.next_run.map(unix_secs),
+                })
+                .collect(),
             errors: errors.to_vec(),
         }
     }
@@ -174,7 +221,20 @@ impl PlanView {
 /// Whether a plan changes anything: actions now, or removals once the
 /// folder is quiet, or updates held back. `berth plan` exits 2 then.
 pub fn has_changes(plan: &Plan) -> bool {
-    !plan.actions.is_empty() || !plan.pending_removals.is_empty() || !plan.held.is_empty()
+    !plan.actions.is_empty()
+        || !plan.pending_removals.is_empty()
+        || !plan.held.is_empty()
+        || !plan.blocked.is_empty()
+}
+
+/// `next run 12:15:00 (Europe/Berlin)`, in the host's time zone.
+pub fn next_run_text(at: SystemTime, now: SystemTime) -> String {
+    let zone = crate::manifest::cron::host_zone();
+    format!(
+        "next run {} ({})",
+        crate::manifest::cron::local_time(at, now, &zone),
+        crate::manifest::cron::zone_name(&zone)
+    )
 }
 
 /// `berth plan` as text: errors, then each action with the fields a
@@ -184,8 +244,19 @@ pub fn plan_text(plan: &Plan, errors: &[String], observed: &[ObservedContainer])
     for e in errors {
         out.push_str(&format!("error: {e}\n"));
     }
+    let now = SystemTime::now();
+    let jobs = |out: &mut String| {
+        for j in &plan.jobs {
+            out.push_str(&format!("job {}: {}", j.key, j.describe(now)));
+            if let Some(next) = j.next_run {
+                out.push_str(&format!(", {}", next_run_text(next, now)));
+            }
+            out.push('\n');
+        }
+    };
     if !has_changes(plan) {
         out.push_str("nothing to do\n");
+        jobs(&mut out);
         return out;
     }
     for (action, changes) in plan.actions.iter().zip(replace_changes(plan, observed)) {
@@ -208,7 +279,6 @@ pub fn plan_text(plan: &Plan, errors: &[String], observed: &[ObservedContainer])
     for w in &plan.settling {
         out.push_str(&format!("settle {} (started, not yet settled)\n", w.key));
     }
-    let now = SystemTime::now();
     for r in &plan.pending_removals {
         let wait = r.due.duration_since(now).unwrap_or_default().as_secs();
         out.push_str(&format!(
@@ -222,6 +292,11 @@ pub fn plan_text(plan: &Plan, errors: &[String], observed: &[ObservedContainer])
     for h in &plan.held {
         out.push_str(&format!("hold {} ({})\n", h.key, h.reason));
     }
+    for b in &plan.blocked {
+        let verb = if b.held { "hold" } else { "wait" };
+        out.push_str(&format!("{verb} {b}\n"));
+    }
+    jobs(&mut out);
     out
 }
 
@@ -236,17 +311,29 @@ pub fn human_duration(secs: u64) -> String {
 }
 
 /// `berth status` as a table, then manifest errors and Docker's state.
-pub fn status_table(status: &Status, now: SystemTime) -> String {
-    let now = unix_secs(now);
+pub fn status_table(status: &Status, at: SystemTime) -> String {
+    let now = unix_secs(at);
     let mut out = format!(
         "{:<20} {:<5} {:<22} {:<12} {:<8} {:<8} {:<10} LAST ERROR\n",
         "TASK", "INDEX", "STATE", "CONTAINER", "UPTIME", "RESTARTS", "NEXT RETRY"
     );
     for i in &status.instances {
-        let state = i
-            .work
-            .as_ref()
-            .map_or_else(|| i.state.clone(), |w| w.describe());
+        // Work in flight first, then what the instance waits for, then a
+        // job's own words, then the container's state.
+        let mut state = match (&i.work, &i.waiting, &i.job) {
+            (Some(w), _, _) => w.describe(),
+            (None, Some(waiting), _) => waiting.clone(),
+            (None, None, Some(job)) => job.clone(),
+            (None, None, None) => i.state.clone(),
+        };
+        if let Some(next) = i.next_run {
+            let next = std::time::UNIX_EPOCH + std::time::Duration::from_secs(next);
+            let zone = status.time_zone.as_deref().unwrap_or("UTC");
+            let local = jiff::tz::TimeZone::get(zone)
+                .map(|z| crate::manifest::cron::local_time(next, at, &z))
+                .unwrap_or_else(|_| "?".into());
+            state.push_str(&format!(", next run {local} ({zone})"));
+        }
         out.push_str(&format!(
             "{:<20} {:<5} {:<22} {:<12} {:<8} {:<8} {:<10} {}\n",
             i.task,
@@ -387,6 +474,9 @@ mod tests {
                 }),
                 held: None,
                 removal_due: None,
+                job: None,
+                next_run: None,
+                waiting: None,
             }],
             ..Status::default()
         };
