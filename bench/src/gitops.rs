@@ -72,7 +72,12 @@ impl Repo {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.root.join("home"))
             .env("GIT_CONFIG_NOSYSTEM", "1")
-            .args(["-c", "user.name=Bench", "-c", "user.email=bench@example.com"]);
+            .args([
+                "-c",
+                "user.name=Bench",
+                "-c",
+                "user.email=bench@example.com",
+            ]);
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
@@ -194,13 +199,7 @@ pub async fn gitops(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
     result
 }
 
-async fn measure(
-    host: &Host,
-    o: &Options,
-    res: &mut Results,
-    ns: &str,
-    label: &str,
-) -> Result<()> {
+async fn measure(host: &Host, o: &Options, res: &mut Results, ns: &str, label: &str) -> Result<()> {
     let dir = host.work.path().join("gitops");
     let repo = Repo::new(dir.clone())?;
     for i in 0..TASKS {
@@ -256,8 +255,7 @@ async fn measure(
             }
         }
         let name = format!("{ns}-{task}-0");
-        let (created, started) =
-            created_and_started(host, &name, Duration::from_secs(30)).await?;
+        let (created, started) = created_and_started(host, &name, Duration::from_secs(30)).await?;
         if with_sync {
             synced.push(since(t0, started));
             share.push(since(t0, created));
