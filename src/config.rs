@@ -40,6 +40,28 @@ pub struct AgentConfig {
     pub max_instances: u32,
     /// Where the one-agent-per-namespace lock lives (`<run_dir>/<ns>.lock`).
     pub run_dir: PathBuf,
+    /// What `env {file:}` and `auth.password_file` may read.
+    pub files: FilesConfig,
+}
+
+/// `files:`: the files a manifest may have berth read.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Folders whose files (symlinks resolved) a manifest may read. Unset:
+    /// the manifest folder and `/etc/berth/secrets`.
+    pub allowed_dirs: Option<Vec<PathBuf>>,
+    /// The largest file read, in bytes.
+    pub max_size: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            allowed_dirs: None,
+            max_size: crate::manifest::files::DEFAULT_MAX_SIZE,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -61,6 +83,7 @@ impl Default for AgentConfig {
             allow_empty: false,
             max_instances: crate::manifest::validate::DEFAULT_MAX_INSTANCES,
             run_dir: PathBuf::from("/run/berth"),
+            files: FilesConfig::default(),
         }
     }
 }
@@ -102,7 +125,28 @@ pub struct DockerConfig {
     pub tls: Option<TlsConfig>,
     pub cleanup: CleanupConfig,
     pub privileged: Toggle<false>,
-    pub volumes: Toggle<true>,
+    pub volumes: VolumesConfig,
+}
+
+/// `docker.volumes`: host bind mounts and named volumes of other owners.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VolumesConfig {
+    /// Host paths and named volumes not of this namespace. Off: only
+    /// volumes named `<namespace>-*`.
+    pub enabled: bool,
+    /// When set, only these host path prefixes and volume names (the
+    /// namespace's own volumes are always allowed).
+    pub allowed: Option<Vec<String>>,
+}
+
+impl Default for VolumesConfig {
+    fn default() -> Self {
+        VolumesConfig {
+            enabled: true,
+            allowed: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -177,6 +221,12 @@ impl AgentConfig {
             allow_host_volumes: self.docker.volumes.enabled,
             meta: self.meta.clone(),
             max_instances: self.max_instances,
+            namespace: self.namespace.clone(),
+            allowed_volumes: self.docker.volumes.allowed.clone(),
+            files: crate::manifest::files::FilePolicy {
+                allowed_dirs: self.files.allowed_dirs.clone(),
+                max_size: self.files.max_size,
+            },
         }
     }
 
@@ -238,6 +288,33 @@ impl AgentConfig {
         if self.state_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("state_dir must not be empty".into()));
         }
+        if self.files.max_size == 0 {
+            return Err(ConfigError::Invalid(
+                "files.max_size must be at least 1 (bytes)".into(),
+            ));
+        }
+        for dir in self.files.allowed_dirs.iter().flatten() {
+            if !dir.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "files.allowed_dirs: `{}` must be an absolute path",
+                    dir.display()
+                )));
+            }
+        }
+        for entry in self.docker.volumes.allowed.iter().flatten() {
+            let path_like = entry.starts_with('/');
+            let name_like = !entry.is_empty()
+                && entry
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
+            if !(path_like || name_like)
+                || (path_like && crate::manifest::files::has_parent_component(Path::new(entry)))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "docker.volumes.allowed: `{entry}` is neither an absolute host path (without `..`) nor a volume name"
+                )));
+            }
+        }
         if let Some(source) = &self.source {
             source
                 .git
@@ -285,7 +362,10 @@ docker:
   tls: {cert: cert.pem, key: key.pem, ca: ca.pem}
   cleanup: {container: false, image: false}
   privileged: {enabled: true}
-  volumes: {enabled: false}
+  volumes: {enabled: false, allowed: [/srv/www, shared-cache]}
+files:
+  allowed_dirs: [/etc/berth/manifests, /run/secrets]
+  max_size: 65536
 "#,
         )
         .unwrap();
@@ -297,6 +377,40 @@ docker:
         assert!(!c.docker.cleanup.container);
         assert!(c.docker.privileged.enabled);
         assert!(!c.docker.volumes.enabled);
+        assert_eq!(
+            c.docker.volumes.allowed,
+            Some(vec!["/srv/www".to_string(), "shared-cache".to_string()])
+        );
+        assert_eq!(
+            c.files.allowed_dirs,
+            Some(vec![
+                PathBuf::from("/etc/berth/manifests"),
+                PathBuf::from("/run/secrets")
+            ])
+        );
+        assert_eq!(c.files.max_size, 65536);
+    }
+
+    #[test]
+    fn file_and_volume_permissions_are_checked() {
+        for (text, expected) in [
+            ("files: {max_size: 0}\n", "files.max_size"),
+            (
+                "files: {allowed_dirs: [secrets]}\n",
+                "must be an absolute path",
+            ),
+            (
+                "docker: {volumes: {allowed: [\"/srv/../etc\"]}}\n",
+                "docker.volumes.allowed",
+            ),
+            (
+                "docker: {volumes: {allowed: [\"a b\"]}}\n",
+                "docker.volumes.allowed",
+            ),
+        ] {
+            let err = load_text(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}\n→ {err}");
+        }
     }
 
     #[test]

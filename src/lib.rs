@@ -5,8 +5,9 @@
 //! Folders by role; within each, one concern per file.
 //!
 //! - [`manifest`]: the YAML task format: types, parsing with
-//!   file:line:column errors, validation, interpolation, selectors, cron
-//!   schedules, schema.
+//!   file:line:column errors, validation (with the agent's gates),
+//!   interpolation, selectors, cron schedules, the files a manifest may
+//!   read, schema.
 //! - [`desired`]: the manifest folder → exactly what Docker is asked for:
 //!   loading with per-file errors and last-good memory, port allocation,
 //!   registry credentials, resolving an instance into a [`desired::spec::ContainerSpec`],

@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -140,11 +141,17 @@ pub fn user_filter(level: LogLevel, rust_log: Option<&str>) -> (EnvFilter, Vec<S
 
 /// Install the process's logger, writing to stderr.
 pub fn init(format: LogFormat, level: LogLevel) {
+    init_with_writer(format, level, BoxMakeWriter::new(std::io::stderr));
+}
+
+/// Install the process's logger, writing to `writer` (stderr, or stderr
+/// above the pull progress bars).
+pub fn init_with_writer(format: LogFormat, level: LogLevel, writer: BoxMakeWriter) {
     let rust_log = std::env::var("RUST_LOG").ok();
     let (filter, bad) = user_filter(level, rust_log.as_deref());
     let output = Output::detect();
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(output.ansi);
     let layer = match (format, output.timestamps) {
         (LogFormat::Human, true) => fmt.boxed(),

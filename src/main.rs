@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return cli::usage_error(e),
     };
-    berth::logging::init(args.log_format, args.log_level);
+    let bars = cli::start_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::dispatch(args.command)) {
+    match runtime.block_on(cli::dispatch(args.command, bars)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth: {e:#}");

@@ -62,6 +62,26 @@ impl InstanceKey {
     }
 }
 
+/// The instance a canonical container name `<namespace>-<task>-<index>`
+/// stands for, if `name` is one in `namespace`. Task names follow the
+/// manifest's rule (lowercase letters, digits, `-`).
+pub fn parse_container_name(name: &str, namespace: &str) -> Option<InstanceKey> {
+    let rest = name.strip_prefix(namespace)?.strip_prefix('-')?;
+    let (task, index) = rest.rsplit_once('-')?;
+    let valid_task = !task.is_empty()
+        && task.len() <= 48
+        && task
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !task.starts_with('-')
+        && !task.ends_with('-');
+    let digits = !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit());
+    (valid_task && digits)
+        .then(|| index.parse().ok())
+        .flatten()
+        .map(|index| InstanceKey::new(task, index))
+}
+
 impl fmt::Display for InstanceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}[{}]", self.task, self.index)
@@ -118,6 +138,26 @@ pub fn name_role(name: &str, canonical: &str) -> NameRole {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_names_of_a_namespace_are_recognised_and_no_other() {
+        assert_eq!(
+            parse_container_name("edge-web-api-2", "edge"),
+            Some(InstanceKey::new("web-api", 2))
+        );
+        for other in [
+            "edge-web",
+            "edgeweb-0",
+            "other-web-0",
+            "edge--0",
+            "edge-web-x",
+            "edge-Web-0",
+            "edge-web-0-old-0123456789ab",
+            "edge-web-+1",
+        ] {
+            assert_eq!(parse_container_name(other, "edge"), None, "{other}");
+        }
+    }
 
     #[test]
     fn replacement_names_say_what_a_container_is() {

@@ -332,3 +332,21 @@ fn a_taken_listen_address_is_said_once() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert_eq!(err.matches("in use").count(), 1, "{err}");
 }
+
+#[test]
+fn the_man_page_and_completions_come_from_the_same_flags() {
+    let out = run_berth(&["manpage"], Duration::from_secs(10));
+    let (man, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(man.contains(".TH berth 1"), "{man}");
+    for sub in ["run", "plan", "status", "down", "config"] {
+        assert!(man.contains(&format!("berth\\-{sub}(1)")), "{sub}: {man}");
+    }
+    let out = run_berth(&["completions", "bash"], Duration::from_secs(10));
+    let (script, _) = text(&out);
+    assert!(out.status.success());
+    assert!(
+        script.contains("--docker-privileged"),
+        "completions know the agent flags"
+    );
+}

@@ -302,7 +302,7 @@ fn plan_names_changed_fields_and_never_shows_a_secret() {
     let image_b = fixture_image_tag("berth-fixture:ops-plan-b");
     ns.track_image(&image_a);
     ns.track_image(&image_b);
-    let secret_file = dir.path().join("db-password");
+    let secret_file = manifests.join("db-password");
     std::fs::write(&secret_file, "s3cr3t-one\n").unwrap();
     let manifest = |image: &str| {
         format!(

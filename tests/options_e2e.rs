@@ -303,8 +303,8 @@ fn two_tasks_never_share_a_dynamic_port_and_a_port_held_on_the_host_is_skipped()
 #[test]
 fn environment_interpolation_and_env_files_reach_the_process_and_secrets_stay_out_of_output() {
     let w = World::new("env", "meta: {site: berlin}");
-    std::fs::write(w.dir.path().join("m-secret"), "hunter2-first\n").unwrap();
-    let secret_file = w.dir.path().join("m-secret");
+    std::fs::write(w.manifests().join("m-secret"), "hunter2-first\n").unwrap();
+    let secret_file = w.manifests().join("m-secret");
     let manifest = format!(
         "{}env:\n  SITE: \"${{meta.site}}\"\n  HOST: \"${{node.hostname}}\"\n  GREETING: hello\n  REF: \"${{GREETING}}-${{BERTH_TASK}}\"\n  LITERAL: \"$${{NOT_A_VAR}}\"\n  TOKEN: {{file: {}, secret: true}}\nlabels: {{site: \"${{meta.site}}\"}}\nhostname: \"h-${{BERTH_INDEX}}\"\n",
         fixture_task("env", r#"["env"]"#, ""),
@@ -740,7 +740,7 @@ fn private_registry_pulls_with_task_auth_and_auth_config_and_wrong_credentials_b
         w.ns.track_image(&registry.image(t));
         assert!(!image_exists(&registry.image(t)));
     }
-    let good = w.dir.path().join("password");
+    let good = w.manifests().join("password");
     std::fs::write(&good, format!("{PASSWORD}\n")).unwrap();
 
     // 1. The task's own auth, from a password file.
@@ -773,7 +773,7 @@ fn private_registry_pulls_with_task_auth_and_auth_config_and_wrong_credentials_b
     assert_eq!(w.inspect("b")["Config"]["Image"], registry.image("v2"));
 
     // 3. A wrong password: reported, backed off, never printed.
-    let wrong = w.dir.path().join("wrong");
+    let wrong = w.manifests().join("wrong");
     let wrong_password = "not-the-Pa55word";
     std::fs::write(&wrong, wrong_password).unwrap();
     w.write("c.yaml", &auth_task("c", &registry.image("v3"), &wrong));
@@ -816,7 +816,7 @@ fn a_registry_outage_during_an_image_change_keeps_the_old_container_running() {
     for t in ["v1", "v2"] {
         w.ns.track_image(&registry.image(t));
     }
-    let password = w.dir.path().join("password");
+    let password = w.manifests().join("password");
     std::fs::write(&password, PASSWORD).unwrap();
     w.write(
         "app.yaml",

@@ -33,7 +33,6 @@ pub enum Kind {
     Bool,
     Choice(&'static [&'static str]),
     /// Repeatable; replaces the file's list. The variable is comma-separated.
-    #[allow(dead_code)] // no list key yet; the kind is ready for the first
     List,
     /// Repeatable `KEY=VALUE`; merged over the file's map, key by key. The
     /// variable is comma-separated.
@@ -89,8 +88,11 @@ pub const KEYS: &[Key] = &[
     key("docker.tls.ca", Path, "CA that signed the daemon's certificate"),
     key("docker.cleanup.container", Bool, "Remove containers of removed tasks (false: stop and keep them)"),
     key("docker.cleanup.image", Bool, "Remove images no task and no container uses any more"),
-    key("docker.privileged.enabled", Bool, "Allow `privileged` and host ipc/pid/uts modes in manifests"),
-    key("docker.volumes.enabled", Bool, "Allow host bind mounts in manifests"),
+    key("docker.privileged.enabled", Bool, "Allow `privileged`, host network/ipc/pid/uts and container:<other owner's> modes in manifests"),
+    key("docker.volumes.enabled", Bool, "Allow host bind mounts and named volumes not called <namespace>-* in manifests"),
+    key("docker.volumes.allowed", List, "When set, the only host path prefixes and volume names manifests may mount (repeatable)").or("unset: anything, when enabled"),
+    key("files.allowed_dirs", List, "Folders whose files env {file:} and auth.password_file may read (repeatable)").or("the manifest folder and /etc/berth/secrets"),
+    key("files.max_size", Count, "The largest file a manifest may have read, in bytes"),
     key("docker_down_limit", Duration, "/healthz turns 503 once Docker has been unreachable this long"),
     key("state_dir", Path, "What berth keeps across restarts (held updates, the git source)"),
     key("run_dir", Path, "Where the one-agent-per-namespace lock lives"),
@@ -513,6 +515,33 @@ mod tests {
         flags.sort();
         flags.dedup();
         assert_eq!(flags.len(), KEYS.len(), "two keys share a flag");
+    }
+
+    #[test]
+    fn list_keys_are_repeatable_and_replace_the_files_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.yaml");
+        std::fs::write(
+            &file,
+            "files: {allowed_dirs: [/from/file]}\ndocker: {volumes: {allowed: [/srv]}}\n",
+        )
+        .unwrap();
+        let flags = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--files-allowed-dirs",
+            "/a",
+            "--files-allowed-dirs",
+            "/b,/c",
+            "--files-max-size",
+            "4096",
+        ])
+        .unwrap();
+        let c = flags.resolve(None).unwrap().config;
+        let dirs: Vec<PathBuf> = ["/a", "/b", "/c"].iter().map(PathBuf::from).collect();
+        assert_eq!(c.files.allowed_dirs, Some(dirs));
+        assert_eq!(c.files.max_size, 4096);
+        assert_eq!(c.docker.volumes.allowed, Some(vec!["/srv".to_string()]));
     }
 
     #[test]

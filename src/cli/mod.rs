@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use berth::config::AgentConfig;
+use berth::faces::progress::PullBars;
 use berth::logging::{LogFormat, LogLevel};
 use berth::runtime::docker::DockerRuntime;
 
@@ -104,6 +105,8 @@ pub enum Command {
     },
     /// Print the JSON Schema of a manifest.
     Schema,
+    /// Print berth's man page (roff; e.g. `berth manpage > /usr/share/man/man1/berth.1`).
+    Manpage,
     /// Print a shell completion script (e.g. `berth completions bash > /etc/bash_completion.d/berth`).
     Completions {
         #[arg(value_enum)]
@@ -126,13 +129,31 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
 /// EX_USAGE from sysexits.h.
 pub const USAGE: u8 = 64;
 
-pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+/// Start logging. With human logs on a terminal, pulls are drawn as bars
+/// and log lines go above them; the bars are returned for `run` to feed.
+pub fn start_logging(args: &Cli) -> Option<PullBars> {
+    let bars = match args.log_format {
+        LogFormat::Human => PullBars::for_stderr(),
+        LogFormat::Json => None,
+    };
+    match &bars {
+        Some(bars) => berth::logging::init_with_writer(
+            args.log_format,
+            args.log_level,
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(bars.log_writer()),
+        ),
+        None => berth::logging::init(args.log_format, args.log_level),
+    }
+    bars
+}
+
+pub async fn dispatch(command: Command, bars: Option<PullBars>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             agent,
             once,
             once_timeout,
-        } => run::run(agent, once, once_timeout.map(|d| d.get())).await,
+        } => run::run(agent, once, once_timeout.map(|d| d.get()), bars).await,
         Command::Validate { agent, paths } => validate::validate(agent, paths),
         Command::Plan {
             agent,
@@ -150,6 +171,11 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -64,6 +64,7 @@ pub async fn run(
     flags: AgentFlags,
     once: bool,
     once_timeout: Option<Duration>,
+    bars: Option<berth::faces::progress::PullBars>,
 ) -> anyhow::Result<ExitCode> {
     let config = flags.load()?;
     // One agent per namespace on this host: a second one would fight the
@@ -95,7 +96,13 @@ pub async fn run(
         )),
         None => None,
     };
-    let mut controller = Controller::new(runtime, config);
+    // On a terminal each pull is a bar; otherwise long pulls are logged.
+    let observer: Arc<dyn berth::engine::pulls::PullObserver> = match bars {
+        Some(bars) => Arc::new(bars),
+        None => Arc::new(berth::engine::pulls::LogPulls),
+    };
+    let mut controller =
+        Controller::with_parts(runtime, config, berth::clock::Clock::System, observer);
     // A small queue: a pending trigger already means "look again".
     let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     let metrics = Arc::new(berth::faces::metrics::Metrics::new());

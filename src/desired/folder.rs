@@ -6,11 +6,11 @@
 //! (bad input never costs running work: ARCHITECTURE.md). Only the deletion of a file removes its tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::manifest::files::{read_manifest_file, read_regular, FilePolicy, FileText, OpenError};
 use crate::manifest::parse::MAX_FILE_BYTES;
 use crate::manifest::validate::{check_file, check_file_on, CheckedTask, ValidationContext};
 use crate::manifest::{ManifestError, TaskManifest};
@@ -39,6 +39,9 @@ pub struct TaskDef {
     /// 1-based line where the task's document starts.
     pub line: u64,
     pub manifest: TaskManifest,
+    /// The text of the files it names (`env.<KEY>`, `auth.password_file`),
+    /// read under the agent's `files` rules when the folder was loaded.
+    pub files: BTreeMap<String, FileText>,
     /// The git commit this version of the task was read from, when the
     /// manifests come from a git source; the `io.berth.source-commit`
     /// label of the containers created from it. Not part of the spec.
@@ -89,20 +92,23 @@ pub fn is_manifest_file_name(name: &str) -> bool {
 /// `display` is the name errors carry.
 fn read_manifest(path: &Path, display: &str) -> Result<String, ManifestError> {
     let fail = |why: String| ManifestError::whole_file(display, why);
-    // `File::open` follows symlinks; a dangling one fails here, as an error
-    // for this file only.
-    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
-    let mut bytes = Vec::new();
-    // Read at most one byte past the cap, so a file that grows while we read
-    // it cannot make us read without bound.
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(format!("cannot be read: {e}")))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(fail(format!(
+    // Follows symlinks (git-sync's `web.yaml -> ..data/web.yaml`); a dangling
+    // one fails here, as an error for this file only. Opened without
+    // blocking and checked before reading: a FIFO named `x.yaml` must not
+    // hang the pass, and at most one byte past the cap is read, so a file
+    // that grows meanwhile cannot make the read unbounded.
+    let bytes = read_regular(path, MAX_FILE_BYTES, true).map_err(|e| match e {
+        OpenError::TooLarge => fail(format!(
             "is larger than the {MAX_FILE_BYTES}-byte limit for a manifest"
-        )));
-    }
+        )),
+        OpenError::NotRegular(kind) => fail(format!(
+            "is {kind}, not a regular file; a manifest must be a regular file"
+        )),
+        OpenError::NotFound => {
+            fail("cannot be read: it does not exist (a dangling symlink?)".into())
+        }
+        OpenError::Io(why) => fail(format!("cannot be read: {why}")),
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() as u64 + 1;
@@ -193,7 +199,8 @@ pub fn load_folder_on(
         fingerprint.update([0]);
         let result = text
             .map_err(|e| vec![e])
-            .and_then(|text| check_file_on(&name, &text, ctx, hostname));
+            .and_then(|text| check_file_on(&name, &text, ctx, hostname))
+            .and_then(|tasks| read_task_files(tasks, &name, dir, &ctx.files));
         match result {
             Ok(tasks) => {
                 per_file.insert(name, tasks);
@@ -212,6 +219,37 @@ pub fn load_folder_on(
     cap_instances(&mut loaded, ctx.max_instances);
     loaded.fingerprint = hex::encode(fingerprint.finalize());
     Ok(loaded)
+}
+
+/// Read the files the selected tasks of one good manifest name, under the
+/// agent's `files` rules. Any refusal fails the whole manifest at the line
+/// and column of the path; nothing of a refused file is read.
+pub fn read_task_files(
+    mut tasks: Vec<CheckedTask>,
+    display: &str,
+    manifest_dir: &Path,
+    policy: &FilePolicy,
+) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
+    let mut errors = Vec::new();
+    for task in tasks.iter_mut().filter(|t| t.not_selected.is_none()) {
+        for r in &task.file_refs {
+            match read_manifest_file(policy, manifest_dir, &r.written) {
+                Ok(text) => {
+                    task.files.insert(r.field.clone(), text);
+                }
+                Err(e) => errors.push(ManifestError::new(
+                    display,
+                    r.pos,
+                    format!("{}: {e}", r.field),
+                )),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(tasks)
+    } else {
+        Err(errors)
+    }
 }
 
 /// A typo (`count: 100000` in one file, or many files) must not ask the
@@ -333,6 +371,7 @@ fn merge_files(per_file: BTreeMap<String, Vec<CheckedTask>>, any_failed: bool) -
                     file: file.clone(),
                     line: task.line,
                     manifest: task.manifest,
+                    files: task.files,
                     source_commit: None,
                 },
             );
@@ -561,9 +600,14 @@ pub fn validate_paths(paths: &[PathBuf], ctx: &ValidationContext) -> Vec<Manifes
             }
             continue;
         }
+        let manifest_dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         match read_manifest(path, &shown)
             .map_err(|e| vec![e])
             .and_then(|text| check_file(&shown, &text, ctx))
+            .and_then(|tasks| read_task_files(tasks, &shown, &manifest_dir, &ctx.files))
         {
             Ok(tasks) => {
                 explicit.insert(shown, tasks);
@@ -600,6 +644,81 @@ mod tests {
 
     fn tempdir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
+    }
+
+    #[test]
+    fn files_a_manifest_names_are_read_relative_to_its_folder() {
+        let tmp = tempdir();
+        fs::create_dir(tmp.path().join("secrets")).unwrap();
+        write(tmp.path(), "secrets/db", "pw1\n");
+        write(
+            tmp.path(),
+            "web.yaml",
+            "image: x\nenv:\n  DB: {file: secrets/db}\nauth: {username: u, password_file: secrets/db}\n",
+        );
+        let loaded = load(tmp.path());
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let files = &loaded.tasks["web"].files;
+        assert_eq!(files["env.DB"].0, "pw1");
+        assert_eq!(files["auth.password_file"].0, "pw1");
+    }
+
+    #[test]
+    fn a_file_outside_the_allowed_folders_fails_its_manifest_at_the_path() {
+        let outside = tempdir();
+        write(outside.path(), "shadow", "root:$6$secret\n");
+        let tmp = tempdir();
+        let shadow = outside.path().join("shadow");
+        write(
+            tmp.path(),
+            "web.yaml",
+            &format!(
+                "image: x\nenv:\n  DB: {{file: {}}}\nauth: {{password_file: ../../../../../../../..{}}}\n",
+                shadow.display(),
+                shadow.display()
+            ),
+        );
+        let loaded = load(tmp.path());
+        assert!(loaded.tasks.is_empty());
+        assert!(loaded.failed_files.contains("web.yaml"));
+        let positions: Vec<(u64, u64)> = loaded.errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(positions, [(3, 14), (4, 23)], "{:?}", loaded.errors);
+        for e in &loaded.errors {
+            let text = e.to_string();
+            assert!(
+                text.contains("outside the folders the agent allows"),
+                "{text}"
+            );
+            assert!(!text.contains("root:"), "{text}");
+        }
+        assert!(loaded.errors[0].message.starts_with("env.DB: "));
+        assert!(loaded.errors[1].message.starts_with("auth.password_file: "));
+        // `berth validate` says the same.
+        let errors = validate_paths(&[tmp.path().join("web.yaml")], &ctx());
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn a_fifo_manifest_is_an_error_for_that_file_and_does_not_block() {
+        let tmp = tempdir();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            tmp.path().join("pipe.yaml"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        write(tmp.path(), "ok.yaml", "image: x\n");
+        let loaded = load(tmp.path());
+        assert_eq!(names(&loaded.tasks), ["ok"]);
+        assert!(
+            loaded.errors[0]
+                .to_string()
+                .contains("pipe.yaml:0:0: is a FIFO"),
+            "{:?}",
+            loaded.errors
+        );
     }
 
     #[test]

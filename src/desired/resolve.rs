@@ -1,12 +1,13 @@
 //! From a task definition and an index to the exact container spec.
 //!
-//! This is where defaults are applied, `BERTH_*` variables are set, values
-//! are read from files and `${...}` references are interpolated. It reads
-//! files (env and password files) but never talks to Docker; the result is
-//! hashed, so everything here must be deterministic for the same inputs.
+//! This is where defaults are applied, `BERTH_*` variables are set, file
+//! values are filled in and `${...}` references are interpolated. It does
+//! no I/O: the folder loader has read the files a task names (under the
+//! agent's `files` rules); the result is hashed, so everything here must be
+//! deterministic for the same inputs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::desired::folder::TaskDef;
 use crate::desired::ports::PortKey;
@@ -24,7 +25,7 @@ pub struct ResolveContext<'a> {
     pub namespace: &'a str,
     pub meta: &'a BTreeMap<String, String>,
     pub node: &'a NodeInfo,
-    /// Relative `file:` and `password_file:` paths are relative to this folder.
+    /// The manifest folder (the loader has read the files it names).
     pub manifest_dir: &'a Path,
 }
 
@@ -74,11 +75,11 @@ fn berth_variables(
     vars
 }
 
-fn read_value_file(path: &str, ctx: &ResolveContext<'_>) -> Result<String, String> {
-    let full: PathBuf = ctx.manifest_dir.join(path);
-    let text = std::fs::read_to_string(&full)
-        .map_err(|e| format!("cannot read {}: {e}", full.display()))?;
-    Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
+/// The text the loader read for `field` (`env.KEY`, `auth.password_file`).
+fn file_value(def: &TaskDef, field: &str) -> Result<String, String> {
+    def.files.get(field).map(|t| t.0.clone()).ok_or_else(|| {
+        format!("{field}: the file was not read (the manifest was not loaded from its folder)")
+    })
 }
 
 /// Resolve one instance of a task. `host_ports` holds the allocation for
@@ -118,7 +119,11 @@ pub fn resolve_instance(
         let (text, secret, from_file) = match value {
             EnvValue::Plain(s) => (s.clone(), false, false),
             EnvValue::From(src) => match (&src.file, &src.value) {
-                (Some(file), _) => (read_value_file(file, ctx).map_err(&fail)?, src.secret, true),
+                (Some(_), _) => (
+                    file_value(def, &format!("env.{name}")).map_err(&fail)?,
+                    src.secret,
+                    true,
+                ),
                 (None, Some(v)) => (v.clone(), src.secret, false),
                 (None, None) => (String::new(), src.secret, false),
             },
@@ -241,7 +246,7 @@ pub fn resolve_instance(
         None => None,
         Some(auth) => {
             let password = match (&auth.password, &auth.password_file) {
-                (_, Some(file)) => Some(read_value_file(file, ctx).map_err(&fail)?),
+                (_, Some(_)) => Some(file_value(def, "auth.password_file").map_err(&fail)?),
                 (Some(p), None) => Some(p.clone()),
                 (None, None) => None,
             };

@@ -471,7 +471,8 @@ impl<R: ContainerRuntime> Executor<R> {
     ///
     /// 1. create the new container under a staging name (a spec Docker
     ///    refuses costs nothing: the old one was not touched);
-    /// 2. stop the old one; rename it aside (its name records whether it ran);
+    /// 2. stop the old one, even when the plan saw it stopped; rename it
+    ///    aside (its name records whether it ran);
     /// 3. give the new one the canonical name; start it; confirm it runs;
     /// 4. remove the old one.
     ///
@@ -496,14 +497,18 @@ impl<R: ContainerRuntime> Executor<R> {
             let _ = rt.remove(new_ref).await;
             Err::<SystemTime, _>(cause)
         };
+        // The plan's "not running" may be stale: a start sent by a berth
+        // killed a moment ago can land after this one listed. Look again,
+        // and stop the old container whatever the plan saw (a no-op when it
+        // is stopped), so it never runs beside the new one or aside.
+        let old_running =
+            old_running || matches!(rt.inspect(old_id).await, Ok(old) if old.is_running());
         let mut old_exists = true;
-        if old_running {
-            ctx.step.set("stopping", None, &self.clock);
-            match rt.stop(old_id, desired.stop_grace).await {
-                Ok(()) | Err(RuntimeError::NotModified) => {}
-                Err(RuntimeError::NotFound(_)) => old_exists = false,
-                Err(e) => return give_up(e.into()).await,
-            }
+        ctx.step.set("stopping", None, &self.clock);
+        match rt.stop(old_id, desired.stop_grace).await {
+            Ok(()) | Err(RuntimeError::NotModified) => {}
+            Err(RuntimeError::NotFound(_)) => old_exists = false,
+            Err(e) => return give_up(e.into()).await,
         }
         crash_point("replace:after-stop");
         let aside = aside_name(&canonical, old_id, old_running);
@@ -895,3 +900,125 @@ fn crash_point(point: &str) {
 
 #[cfg(not(feature = "test-hooks"))]
 fn crash_point(_point: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::registry::RegistryCredentials;
+    use crate::desired::spec::ContainerSpec;
+    use crate::engine::pulls::LogPulls;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{ProgressFn, Result};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// The fake, counting every start of a container while another
+    /// container of the same instance runs.
+    #[derive(Default)]
+    struct OneRunning {
+        inner: FakeRuntime,
+        both_running: AtomicU64,
+    }
+
+    impl ContainerRuntime for OneRunning {
+        async fn list(&self, namespace: &str) -> Result<Vec<ObservedContainer>> {
+            self.inner.list(namespace).await
+        }
+        async fn inspect(&self, name_or_id: &str) -> Result<ObservedContainer> {
+            self.inner.inspect(name_or_id).await
+        }
+        async fn create(&self, req: CreateRequest<'_>) -> Result<String> {
+            self.inner.create(req).await
+        }
+        async fn start(&self, id: &str) -> Result<()> {
+            let all = self.inner.all();
+            let key = all.iter().find(|c| c.id == id).and_then(|c| c.key());
+            if all
+                .iter()
+                .any(|c| c.id != id && c.is_running() && c.key() == key)
+            {
+                self.both_running.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.start(id).await
+        }
+        async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+            self.inner.stop(id, grace).await
+        }
+        async fn remove(&self, id: &str) -> Result<()> {
+            self.inner.remove(id).await
+        }
+        async fn rename(&self, id: &str, new_name: &str) -> Result<()> {
+            self.inner.rename(id, new_name).await
+        }
+        async fn image_present(&self, image: &str) -> Result<bool> {
+            self.inner.image_present(image).await
+        }
+        async fn pull(
+            &self,
+            image: &str,
+            credentials: Option<&RegistryCredentials>,
+            progress: ProgressFn<'_>,
+        ) -> Result<()> {
+            self.inner.pull(image, credentials, progress).await
+        }
+        async fn remove_image(&self, image: &str) -> Result<()> {
+            self.inner.remove_image(image).await
+        }
+        async fn version(&self) -> Result<String> {
+            self.inner.version().await
+        }
+    }
+
+    fn web(image: &str) -> Arc<DesiredInstance> {
+        Arc::new(DesiredInstance::new(
+            InstanceKey::new("web", 0),
+            ContainerSpec::for_image(image),
+            "web.yaml",
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_replacement_planned_while_the_old_container_looked_stopped_still_stops_it_first() {
+        let rt = Arc::new(OneRunning::default());
+        rt.inner.add_image("img:1");
+        rt.inner.add_image("img:2");
+        let executor = Executor::new(
+            rt.clone(),
+            "berth",
+            2,
+            Pulls::new(2, Arc::new(LogPulls)),
+            Clock::System,
+        );
+        let created = executor
+            .apply(vec![Action::Create {
+                desired: web("img:1"),
+            }])
+            .await;
+        assert!(created[0].result.is_ok(), "{created:?}");
+        let old = rt.inner.all().remove(0);
+        assert!(old.is_running());
+
+        // The list this plan came from showed the old container not yet
+        // running: a start sent by a berth killed a moment ago landed since.
+        let new = web("img:2");
+        let outcomes = executor
+            .apply(vec![Action::Replace {
+                old_id: old.id.clone(),
+                old_hash: old.spec_hash().map(str::to_string),
+                old_running: false,
+                desired: new.clone(),
+            }])
+            .await;
+        assert!(outcomes[0].result.is_ok(), "{outcomes:?}");
+        assert_eq!(
+            rt.both_running.load(Ordering::SeqCst),
+            0,
+            "the new container started while the old one still ran"
+        );
+        let all = rt.inner.all();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].name, "berth-web-0");
+        assert_eq!(all[0].spec_hash(), Some(new.hash.as_str()));
+        assert!(all[0].is_running());
+    }
+}

@@ -494,14 +494,21 @@ impl<R: ContainerRuntime> Controller<R> {
             Ok((dir, _)) => dir.clone(),
             Err(_) => self.config.manifests.clone(),
         };
-        let loaded = folder.and_then(|(dir, commit)| {
-            let mut loaded =
-                load_folder(&dir, &self.validation_context()).map_err(|e| e.to_string())?;
-            for def in loaded.tasks.values_mut() {
-                def.source_commit.clone_from(&commit);
-            }
-            Ok(loaded)
-        });
+        // Reading the folder and the files its manifests name is blocking
+        // file I/O: it runs off the loop (and opens nothing that can block).
+        let validation = self.validation_context();
+        let loaded = match folder {
+            Ok((dir, commit)) => tokio::task::spawn_blocking(move || {
+                let mut loaded = load_folder(&dir, &validation).map_err(|e| e.to_string())?;
+                for def in loaded.tasks.values_mut() {
+                    def.source_commit.clone_from(&commit);
+                }
+                Ok(loaded)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the folder reader failed: {e}"))),
+            Err(e) => Err(e),
+        };
         let tasks = match loaded {
             Ok(loaded) => {
                 if self.folder_fingerprint.as_ref() != Some(&loaded.fingerprint) {

@@ -734,14 +734,22 @@ fn plan_desired(
     }
 
     if current.spec_hash() != Some(want.hash.as_str()) {
-        // A staged container of an interrupted replacement knows whether
-        // the old one ran before that replacement stopped it.
+        // Whether the instance ran before an interrupted replacement: its
+        // current container runs, or the replacement's staged container
+        // says the old one ran before it was stopped, or an aside container
+        // did run (a replacement cut short after its swap leaves the new
+        // container under the canonical name, not yet started, and the old
+        // one aside). Whatever replaces it then runs too, and a rollback
+        // starts the current one again.
         let staged_says_running = staged.iter().any(|t| {
             t.labels
                 .get(labels::REPLACING)
                 .and_then(|v| v.split_once(':'))
                 .is_some_and(|(id, state)| current.id.starts_with(id) && state == "running")
         });
+        let was_running = current.is_running()
+            || staged_says_running
+            || asides.iter().any(|a| aside_was_running(&a.name));
         // A start-first update cut short while its new container runs:
         // carry on from there rather than stop it.
         let running_stage = staged.iter().find(|t| {
@@ -756,7 +764,7 @@ fn plan_desired(
             out.actions.push(Action::ResumeStartFirst {
                 staged_id: stage.id.clone(),
                 old_id: current.id.clone(),
-                old_running: current.is_running() || staged_says_running,
+                old_running: was_running,
                 desired: want.clone(),
             });
             return;
@@ -777,7 +785,7 @@ fn plan_desired(
             Action::Replace {
                 old_id: current.id.clone(),
                 old_hash: current.spec_hash().map(str::to_string),
-                old_running: current.is_running() || staged_says_running,
+                old_running: was_running,
                 desired: want.clone(),
             },
             out,
@@ -1369,6 +1377,41 @@ mod tests {
         );
         assert_eq!(verbs(&p), ["resume"], "{p}");
         assert!(matches!(p.actions[0], Action::ResumeStartFirst { .. }));
+    }
+
+    #[test]
+    fn a_replacement_cut_short_after_its_swap_and_edited_again_keeps_the_instance_running() {
+        // v1 ran; a replacement to v2 swapped the names and berth was killed
+        // before it started v2; meanwhile the manifest moved on to v3.
+        let v1 = want("web", 0, "nginx:1.26");
+        let v2 = want("web", 0, "nginx:1.27");
+        let v3 = want("web", 0, "nginx:1.28");
+        let aside = container(
+            &aside_name("berth-web-0", "id-old", true),
+            NS,
+            &v1.key,
+            &v1.hash,
+            ContainerState::Exited,
+        );
+        let mut swapped = running(&v2);
+        swapped.state = ContainerState::Created;
+        let p = plan_now(&desired(vec![v3]), &[aside, swapped]);
+        let verbs: Vec<_> = p.actions.iter().map(Action::verb).collect();
+        assert_eq!(verbs, ["remove", "replace"], "{p}");
+        // The instance was running: the replacement stops v2 whatever the
+        // list said (a start sent by the killed berth may land late) and a
+        // rollback starts it again, rather than leaving it not running.
+        assert!(
+            matches!(
+                p.actions[1],
+                Action::Replace {
+                    old_running: true,
+                    ..
+                }
+            ),
+            "{:?}",
+            p.actions[1]
+        );
     }
 
     #[test]

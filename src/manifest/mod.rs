@@ -3,6 +3,7 @@
 
 pub mod cron;
 pub mod duration;
+pub mod files;
 pub mod interpolate;
 pub mod parse;
 pub mod select;

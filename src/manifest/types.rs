@@ -51,6 +51,8 @@ pub struct TaskManifest {
     #[serde(default)]
     pub resources: Option<Resources>,
     /// `bridge` (default), `host`, `none`, `container:<name>` or a network name.
+    /// `host` needs the agent's privileged permission; without it,
+    /// `container:<name>` must name a container of this namespace.
     #[serde(default)]
     pub network_mode: Option<String>,
     #[serde(default)]
@@ -62,14 +64,16 @@ pub struct TaskManifest {
     /// Refused unless the agent allows privileged containers.
     #[serde(default)]
     pub privileged: bool,
-    /// `host` needs the agent's privileged permission.
+    /// `host` needs the agent's privileged permission; `container:<name>`
+    /// as for `network_mode`.
     #[serde(default)]
     pub ipc_mode: Option<String>,
     #[serde(default)]
     pub pid_mode: Option<String>,
     #[serde(default)]
     pub uts_mode: Option<String>,
-    /// Docker bind/volume strings, `SRC:DST[:OPTS]`.
+    /// Docker bind/volume strings, `SRC:DST[:OPTS]`. Host paths and named
+    /// volumes not called `<namespace>-...` need the agent's volumes permission.
     #[serde(default)]
     pub volumes: Vec<String>,
     /// Private registry credentials for this image.
@@ -207,7 +211,9 @@ impl<'de> Deserialize<'de> for EnvValue {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvSource {
-    /// Read the value from this file at every pass (a trailing newline is dropped).
+    /// Read the value from this file at every pass (a trailing newline is
+    /// dropped). Relative to the manifest's folder; it must be a regular
+    /// file inside the agent's `files.allowed_dirs`.
     #[serde(default)]
     pub file: Option<String>,
     /// An inline value (useful with `secret: true`).

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use super::files::{FilePolicy, FileText};
 use super::interpolate::{self, InterpolateError};
 use super::parse::{parse_manifest_file, DocLocations, ManifestError, ParsedTask, Pos, Seg};
 use super::select;
@@ -31,6 +32,14 @@ pub struct ValidationContext {
     pub meta: BTreeMap<String, String>,
     /// The most instances the whole folder may ask for (`max_instances`).
     pub max_instances: u32,
+    /// The agent's namespace: named volumes `<namespace>-*` and
+    /// `container:<namespace>-<task>-<index>` modes belong to it.
+    pub namespace: String,
+    /// `docker.volumes.allowed`: host path prefixes and volume names; when
+    /// set, nothing else is allowed (the namespace's own volumes aside).
+    pub allowed_volumes: Option<Vec<String>>,
+    /// What `env {file:}` and `auth.password_file` may read.
+    pub files: FilePolicy,
 }
 
 impl Default for ValidationContext {
@@ -41,6 +50,9 @@ impl Default for ValidationContext {
             allow_host_volumes: true,
             meta: BTreeMap::new(),
             max_instances: DEFAULT_MAX_INSTANCES,
+            namespace: "berth".into(),
+            allowed_volumes: None,
+            files: FilePolicy::default(),
         }
     }
 }
@@ -54,9 +66,56 @@ pub struct CheckedTask {
     pub manifest: TaskManifest,
     /// Why the task's `select:` excludes this agent; `None`: it runs here.
     pub not_selected: Option<String>,
+    /// The files the task reads, with where the manifest names them.
+    pub file_refs: Vec<FileRef>,
+    /// Their text by [`FileRef::field`], once the folder loader has read
+    /// them (checking a file's text alone reads nothing).
+    pub files: BTreeMap<String, FileText>,
     /// Where each `depends_on` entry sits, for errors the folder finds
     /// (an unknown task, a cycle across files).
     pub depends_at: BTreeMap<String, Pos>,
+}
+
+/// A file a manifest asks berth to read: `env.<KEY>` (`{file:}`) or
+/// `auth.password_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// `env.DB_PASSWORD` or `auth.password_file`: the key errors name and
+    /// the resolver looks the text up by.
+    pub field: String,
+    /// The path as written (relative paths are relative to the manifest's folder).
+    pub written: String,
+    /// Where the path is written in the file.
+    pub pos: Pos,
+}
+
+/// Every file `doc` asks to read.
+fn file_refs(doc: &ParsedTask) -> Vec<FileRef> {
+    let m = &doc.manifest;
+    let mut refs = Vec::new();
+    for (key, value) in &m.env {
+        if let EnvValue::From(source) = value {
+            if let (Some(file), None) = (&source.file, &source.value) {
+                refs.push(FileRef {
+                    field: format!("env.{key}"),
+                    written: file.clone(),
+                    pos: doc
+                        .locations
+                        .value(&[Seg::Key("env"), Seg::Key(key), Seg::Key("file")]),
+                });
+            }
+        }
+    }
+    if let Some(file) = m.auth.as_ref().and_then(|a| a.password_file.as_ref()) {
+        refs.push(FileRef {
+            field: "auth.password_file".into(),
+            written: file.clone(),
+            pos: doc
+                .locations
+                .value(&[Seg::Key("auth"), Seg::Key("password_file")]),
+        });
+    }
+    refs
 }
 
 /// Parse, name and validate every task of one file. All-or-nothing: any
@@ -137,6 +196,8 @@ pub fn check_file_on(
         tasks.push(CheckedTask {
             name,
             line: doc.line,
+            file_refs: file_refs(&doc),
+            files: BTreeMap::new(),
             manifest: doc.manifest,
             not_selected,
             depends_at,
@@ -211,8 +272,8 @@ fn validate_with(
         relaxed = ValidationContext {
             allow_privileged: true,
             allow_host_volumes: true,
-            meta: ctx.meta.clone(),
-            max_instances: ctx.max_instances,
+            allowed_volumes: None,
+            ..ctx.clone()
         };
         &relaxed
     };
@@ -503,9 +564,9 @@ fn check_env_and_labels(c: &mut Checker<'_>, m: &TaskManifest) {
                     &path,
                     format!("env `{key}` needs `file: /path` or `value: ...`"),
                 ),
-                (Some(file), None) if !file.starts_with('/') => c.at_value(
+                (Some(file), None) if file.is_empty() => c.at_value(
                     &[Seg::Key("env"), Seg::Key(key), Seg::Key("file")],
-                    format!("env `{key}`: file `{file}` must be an absolute path"),
+                    format!("env `{key}`: `file` is empty; write a path (relative to the manifest's folder, or absolute)"),
                 ),
                 _ => {}
             }
@@ -529,8 +590,30 @@ fn is_container_ref(mode: &str) -> bool {
         .is_some_and(|name| !name.is_empty())
 }
 
+const REFUSED: &str = "the agent does not allow privileged containers; set docker.privileged.enabled: true in the agent config";
+
+/// `container:<name>` joins another container's namespace. Without the
+/// privileged permission, only a container of this namespace may be named
+/// (`<namespace>-<task>-<index>`: one berth makes), never someone else's.
+fn check_container_ref(c: &mut Checker<'_>, key: &str, mode: &str, ctx: &ValidationContext) {
+    let Some(name) = mode.strip_prefix("container:") else {
+        return;
+    };
+    if ctx.allow_privileged || crate::names::parse_container_name(name, &ctx.namespace).is_some() {
+        return;
+    }
+    c.at_value(
+        &[Seg::Key(key)],
+        format!(
+            "`{key}: container:<name>` may only name a container of this namespace \
+             (`{ns}-<task>-<index>`, e.g. `{ns}-web-0`); joining another container needs \
+             docker.privileged.enabled: true in the agent config",
+            ns = ctx.namespace
+        ),
+    );
+}
+
 fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
-    const REFUSED: &str = "the agent does not allow privileged containers; set docker.privileged.enabled: true in the agent config";
     if m.privileged && !ctx.allow_privileged {
         c.at_key(
             &[Seg::Key("privileged")],
@@ -538,6 +621,7 @@ fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
         );
     }
     if let Some(mode) = &m.network_mode {
+        let path = [Seg::Key("network_mode")];
         let named = !mode.is_empty()
             && mode
                 .chars()
@@ -545,9 +629,27 @@ fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
             && !mode.starts_with(['.', '-', '_']);
         if !(named || is_container_ref(mode)) {
             c.at_value(
-                &[Seg::Key("network_mode")],
+                &path,
                 format!("network_mode `{mode}` is invalid: use bridge, host, none, container:<name> or a network name"),
             );
+        } else if mode == "host" {
+            if !ctx.allow_privileged {
+                c.at_key(&path, format!("`network_mode: host` is refused: {REFUSED}"));
+            }
+            if let Some(label) = m.port_map.keys().next() {
+                c.at_key(
+                    &[Seg::Key("port_map"), Seg::Key(label)],
+                    "port_map has no effect with `network_mode: host` (the container listens on the host port itself); remove port_map and read the port from BERTH_PORT_<label>",
+                );
+            }
+        } else if is_container_ref(mode) {
+            check_container_ref(c, "network_mode", mode, ctx);
+            if let Some(label) = m.ports.keys().next() {
+                c.at_key(
+                    &[Seg::Key("ports"), Seg::Key(label)],
+                    "a task with `network_mode: container:<name>` shares that container's network and cannot publish ports; declare the ports on the container it joins",
+                );
+            }
         }
     }
     let modes: [(&str, &Option<String>, &[&str]); 3] = [
@@ -572,6 +674,8 @@ fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
             );
         } else if mode == "host" && !ctx.allow_privileged {
             c.at_key(&path, format!("`{key}: host` is refused: {REFUSED}"));
+        } else {
+            check_container_ref(c, key, mode, ctx);
         }
     }
 }
@@ -593,7 +697,23 @@ const VOLUME_OPTIONS: &[&str] = &[
     "delegated",
 ];
 
+/// Whether host path `src` lies inside one of the `docker.volumes.allowed`
+/// prefixes, both as written and with symlinks resolved (when it exists):
+/// a symlink inside an allowed folder must not lead out of it.
+fn host_path_allowed(src: &str, allowed: &[String]) -> bool {
+    let inside = |path: &Path| {
+        allowed.iter().filter(|a| a.starts_with('/')).any(|prefix| {
+            let prefix = Path::new(prefix);
+            path.starts_with(prefix)
+                || std::fs::canonicalize(prefix).is_ok_and(|real| path.starts_with(real))
+        })
+    };
+    let written = Path::new(src);
+    inside(written) && std::fs::canonicalize(written).map_or(true, |real| inside(&real))
+}
+
 fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
+    const ENABLE: &str = "set docker.volumes.enabled: true in the agent config";
     for (i, volume) in m.volumes.iter().enumerate() {
         let path = [Seg::Key("volumes"), Seg::Index(i)];
         let parts: Vec<&str> = volume.split(':').collect();
@@ -608,6 +728,7 @@ fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext)
                 continue;
             }
         };
+        let own_volume = format!("{}-", ctx.namespace);
         if src.is_empty() {
             c.at_key(&path, format!("volume `{volume}` has an empty source"));
         } else if src.starts_with('.') {
@@ -615,15 +736,28 @@ fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext)
                 &path,
                 format!("volume `{volume}`: a host path must be absolute (Docker has no working directory to resolve `{src}` against)"),
             );
-        } else if src.starts_with('/') && !ctx.allow_host_volumes {
-            c.at_key(
-                &path,
-                format!("volume `{volume}` is refused: the agent does not allow host bind mounts; use a named volume or set docker.volumes.enabled: true in the agent config"),
-            );
-        } else if !src.starts_with('/')
-            && !src
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+        } else if src.starts_with('/') {
+            if !ctx.allow_host_volumes {
+                c.at_key(
+                    &path,
+                    format!("volume `{volume}` is refused: the agent does not allow host bind mounts; use a volume of this namespace (`{own_volume}<name>`) or {ENABLE}"),
+                );
+            } else if super::files::has_parent_component(Path::new(src)) {
+                c.at_key(
+                    &path,
+                    format!("volume `{volume}`: the host path must not contain `..`; write the path it means"),
+                );
+            } else if let Some(allowed) = &ctx.allowed_volumes {
+                if !host_path_allowed(src, allowed) {
+                    c.at_key(
+                        &path,
+                        format!("volume `{volume}` is refused: `{src}` is not under a host path the agent allows (docker.volumes.allowed)"),
+                    );
+                }
+            }
+        } else if !src
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
         {
             c.at_key(
                 &path,
@@ -631,6 +765,23 @@ fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext)
                     "volume `{volume}`: `{src}` is neither an absolute host path nor a volume name"
                 ),
             );
+        } else if !src.starts_with(&own_volume) {
+            // Another application's data: only with the owner's consent.
+            if !ctx.allow_host_volumes {
+                c.at_key(
+                    &path,
+                    format!("volume `{volume}` is refused: the named volume `{src}` does not belong to this namespace; name it `{own_volume}<name>` or {ENABLE}"),
+                );
+            } else if ctx
+                .allowed_volumes
+                .as_ref()
+                .is_some_and(|allowed| !allowed.iter().any(|a| a == src))
+            {
+                c.at_key(
+                    &path,
+                    format!("volume `{volume}` is refused: the named volume `{src}` is not in docker.volumes.allowed and does not belong to this namespace (`{own_volume}<name>`)"),
+                );
+            }
         }
         if !dst.starts_with('/') {
             c.at_key(
@@ -1030,7 +1181,7 @@ mod tests {
             .contains("invalid"));
         assert!(check(
             "web.yaml",
-            "image: x\nipc_mode: container:db\n",
+            "image: x\nipc_mode: container:berth-db-0\n",
             &ValidationContext::default()
         )
         .is_ok());
@@ -1038,7 +1189,7 @@ mod tests {
 
     #[test]
     fn network_mode_shapes() {
-        for ok in ["bridge", "host", "none", "container:db", "my-net"] {
+        for ok in ["bridge", "none", "container:berth-db-0", "my-net"] {
             let text = format!("image: x\nnetwork_mode: {ok}\n");
             assert!(
                 check("web.yaml", &text, &ValidationContext::default()).is_ok(),
@@ -1051,13 +1202,61 @@ mod tests {
     }
 
     #[test]
+    fn host_network_needs_the_privileged_permission_and_refuses_port_map() {
+        let err = only_error("image: x\nnetwork_mode: host\n");
+        assert_eq!((err.line, err.column), (2, 1));
+        assert!(
+            err.message.contains("`network_mode: host` is refused")
+                && err.message.contains("docker.privileged.enabled: true"),
+            "{err}"
+        );
+        assert!(check("web.yaml", "image: x\nnetwork_mode: host\n", &privileged()).is_ok());
+        let err = only_error_with(
+            "image: x\nnetwork_mode: host\nports: {http: {}}\nport_map: {http: 80}\n",
+            &privileged(),
+        );
+        assert_eq!((err.line, err.column), (4, 12));
+        assert!(err.message.contains("port_map has no effect"), "{err}");
+    }
+
+    #[test]
+    fn container_modes_may_join_only_this_namespace_without_the_privileged_permission() {
+        for key in ["network_mode", "pid_mode", "ipc_mode"] {
+            let foreign = format!("image: x\n{key}: container:postgres\n");
+            let err = only_error(&foreign);
+            assert_eq!((err.line, err.column), (2, key.len() as u64 + 3), "{err}");
+            assert!(
+                err.message
+                    .contains("only name a container of this namespace")
+                    && err.message.contains("`berth-<task>-<index>`"),
+                "{err}"
+            );
+            assert!(check("web.yaml", &foreign, &privileged()).is_ok(), "{key}");
+            let other_ns = format!("image: x\n{key}: container:edge-db-0\n");
+            assert!(check("web.yaml", &other_ns, &ValidationContext::default()).is_err());
+            let edge = ValidationContext {
+                namespace: "edge".into(),
+                ..ValidationContext::default()
+            };
+            assert!(check("web.yaml", &other_ns, &edge).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_container_network_cannot_publish_ports() {
+        let err = only_error("image: x\nnetwork_mode: container:berth-db-0\nports:\n  http: {}\n");
+        assert_eq!((err.line, err.column), (4, 3));
+        assert!(err.message.contains("cannot publish ports"), "{err}");
+    }
+
+    #[test]
     fn host_volumes_are_refused_when_the_agent_forbids_them() {
         let ctx = ValidationContext {
             allow_host_volumes: false,
             ..ValidationContext::default()
         };
         let err = only_error_with(
-            "image: x\nvolumes:\n  - data:/data\n  - /srv:/srv:ro\n",
+            "image: x\nvolumes:\n  - berth-data:/data\n  - /srv:/srv:ro\n",
             &ctx,
         );
         assert_eq!((err.line, err.column), (4, 5));
@@ -1065,6 +1264,66 @@ mod tests {
             err.message.contains("docker.volumes.enabled: true"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn named_volumes_of_other_owners_need_the_volumes_permission() {
+        let off = ValidationContext {
+            allow_host_volumes: false,
+            ..ValidationContext::default()
+        };
+        let err = only_error_with("image: x\nvolumes: [\"pgdata:/data\"]\n", &off);
+        assert_eq!((err.line, err.column), (2, 11));
+        assert!(
+            err.message.contains("does not belong to this namespace")
+                && err.message.contains("`berth-<name>`"),
+            "{err}"
+        );
+        assert!(check(
+            "web.yaml",
+            "image: x\nvolumes: [\"berth-data:/data\"]\n",
+            &off
+        )
+        .is_ok());
+        assert!(check(
+            "web.yaml",
+            "image: x\nvolumes: [\"pgdata:/data\"]\n",
+            &ValidationContext::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn the_allowed_volume_list_narrows_host_paths_and_volume_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let www = tmp.path().join("www");
+        std::fs::create_dir(&www).unwrap();
+        std::os::unix::fs::symlink("/etc", www.join("escape")).unwrap();
+        let ctx = ValidationContext {
+            allowed_volumes: Some(vec![www.display().to_string(), "cache".into()]),
+            ..ValidationContext::default()
+        };
+        let ok = format!(
+            "image: x\nvolumes:\n  - \"{}/site:/site\"\n  - cache:/cache\n  - berth-own:/own\n",
+            www.display()
+        );
+        assert!(check("web.yaml", &ok, &ctx).is_ok());
+        for (bad, why) in [
+            ("/srv:/srv".to_string(), "docker.volumes.allowed"),
+            (format!("{}x:/x", www.display()), "docker.volumes.allowed"),
+            (
+                format!("{}/escape:/x", www.display()),
+                "docker.volumes.allowed",
+            ),
+            (
+                format!("{}/../etc:/x", www.display()),
+                "must not contain `..`",
+            ),
+            ("pgdata:/data".to_string(), "not in docker.volumes.allowed"),
+        ] {
+            let err = only_error_with(&format!("image: x\nvolumes: [\"{bad}\"]\n"), &ctx);
+            assert!(err.message.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]
