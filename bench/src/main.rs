@@ -1,5 +1,5 @@
 //! `berth-bench`: berth against the raw Docker daemon and docker-compose,
-//! measured side by side in one run (issue 6, "Benchmarks").
+//! measured side by side in one run.
 //!
 //! ```text
 //! cargo run --release -p berth-bench -- [--quick] [--rounds N] [--tasks N] [--out FILE]
@@ -13,15 +13,18 @@
 //! # Layout
 //!
 //! - [`host`]: the three subjects (berth, compose, raw daemon) and clean-up.
-//! - [`scenarios`]: one function per measured figure.
+//! - [`scenarios`]: one function per figure of the first set (cold, no-op, update, footprint, reaction, planner).
+//! - [`engine`]: the engine's figures: kills while slow work is in flight,
+//!   `down` of slow stoppers, rollback of a failed update, scale.
 //! - [`counting`]: a call-counting [`berth::runtime::ContainerRuntime`].
 //! - [`plan_scale`]: hand-built planner inputs (shared with `benches/plan.rs`).
 //! - [`gitops`]: push → container started from a git source, and a poll's
-//!   idle cost (also alone: `--gitops-only`).
+//!   idle cost (`--only gitops` alone).
 //! - [`fixture_image`]: the workload image, made without a registry.
 //! - [`procfs`], [`stats`], [`report`]: measuring, summarising, writing.
 
 mod counting;
+mod engine;
 mod fixture_image;
 mod gitops;
 mod host;
@@ -56,11 +59,28 @@ pub struct Options {
     pub parallelism: usize,
     /// Only the planner (no Docker, no builds): for profiling `plan()`.
     pub planner_only: bool,
-    /// Only the GitOps scenario; prints, writes no report.
-    pub gitops_only: bool,
+    /// Tasks of the scale scenario.
+    pub scale_tasks: usize,
+    /// Run only these scenarios (`--only a,b`); all when `None`.
+    pub only: Option<Vec<String>>,
 }
 
-const USAGE: &str = "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--out FILE] [--planner-only] [--gitops-only]";
+/// The scenarios, in the order they run.
+pub const SCENARIOS: &[&str] = &[
+    "cold", "noop", "update", "agent", "down", "rollback", "scale", "planner", "gitops",
+];
+
+impl Options {
+    /// Whether scenario `name` is part of this run.
+    pub fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    }
+}
+
+const USAGE: &str = "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--scale-tasks N] \
+     [--only cold,noop,update,agent,down,rollback,scale,planner,gitops] [--out FILE] [--planner-only]";
 
 fn parse_args(workspace: &std::path::Path) -> Result<Options> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,7 +96,8 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
         noop_passes: 20,
         parallelism: berth::config::AgentConfig::default().parallelism,
         planner_only: false,
-        gitops_only: false,
+        scale_tasks: if quick { 50 } else { 200 },
+        only: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -88,10 +109,20 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
         match a.as_str() {
             "--quick" => {}
             "--planner-only" => o.planner_only = true,
-            "--gitops-only" => o.gitops_only = true,
             "--rounds" => o.rounds = value("--rounds")?.parse()?,
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
             "--out" => o.out = PathBuf::from(value("--out")?),
+            "--scale-tasks" => o.scale_tasks = value("--scale-tasks")?.parse()?,
+            "--only" => {
+                let names: Vec<String> = value("--only")?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect();
+                if let Some(bad) = names.iter().find(|n| !SCENARIOS.contains(&n.as_str())) {
+                    bail!("unknown scenario {bad:?}; known: {}", SCENARIOS.join(","));
+                }
+                o.only = Some(names);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -99,10 +130,10 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    if o.tasks == 0 || o.rounds == 0 || o.tasks > 99 {
-        bail!("--tasks must be 1..=99 and --rounds at least 1");
+    if o.tasks == 0 || o.rounds == 0 || o.tasks > 999 || o.scale_tasks > 999 {
+        bail!("--tasks and --scale-tasks must be 1..=999 and --rounds at least 1");
     }
-    // Issue 6: update 10 of 30 tasks; keep the same third for other sizes.
+    // Update a third of the tasks (10 of 30), whatever the size.
     o.updates = (o.tasks / 3).max(1);
     Ok(o)
 }
@@ -223,18 +254,14 @@ async fn run(workspace: PathBuf, options: Options) -> Result<()> {
     let machine = report::Machine::detect(&workspace);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    if options.gitops_only {
-        let mut results = scenarios::Results::default();
-        let result = gitops::gitops(&host, &options, &mut results).await;
-        println!("{}", report::text_table(&results.rows, &results.targets));
-        results.notes.iter().for_each(|n| println!("{n}"));
-        return result;
-    }
     let result = match scenarios::all(&host, &options).await {
-        Ok(mut results) => gitops::gitops(&host, &options, &mut results)
-            .await
-            .map(|()| results),
-        Err(e) => Err(e),
+        Ok(mut results) if options.runs("gitops") => {
+            eprintln!("[gitops] push → started from a 20-task repository, idle poll cost ...");
+            gitops::gitops(&host, &options, &mut results)
+                .await
+                .map(|()| results)
+        }
+        other => other,
     };
     // Whatever happened, leave the daemon as we found it.
     if let Err(e) = host.remove_all().await {
