@@ -1,6 +1,6 @@
 //! The pure planner at scale: `plan()` for 100, 1,000 and 10,000 tasks against
 //! a converged and a fully diverged observed state. No Docker involved.
-//! Target (issue 6): 10,000 tasks in ≤ 50 ms, growing linearly.
+//! Target: 10,000 tasks in ≤ 50 ms, growing linearly.
 //!
 //! Run: `cargo bench --bench plan`. `berth-bench` times the same inputs with a
 //! simple loop for its summary table.

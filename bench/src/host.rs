@@ -176,7 +176,13 @@ impl Host {
     }
 
     pub fn compose_down(&self) -> Result<()> {
-        let status = self.compose_cmd(&["down", "-t", "1"])?.status()?;
+        self.compose_down_grace(1)
+    }
+
+    /// `docker-compose down -t SECS`.
+    pub fn compose_down_grace(&self, secs: u64) -> Result<()> {
+        let secs = secs.to_string();
+        let status = self.compose_cmd(&["down", "-t", &secs])?.status()?;
         if !status.success() {
             bail!("docker-compose down failed ({status})");
         }
@@ -216,9 +222,15 @@ impl Host {
     /// berth's (same image, command, env and a similar label set),
     /// `parallelism` at a time, each create followed by its start.
     pub async fn raw_up(&self, n: usize) -> Result<RawTimings> {
+        self.raw_up_env(n, &[]).await
+    }
+
+    /// [`raw_up`](Self::raw_up) with extra `KEY=value` environment entries
+    /// (e.g. `FIXTURE_ON_TERM=ignore` for slow stoppers).
+    pub async fn raw_up_env(&self, n: usize, extra_env: &[String]) -> Result<RawTimings> {
         let started = Instant::now();
         let per: Vec<(f64, f64)> = stream::iter(0..n)
-            .map(|i| self.raw_one(i))
+            .map(|i| self.raw_one(i, extra_env))
             .buffer_unordered(self.parallelism.max(1))
             .try_collect()
             .await?;
@@ -229,7 +241,7 @@ impl Host {
         })
     }
 
-    async fn raw_one(&self, i: usize) -> Result<(f64, f64)> {
+    async fn raw_one(&self, i: usize, extra_env: &[String]) -> Result<(f64, f64)> {
         let task = task_name(i);
         let labels = HashMap::from([
             (RAW_LABEL.to_string(), self.tag.clone()),
@@ -241,15 +253,17 @@ impl Host {
                 format!("{task}.yaml"),
             ),
         ]);
+        let mut env = vec![
+            "BERTH_INDEX=0".into(),
+            format!("BERTH_NAMESPACE={}", self.namespace),
+            format!("BERTH_TASK={task}"),
+            "VERSION=0".into(),
+        ];
+        env.extend(extra_env.iter().cloned());
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
             cmd: Some(vec!["sleep".into(), "forever".into()]),
-            env: Some(vec![
-                "BERTH_INDEX=0".into(),
-                format!("BERTH_NAMESPACE={}", self.namespace),
-                format!("BERTH_TASK={task}"),
-                "VERSION=0".into(),
-            ]),
+            env: Some(env),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some("bridge".into()),
@@ -351,8 +365,27 @@ impl Host {
 
 /// A one-task manifest file, written whole in one call.
 pub fn write_manifest(dir: &Path, task: &str, image: &str, version: &str) -> Result<()> {
+    write_manifest_with(dir, task, image, &["sleep", "forever"], version, "")
+}
+
+/// A one-task manifest with its own args and extra YAML. `extra` follows the
+/// `VERSION` line of the env mapping: lines indented by two add env entries,
+/// unindented lines add top-level keys.
+pub fn write_manifest_with(
+    dir: &Path,
+    task: &str,
+    image: &str,
+    args: &[&str],
+    version: &str,
+    extra: &str,
+) -> Result<()> {
+    let args = args
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let text = format!(
-        "name: {task}\nimage: {image}\nargs: [\"sleep\", \"forever\"]\nenv:\n  VERSION: \"{version}\"\n"
+        "name: {task}\nimage: {image}\nargs: [{args}]\nenv:\n  VERSION: \"{version}\"\n{extra}"
     );
     std::fs::write(dir.join(format!("{task}.yaml")), text)?;
     Ok(())

@@ -1,5 +1,5 @@
 //! `berth-bench`: berth against the raw Docker daemon and docker-compose,
-//! measured side by side in one run (issue 6, "Benchmarks").
+//! measured side by side in one run.
 //!
 //! ```text
 //! cargo run --release -p berth-bench -- [--quick] [--rounds N] [--tasks N] [--out FILE]
@@ -13,13 +13,16 @@
 //! # Layout
 //!
 //! - [`host`]: the three subjects (berth, compose, raw daemon) and clean-up.
-//! - [`scenarios`]: one function per measured figure.
+//! - [`scenarios`]: one function per figure of the first set (cold, no-op, update, footprint, reaction, planner).
+//! - [`engine`]: the engine's figures: kills while slow work is in flight,
+//!   `down` of slow stoppers, rollback of a failed update, scale.
 //! - [`counting`]: a call-counting [`berth::runtime::ContainerRuntime`].
 //! - [`plan_scale`]: hand-built planner inputs (shared with `benches/plan.rs`).
 //! - [`fixture_image`]: the workload image, made without a registry.
 //! - [`procfs`], [`stats`], [`report`]: measuring, summarising, writing.
 
 mod counting;
+mod engine;
 mod fixture_image;
 mod host;
 mod plan_scale;
@@ -53,10 +56,28 @@ pub struct Options {
     pub parallelism: usize,
     /// Only the planner (no Docker, no builds): for profiling `plan()`.
     pub planner_only: bool,
+    /// Tasks of the scale scenario.
+    pub scale_tasks: usize,
+    /// Run only these scenarios (`--only a,b`); all when `None`.
+    pub only: Option<Vec<String>>,
 }
 
-const USAGE: &str =
-    "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--out FILE] [--planner-only]";
+/// The scenarios, in the order they run.
+pub const SCENARIOS: &[&str] = &[
+    "cold", "noop", "update", "agent", "down", "rollback", "scale", "planner",
+];
+
+impl Options {
+    /// Whether scenario `name` is part of this run.
+    pub fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    }
+}
+
+const USAGE: &str = "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--scale-tasks N] \
+     [--only cold,noop,update,agent,down,rollback,scale,planner] [--out FILE] [--planner-only]";
 
 fn parse_args(workspace: &std::path::Path) -> Result<Options> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -72,6 +93,8 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
         noop_passes: 20,
         parallelism: berth::config::AgentConfig::default().parallelism,
         planner_only: false,
+        scale_tasks: if quick { 50 } else { 200 },
+        only: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -86,6 +109,17 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
             "--rounds" => o.rounds = value("--rounds")?.parse()?,
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
             "--out" => o.out = PathBuf::from(value("--out")?),
+            "--scale-tasks" => o.scale_tasks = value("--scale-tasks")?.parse()?,
+            "--only" => {
+                let names: Vec<String> = value("--only")?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect();
+                if let Some(bad) = names.iter().find(|n| !SCENARIOS.contains(&n.as_str())) {
+                    bail!("unknown scenario {bad:?}; known: {}", SCENARIOS.join(","));
+                }
+                o.only = Some(names);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -93,10 +127,10 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    if o.tasks == 0 || o.rounds == 0 || o.tasks > 99 {
-        bail!("--tasks must be 1..=99 and --rounds at least 1");
+    if o.tasks == 0 || o.rounds == 0 || o.tasks > 999 || o.scale_tasks > 999 {
+        bail!("--tasks and --scale-tasks must be 1..=999 and --rounds at least 1");
     }
-    // Issue 6: update 10 of 30 tasks; keep the same third for other sizes.
+    // Update a third of the tasks (10 of 30), whatever the size.
     o.updates = (o.tasks / 3).max(1);
     Ok(o)
 }

@@ -61,7 +61,7 @@ impl Row {
     }
 }
 
-/// A target from issue 6 and how this run did against it.
+/// A target and how this run did against it.
 pub struct Target {
     pub what: String,
     pub figure: String,
@@ -202,7 +202,7 @@ pub fn markdown(
     for row in rows {
         let _ = writeln!(out, "| {} |", row.cells().join(" | "));
     }
-    let _ = writeln!(out, "\n## Targets (issue 6)\n");
+    let _ = writeln!(out, "\n## Targets\n");
     let _ = writeln!(out, "| target | figure | verdict |\n| --- | --- | --- |");
     for t in targets {
         let _ = writeln!(out, "| {} | {} | {} |", t.what, t.figure, t.verdict());

@@ -159,7 +159,7 @@ fn failure(
     }
     if want.kind == TaskKind::Job {
         let c = c.filter(|c| c.spec_hash() == Some(want.hash.as_str()))?;
-        return match jobs::decide(want, c, history.jobs, zone, now).0 {
+        return match jobs::decide(want, c, history.jobs, zone, None, now).0 {
             JobStep::Failed(why) => Some(format!("job {why}")),
             _ => None,
         };

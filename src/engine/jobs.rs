@@ -312,12 +312,16 @@ pub fn schedule_of(want: &DesiredInstance) -> Option<Schedule> {
         .and_then(|s| Schedule::parse(s).ok())
 }
 
-/// Decide one job instance. Pure.
+/// Decide one job instance. Pure. `started_here` is when berth itself last
+/// started the container, if it did in this process: more precise than a
+/// running container's start time from Docker's list (whole seconds, rounded
+/// down), which must not make the run's own slot look skipped.
 pub fn decide(
     want: &Arc<DesiredInstance>,
     current: &ObservedContainer,
     table: &JobTable,
     zone: &jiff::tz::TimeZone,
+    started_here: Option<SystemTime>,
     now: SystemTime,
 ) -> (JobStep, JobView) {
     let record = table.current(want);
@@ -328,9 +332,15 @@ pub fn decide(
     // The next slot after the later of: when berth first knew this spec,
     // the last start, the last finish. A slot passed while a run went on
     // is therefore skipped, and a host that was down runs one catch-up.
+    let started = match (current.state, started_here) {
+        (ContainerState::Exited, _) => current.started_at,
+        (_, Some(here)) => Some(here),
+        // The list's "Up N seconds" is up to a second early.
+        (_, None) => current.started_at.map(|t| t + Duration::from_secs(1)),
+    };
     let base = [
         record.map(|r| from_millis(r.since_ms)),
-        current.started_at,
+        started,
         current.finished_at,
     ]
     .into_iter()

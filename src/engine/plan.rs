@@ -819,7 +819,14 @@ fn plan_desired(
             ContainerState::Dead | ContainerState::Removing
         )
     {
-        let (step, view) = jobs::decide(want, current, memory.jobs, &options.zone, now);
+        let (step, view) = jobs::decide(
+            want,
+            current,
+            memory.jobs,
+            &options.zone,
+            memory.started.get(&want.key).copied(),
+            now,
+        );
         match step {
             JobStep::Idle => {}
             JobStep::Start { retry } => {
