@@ -40,8 +40,31 @@ pub struct AgentConfig {
     pub max_instances: u32,
     /// Where the one-agent-per-namespace lock lives (`<run_dir>/<ns>.lock`).
     pub run_dir: PathBuf,
+    /// Who may use the HTTP port's API, and how many connections it holds.
+    pub http: HttpConfig,
     /// What `env {file:}` and `auth.password_file` may read.
     pub files: FilesConfig,
+}
+
+/// `http:`: the port on `listen`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A file whose first line is the bearer token `/v1/status` and
+    /// `/v1/retry` want. `/healthz` and `/metrics` stay open.
+    pub token_file: Option<PathBuf>,
+    /// Connections served at once; a small reserve beyond it answers
+    /// `/healthz` and `/metrics` only.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            token_file: None,
+            max_connections: 64,
+        }
+    }
 }
 
 /// `files:`: the files a manifest may have berth read.
@@ -83,6 +106,7 @@ impl Default for AgentConfig {
             allow_empty: false,
             max_instances: crate::manifest::validate::DEFAULT_MAX_INSTANCES,
             run_dir: PathBuf::from("/run/berth"),
+            http: HttpConfig::default(),
             files: FilesConfig::default(),
         }
     }
@@ -284,6 +308,11 @@ impl AgentConfig {
         }
         if self.resync.get().is_zero() {
             return Err(ConfigError::Invalid("resync must be longer than 0s".into()));
+        }
+        if self.http.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "http.max_connections must be at least 1".into(),
+            ));
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("state_dir must not be empty".into()));

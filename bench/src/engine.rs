@@ -66,7 +66,7 @@ async fn wait_status(
     let addr: SocketAddr = host.listen.parse()?;
     let end = Instant::now() + deadline;
     loop {
-        if let Ok(status) = fetch_status(addr, Duration::from_secs(2)).await {
+        if let Ok(status) = fetch_status(addr, Duration::from_secs(2), None).await {
             if ok(&status) {
                 return Ok(());
             }
@@ -161,7 +161,7 @@ pub async fn busy_kills(
     }
     // Both were still in flight at the end: the kills really ran beside them.
     let addr: SocketAddr = host.listen.parse()?;
-    let status = fetch_status(addr, Duration::from_secs(2)).await?;
+    let status = fetch_status(addr, Duration::from_secs(2), None).await?;
     let still = format!(
         "slow: {}, hang: {}",
         step_of(&status, "slow").unwrap_or("done"),

@@ -75,6 +75,8 @@ pub const KEYS: &[Key] = &[
     key("manifests", Path, "The folder of task manifests (*.yaml, *.yml; not recursive)").or("/etc/berth/manifests; ./manifests without a config file"),
     key("namespace", Text, "berth owns only containers labelled io.berth.namespace=<this>"),
     key("listen", Addr, "HTTP address for /healthz, /metrics and /v1/status (`berth status` asks here)"),
+    key("http.token_file", Path, "File whose first line is the bearer token /v1/status and /v1/retry want (/healthz, /metrics stay open)").or("none: no token"),
+    key("http.max_connections", Count, "HTTP connections served at once; a reserve of 8 beyond answers /healthz and /metrics only"),
     key("resync", Duration, "A full pass at least this often"),
     key("parallelism", Count, "Creates, starts and pulls that run at once (stops and removals are not bounded)"),
     key("watch", Choice(&["auto", "inotify", "poll"]), "How the manifest folder is watched (auto: inotify, else polling)"),

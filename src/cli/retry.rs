@@ -9,7 +9,13 @@ pub async fn retry(flags: AgentFlags, task: String) -> anyhow::Result<ExitCode> 
     let config = flags.load_host()?;
     let addr = config.listen;
     let path = format!("/v1/retry/{task}");
-    match berth::faces::status_client::post(addr, &path, Duration::from_secs(5)).await {
+    let token = match &config.http.token_file {
+        Some(path) => Some(berth::faces::http::read_token_file(path)?),
+        None => None,
+    };
+    match berth::faces::status_client::post(addr, &path, Duration::from_secs(5), token.as_deref())
+        .await
+    {
         Ok((202, body)) => {
             println!("{body}");
             Ok(ExitCode::SUCCESS)

@@ -81,11 +81,30 @@ pub async fn run(
         "berth {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    // Connections and Docker calls must not compete for the default 1,024
+    // file descriptors.
+    match berth::faces::http::raise_open_files_limit() {
+        Ok(Some(n)) => tracing::debug!(open_files = n, "open files limit"),
+        Ok(None) => tracing::debug!("open files limit: unlimited"),
+        Err(e) => tracing::debug!("cannot raise the open files limit: {e}"),
+    }
     // Bind before anything else so a taken port fails the start, clearly.
-    let listener = if once {
-        None
+    let (listener, token) = if once {
+        (None, None)
     } else {
-        Some(berth::faces::http::bind(config.listen).await?)
+        let token = match &config.http.token_file {
+            Some(path) => Some(berth::faces::http::BearerToken::read(path)?),
+            None => {
+                if !config.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        listen = %config.listen,
+                        "listening beyond loopback without http.token_file: anyone who reaches the port can read /v1/status and retry updates"
+                    );
+                }
+                None
+            }
+        };
+        (Some(berth::faces::http::bind(config.listen).await?), token)
     };
     // The git source's state folder is locked for this process: opened
     // before anything runs, so a second agent on it fails now, clearly.
@@ -137,8 +156,10 @@ pub async fn run(
                 metrics,
                 docker_down_limit: controller.config().docker_down_limit.get(),
                 triggers: Some(tx.clone()),
+                token,
                 sync: source.as_ref().map(|s| s.requests()),
             },
+            berth::faces::http::HttpLimits::new(controller.config().http.max_connections),
         );
     }
     match controller.refresh_docker_version().await {

@@ -11,12 +11,20 @@ use super::{connect, AgentFlags};
 pub async fn status(flags: AgentFlags, json: bool) -> anyhow::Result<ExitCode> {
     let config = flags.load_host()?;
     let addr = config.listen;
-    let status = match berth::faces::status_client::fetch_status(addr, Duration::from_secs(5)).await
+    let token = match &config.http.token_file {
+        Some(path) => Some(berth::faces::http::read_token_file(path)?),
+        None => None,
+    };
+    let status = match berth::faces::status_client::fetch_status(
+        addr,
+        Duration::from_secs(5),
+        token.as_deref(),
+    )
+    .await
     {
         Ok(status) => status,
         Err(e) => {
-            tracing::debug!("{e}");
-            eprintln!("no berth answering on {addr}; showing what Docker's labels tell");
+            eprintln!("no berth answering on {addr} ({e}); showing what Docker's labels tell");
             label_status(&config).await?
         }
     };

@@ -7,18 +7,32 @@
 //! heartbeat, not pass completion: a 1 h stop or a 20 min pull in flight
 //! keeps it at 200; a stuck loop, or Docker unreachable for longer than the
 //! agent's `docker_down_limit`, turns it 503.
+//!
+//! Warning: the port may face strangers. Connections are bounded (see
+//! [`HttpLimits`]): one that has sent nothing holds no slot and is closed
+//! after the header timeout (or sooner, when newer ones need the room);
+//! when every slot is taken a small reserve
+//! still answers `/healthz` and `/metrics`; beyond that a connection is
+//! closed at once. With `http.token_file`, `/v1/status`, `/v1/retry` and
+//! `/v1/sync` want `Authorization: Bearer <token>`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::Path;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::net::TcpListener;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::engine::status::{unix_millis, unix_secs, SharedStatus, Status};
 use crate::engine::trigger::Trigger;
@@ -34,6 +48,13 @@ pub enum HttpError {
         addr: SocketAddr,
         cause: std::io::Error,
     },
+    #[error("cannot read http.token_file {path}: {cause}")]
+    TokenRead {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("http.token_file {path} is empty: put the token on its first line")]
+    TokenEmpty { path: std::path::PathBuf },
 }
 
 /// What the handlers read.
@@ -46,8 +67,97 @@ pub struct HttpState {
     pub docker_down_limit: Duration,
     /// Where `POST /v1/retry/{task}` asks the loop to act.
     pub triggers: Option<mpsc::Sender<Trigger>>,
+    /// When set, `/v1/status`, `/v1/retry` and `/v1/sync` want this bearer token.
+    pub token: Option<BearerToken>,
     /// Where `POST /v1/sync` asks the git source to fetch, when there is one.
     pub sync: Option<mpsc::Sender<oneshot::Sender<SourceStatus>>>,
+}
+
+/// A bearer token, kept as its digest so comparing takes the same time
+/// whatever the guess.
+#[derive(Clone)]
+pub struct BearerToken([u8; 32]);
+
+impl BearerToken {
+    pub fn new(token: &str) -> BearerToken {
+        BearerToken(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The token file's first line, trimmed.
+    pub fn read(path: &std::path::Path) -> Result<BearerToken, HttpError> {
+        let text = read_token_file(path)?;
+        Ok(BearerToken::new(&text))
+    }
+
+    /// Does an `Authorization` header value carry this token? Constant time
+    /// in the token's content.
+    pub fn accepts(&self, authorization: Option<&str>) -> bool {
+        let Some(given) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let given: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+        given
+            .iter()
+            .zip(self.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// The token in `path` (first line, trimmed): what `berth status` and
+/// `berth retry` send.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, HttpError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| HttpError::TokenRead {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.is_empty() {
+        return Err(HttpError::TokenEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(token)
+}
+
+/// How many connections the port holds, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections being served at once (agent key `http.max_connections`).
+    pub max_connections: usize,
+    /// Beyond those, this many more are served `/healthz` and `/metrics`
+    /// only, one request each, so a probe still gets an answer.
+    pub reserve: usize,
+    /// Connections accepted that have not sent a byte yet; beyond this the
+    /// one waiting longest is closed, so a new client always gets in.
+    pub max_waiting: usize,
+    /// A request's headers must arrive within this (and the first byte of a
+    /// connection, too).
+    pub header_read_timeout: Duration,
+    /// A connection with no byte read or written for this long is closed
+    /// (a keep-alive connection, or a client that stopped reading).
+    pub idle_timeout: Duration,
+}
+
+/// Default for `http.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+impl HttpLimits {
+    pub fn new(max_connections: usize) -> HttpLimits {
+        HttpLimits {
+            max_connections,
+            reserve: 8,
+            max_waiting: 4 * max_connections.max(64),
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits::new(DEFAULT_MAX_CONNECTIONS)
+    }
 }
 
 /// `/healthz` turns 503 when the loop has not beaten for this long. It beats
@@ -74,13 +184,252 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// What a connection beyond `max_connections` is served: the probes only.
+fn reserve_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy: too many connections\n",
+            )
+        })
+        .with_state(state)
+}
+
+/// The soft limit on open files raised to the hard limit, so connections
+/// and Docker calls do not compete for the default 1,024. Returns the new
+/// soft limit (`None`: unlimited or unchanged).
+pub fn raise_open_files_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return Ok(limit.current);
+    }
+    setrlimit(
+        Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )?;
+    Ok(limit.maximum)
+}
+
 /// Serve until the process ends.
-pub fn spawn(listener: TcpListener, state: HttpState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(state)).await {
-            tracing::error!("HTTP server stopped: {e}");
+pub fn spawn(
+    listener: TcpListener,
+    state: HttpState,
+    limits: HttpLimits,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(serve(listener, state, limits))
+}
+
+async fn serve(listener: TcpListener, state: HttpState, limits: HttpLimits) {
+    let app = router(state.clone());
+    let reserve_app = reserve_router(state);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let reserve = Arc::new(Semaphore::new(limits.reserve));
+    let waiting = Arc::new(Waiting::new(limits.max_waiting));
+    let mut accept_failing = false;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                accept_failing = false;
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: let some close.
+                if !accept_failing {
+                    tracing::warn!("HTTP: cannot accept a connection: {e}");
+                    accept_failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let evicted = waiting.enter();
+        let (slots, reserve) = (slots.clone(), reserve.clone());
+        let (app, reserve_app) = (app.clone(), reserve_app.clone());
+        tokio::spawn(async move {
+            // A connection that sends nothing holds no slot; when too many
+            // wait, the one waiting longest is closed to make room.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                r = tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)) => {
+                    if !matches!(r, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                }
+                _ = evicted => return,
+            }
+            if let Ok(_slot) = slots.try_acquire_owned() {
+                serve_connection(stream, app, limits, true).await;
+            } else if let Ok(_slot) = reserve.try_acquire_owned() {
+                serve_connection(stream, reserve_app, limits, false).await;
+            } else {
+                let _ = stream.try_write(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+    }
+}
+
+/// Connections accepted that have not sent their first byte, oldest first.
+/// Each holds the sending half of its eviction notice; a connection that
+/// moved on has dropped the receiving half.
+struct Waiting {
+    max: usize,
+    queue: std::sync::Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Waiting {
+    fn new(max: usize) -> Waiting {
+        Waiting {
+            max: max.max(1),
+            queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
-    })
+    }
+
+    /// Register a new connection; when too many wait, evict the oldest.
+    /// Returns the notice the new one is evicted by.
+    fn enter(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= self.max {
+            queue.retain(|s| !s.is_closed());
+        }
+        while queue.len() >= self.max {
+            if let Some(oldest) = queue.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        queue.push_back(tx);
+        rx
+    }
+}
+
+/// One connection: hyper's HTTP/1.1 with the header timeout, closed when
+/// idle for `idle_timeout`.
+async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, keep_alive: bool) {
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = hyper_util::rt::TokioIo::new(Tracked {
+        inner: stream,
+        start,
+        last: last.clone(),
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(keep_alive);
+    let conn = builder.serve_connection(io, hyper_util::service::TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    loop {
+        let idle = start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        let Some(left) = limits
+            .idle_timeout
+            .checked_sub(idle)
+            .filter(|d| !d.is_zero())
+        else {
+            return; // dropped: closed
+        };
+        tokio::select! {
+            _ = &mut conn => return,
+            () = tokio::time::sleep(left) => {}
+        }
+    }
+}
+
+/// A stream that notes when a byte last moved (ms since `start`).
+struct Tracked {
+    inner: TcpStream,
+    start: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// `None` when the request may go on; else the 401 to answer.
+fn unauthorized(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    let token = state.token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if token.accepts(given) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "this endpoint wants `Authorization: Bearer <token>` (the agent's http.token_file)\n",
+        )
+            .into_response(),
+    )
 }
 
 /// Why berth is unhealthy, or `None` when it is healthy. Pure.
@@ -135,7 +484,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 
 /// `berth retry TASK`: try the task's held updates again (202), or 404 for
 /// a task the agent does not run.
-async fn retry(State(state): State<HttpState>, Path(task): Path<String>) -> Response {
+async fn retry(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(task): Path<String>,
+) -> Response {
+    if let Some(denied) = unauthorized(&state, &headers) {
+        return denied;
+    }
     let known = state
         .status
         .view(SystemTime::now())
@@ -158,7 +514,10 @@ async fn retry(State(state): State<HttpState>, Path(task): Path<String>) -> Resp
 /// Fetch the git source now and answer with its status once the fetch is
 /// done (200, also when the fetch failed: `last_error` says why; the
 /// commit that runs is unchanged then). 404 without a git source.
-async fn sync(State(state): State<HttpState>) -> Response {
+async fn sync(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(&state, &headers) {
+        return denied;
+    }
     let Some(requests) = &state.sync else {
         return (
             StatusCode::NOT_FOUND,
@@ -180,8 +539,11 @@ async fn sync(State(state): State<HttpState>) -> Response {
     }
 }
 
-async fn status(State(state): State<HttpState>) -> Json<Status> {
-    Json(state.status.view(SystemTime::now()))
+async fn status(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(&state, &headers) {
+        return denied;
+    }
+    Json(state.status.view(SystemTime::now())).into_response()
 }
 
 #[cfg(test)]
@@ -193,6 +555,17 @@ mod tests {
     }
 
     const LIMIT: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_bearer_token_is_accepted_exactly() {
+        let t = BearerToken::new("s3cret-token");
+        assert!(t.accepts(Some("Bearer s3cret-token")));
+        assert!(!t.accepts(Some("Bearer s3cret-tokeN")));
+        assert!(!t.accepts(Some("Bearer s3cret")));
+        assert!(!t.accepts(Some("Basic s3cret-token")));
+        assert!(!t.accepts(Some("s3cret-token")));
+        assert!(!t.accepts(None));
+    }
 
     #[test]
     fn healthy_while_the_loop_beats_whatever_work_is_in_flight() {

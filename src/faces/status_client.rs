@@ -28,18 +28,25 @@ pub enum StatusClientError {
     Protocol { addr: SocketAddr, message: String },
 }
 
-/// Fetch and parse `/v1/status` from a berth listening on `addr`.
+/// The `Authorization` header line for `token`, or nothing.
+fn authorization(token: Option<&str>) -> String {
+    token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"))
+}
+
+/// Fetch and parse `/v1/status` from a berth listening on `addr`, with the
+/// bearer token when the agent config has one.
 pub async fn fetch_status(
     addr: SocketAddr,
     timeout: Duration,
+    token: Option<&str>,
 ) -> Result<Status, StatusClientError> {
-    match tokio::time::timeout(timeout, fetch(addr)).await {
+    match tokio::time::timeout(timeout, fetch(addr, authorization(token))).await {
         Ok(r) => r,
         Err(_) => Err(StatusClientError::Timeout { addr, timeout }),
     }
 }
 
-async fn fetch(addr: SocketAddr) -> Result<Status, StatusClientError> {
+async fn fetch(addr: SocketAddr, authorization: String) -> Result<Status, StatusClientError> {
     let mut stream =
         TcpStream::connect(addr)
             .await
@@ -52,7 +59,7 @@ async fn fetch(addr: SocketAddr) -> Result<Status, StatusClientError> {
         cause: source,
     };
     let request = format!(
-        "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{authorization}Connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut raw = Vec::new();
@@ -70,7 +77,9 @@ pub async fn post(
     addr: SocketAddr,
     path: &str,
     timeout: Duration,
+    token: Option<&str>,
 ) -> Result<(u16, String), StatusClientError> {
+    let authorization = authorization(token);
     let exchange = async {
         let mut stream =
             TcpStream::connect(addr)
@@ -84,7 +93,7 @@ pub async fn post(
             cause: source,
         };
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{authorization}Connection: close\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.map_err(io)?;
         let mut raw = Vec::new();
