@@ -38,6 +38,24 @@ fn the_image_builds_offline_and_runs_berth_version() {
         text(&out)
     );
 
+    // A build that is not a test build carries no test hook: the crash
+    // injection's variable name is nowhere in the binary (it is in the one
+    // the tests run).
+    let hook = b"BERTH_TEST_CRASH_AT";
+    let contains = |path: &Path| {
+        std::fs::read(path)
+            .unwrap()
+            .windows(hook.len())
+            .any(|w| w == hook)
+    };
+    let built = root().join("target/static/x86_64-unknown-linux-gnu/debug/berth");
+    assert!(contains(Path::new(env!("CARGO_BIN_EXE_berth"))));
+    assert!(
+        !contains(&built),
+        "{} carries the test hook",
+        built.display()
+    );
+
     let out = Command::new("docker")
         .args(["run", "--rm", "--network", "none", tag, "--version"])
         .output()
@@ -94,6 +112,96 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify: {report}"
     );
     assert!(about_unit.is_empty(), "systemd-analyze verify: {report}");
+}
+
+/// The features cargo turns on for berth, following `edges` (`normal`: what
+/// `cargo build` and `cargo build --release` use; `normal,dev`: the tests).
+fn berth_features(edges: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "berth",
+            "--prefix",
+            "none",
+            "-i",
+            "berth",
+            "-e",
+        ])
+        .arg(format!("features,{edges}"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo tree: {}", text(&out));
+    text(&out)
+}
+
+#[test]
+fn release_builds_carry_no_test_hooks() {
+    // The crash injection (BERTH_TEST_CRASH_AT) is compiled only with the
+    // `test-hooks` feature, which only the tests' dev-dependency turns on.
+    assert!(
+        berth_features("normal,dev").contains("\"test-hooks\""),
+        "the tests must enable test-hooks (else this check proves nothing)"
+    );
+    let build = berth_features("normal");
+    assert!(
+        !build.contains("test-hooks"),
+        "a plain build enables test-hooks: {build}"
+    );
+}
+
+/// `systemd-analyze security`'s exposure figure for the unit, or `None`
+/// without the tool.
+fn unit_exposure() -> Option<f64> {
+    let has_tool = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_tool {
+        return None;
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(root().join("deploy/berth.service"))
+        .output()
+        .unwrap();
+    let report = text(&out);
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure figure in: {report}"));
+    let figure = line
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the figure in {line:?}"));
+    Some(figure)
+}
+
+#[test]
+fn the_systemd_unit_is_sandboxed_to_an_exposure_of_at_most_5() {
+    let unit = std::fs::read_to_string(root().join("deploy/berth.service")).unwrap();
+    for needle in [
+        "CapabilityBoundingSet=\n",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "SystemCallFilter=@system-service",
+        "MemoryDenyWriteExecute=yes",
+        "ReadWritePaths=/var/lib/berth /run/berth",
+    ] {
+        assert!(unit.contains(needle), "berth.service lacks {needle:?}");
+    }
+    let Some(exposure) = unit_exposure() else {
+        println!("note: systemd-analyze is not installed; skipping `systemd-analyze security`");
+        return;
+    };
+    println!("systemd-analyze security: {exposure}");
+    assert!(exposure <= 5.0, "exposure {exposure} (target ≤ 5.0)");
 }
 
 #[test]

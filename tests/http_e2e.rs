@@ -205,6 +205,20 @@ fn slow_clients_are_cut_off_and_the_reserve_answers_healthz_when_every_slot_is_t
         );
     }
     assert!(berth.status().is_some());
+
+    // A keep-alive connection is closed once it has idled for the header
+    // timeout after its last answer.
+    let mut kept = TcpStream::connect(berth.addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 17];
+    kept.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200 OK\r\n");
+    let closed = time_to_close(kept, Duration::from_secs(15));
+    assert!(
+        closed.is_some_and(|d| d > Duration::from_secs(3) && d < Duration::from_secs(8)),
+        "an idle keep-alive connection was kept {closed:?}"
+    );
 }
 
 #[test]

@@ -132,10 +132,11 @@ pub struct HttpLimits {
     /// one waiting longest is closed, so a new client always gets in.
     pub max_waiting: usize,
     /// A request's headers must arrive within this (and the first byte of a
-    /// connection, too).
+    /// connection, too). hyper starts the clock when it waits for the next
+    /// request, so this is also how long a keep-alive connection may idle.
     pub header_read_timeout: Duration,
-    /// A connection with no byte read or written for this long is closed
-    /// (a keep-alive connection, or a client that stopped reading).
+    /// A connection on which no byte is read or written for this long is
+    /// closed: a client that stopped reading an answer, a stalled body.
     pub idle_timeout: Duration,
 }
 
