@@ -130,8 +130,9 @@ pub fn readiness(
                         && c.exit_code == Some(0)
                         && c.spec_hash() == Some(want.hash.as_str())
                 });
-            r.started &= running;
-            r.healthy &= healthy;
+            // A job that already succeeded has started, and was healthy.
+            r.started &= running || completed;
+            r.healthy &= healthy || completed;
             r.completed &= completed;
             if r.failed.is_none() {
                 r.failed = failure(want, c.copied(), history, zone, now);
