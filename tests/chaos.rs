@@ -408,10 +408,13 @@ enum Guard {
 #[derive(Default)]
 struct WatchState {
     guards: BTreeMap<(String, u32), Guard>,
-    down_since: BTreeMap<(String, u32), Instant>,
+    /// Since when a kept instance has had no running container, and what
+    /// the test was doing then.
+    down_since: BTreeMap<(String, u32), (Instant, String)>,
     violations: Vec<String>,
-    /// The worst completed gap of a kept instance, and whose.
-    worst: (Duration, String),
+    /// The worst completed gap of a kept instance, whose, and what the
+    /// test was doing when it began.
+    worst: (Duration, String, String),
     gaps: u64,
     samples: u64,
     /// What the test is doing, for messages.
@@ -539,27 +542,28 @@ fn sample(s: &mut WatchState, running: &BTreeMap<(String, u32), Vec<String>>, at
                 s.guards.insert(key, Guard::Kept);
             }
             (Guard::Kept, true) => {
-                if let Some(since) = s.down_since.remove(&key) {
+                if let Some((since, doing)) = s.down_since.remove(&key) {
                     let gap = at.duration_since(since);
                     s.gaps += 1;
                     if gap > s.worst.0 {
-                        s.worst = (gap, format!("{}[{}]", key.0, key.1));
+                        s.worst = (gap, format!("{}[{}]", key.0, key.1), doing);
                     }
                 }
             }
             (Guard::Kept, false) => {
-                let since = *s.down_since.entry(key.clone()).or_insert(at);
-                let down = at.duration_since(since);
-                if down > GAP_ALLOWED {
+                let doing = s.doing.clone();
+                let (since, began) = s
+                    .down_since
+                    .entry(key.clone())
+                    .or_insert((at, doing))
+                    .clone();
+                if at.duration_since(since) > GAP_ALLOWED {
+                    let who = format!("{}[{}] has had no running container", key.0, key.1);
                     let v = format!(
-                        "{}[{}] has had no running container for more than {GAP_ALLOWED:?} (while {})",
-                        key.0, key.1, s.doing
+                        "{who} for more than {GAP_ALLOWED:?} (since {began}; now {})",
+                        s.doing
                     );
-                    if !s
-                        .violations
-                        .iter()
-                        .any(|o| o.starts_with(&v[..v.find(" has").unwrap_or(0)]))
-                    {
+                    if !s.violations.iter().any(|o| o.starts_with(&who)) {
                         s.violations.push(v);
                     }
                 }
@@ -1014,12 +1018,13 @@ fn running_work_survives_kills_during_slow_replacements_broken_files_an_emptied_
     drop(watcher);
     eprintln!(
         "keep-work chaos: seed {seed}, {steps} steps {done:?}; kill -9: {} ({} at a crash point); second agents refused: {refusals}; \
-         {gaps} gaps of kept instances over {samples} samples, worst {:?} ({}), allowed {GAP_ALLOWED:?} \
+         {gaps} gaps of kept instances over {samples} samples, worst {:?} ({}, from {}), allowed {GAP_ALLOWED:?} \
          (stop {SLOW_STOP:?} + margin); converged {took:?} after the last step",
         berth.kills + berth.aborts,
         berth.aborts,
         worst.0,
         worst.1,
+        worst.2,
     );
     let text = fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("panicked"), "berth panicked:\n{text}");

@@ -290,7 +290,7 @@ fn an_update_docker_refuses_never_stops_the_running_container() {
 }
 
 #[test]
-fn a_failed_update_is_rolled_back_once_and_held_until_retry() {
+fn a_failed_update_is_rolled_back_once_and_held_until_retry_and_its_old_container_restarted() {
     let ns = TestNamespace::new("held");
     let dir = tempfile::tempdir().unwrap();
     write(
@@ -353,7 +353,27 @@ fn a_failed_update_is_rolled_back_once_and_held_until_retry() {
             .clone();
         (web["held"].is_string() && identity(&name)?.2).then_some(())
     });
-    assert_eq!(identity(&name).unwrap().0, old_id);
+    let (id, started, _) = identity(&name).unwrap();
+    assert_eq!(id, old_id);
+
+    // The old container, kept by the hold, crashes: it is restarted like
+    // any other, and the update stays held.
+    docker::cli(&["kill", &name]);
+    wait_for_sync(
+        Duration::from_secs(20),
+        "the old container restarted",
+        || {
+            let (id, again, running) = identity(&name)?;
+            (id == old_id && running && again != started).then_some(())
+        },
+    );
+    let s = berth.status().unwrap();
+    let web = s["instances"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["task"] == "web"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(web["held"].is_string(), "{s}");
 }
 
 #[test]

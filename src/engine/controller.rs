@@ -700,6 +700,7 @@ impl<R: ContainerRuntime> Controller<R> {
             &mut self.backoff,
             &prepared.desired,
             &settled,
+            &self.held,
             &self.config.namespace,
             now,
         );

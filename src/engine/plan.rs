@@ -475,11 +475,14 @@ impl<'a> Memory<'a> {
 }
 
 /// Count failures the engine reports (exits, unhealthy verdicts) into the
-/// backoff table before planning. Pure; idempotent across passes.
+/// backoff table before planning. Pure; idempotent across passes. The
+/// container of an instance whose update is `held` counts too: it is the
+/// one berth keeps running until the manifest changes.
 pub fn observe_failures(
     backoff: &mut BackoffTable,
     desired: &DesiredState,
     observed: &[ObservedContainer],
+    held: &BTreeMap<InstanceKey, HeldSpec>,
     namespace: &str,
     now: SystemTime,
 ) {
@@ -488,7 +491,10 @@ pub fn observe_failures(
         let Some(want) = desired.instances.get(&key) else {
             continue;
         };
-        if c.name != key.container_name(namespace) || c.spec_hash() != Some(want.hash.as_str()) {
+        let is_held = held.get(&key).is_some_and(|h| h.hash == want.hash);
+        if c.name != key.container_name(namespace)
+            || (c.spec_hash() != Some(want.hash.as_str()) && !is_held)
+        {
             continue;
         }
         // A job that exited 0 is done, not failed.
@@ -776,11 +782,29 @@ fn plan_desired(
         }
         if let Some(held) = memory.held.get(&want.key).filter(|h| h.hash == want.hash) {
             // This spec failed to replace the running one: leave the old
-            // alone until the manifest changes or `berth retry`.
+            // alone until the manifest changes or `berth retry`. The old one
+            // is still the instance's: when it exits it is restarted as any
+            // container is (its exits count in the backoff), and one an
+            // interrupted replacement left not started is started again.
             out.held.push(HeldUpdate {
                 key: want.key.clone(),
                 reason: held.reason.clone(),
             });
+            let start = match current.state {
+                ContainerState::Exited => restart_after_exit(want, current),
+                ContainerState::Created => was_running,
+                _ => false,
+            };
+            if start {
+                gated(
+                    Action::Start {
+                        id: current.id.clone(),
+                        desired: want.clone(),
+                        restart: current.state == ContainerState::Exited,
+                    },
+                    out,
+                );
+            }
             return;
         }
         gated(
@@ -916,12 +940,7 @@ fn plan_desired(
             );
         }
         ContainerState::Exited => {
-            let restart = match want.restart.policy {
-                RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => current.exit_code.is_none_or(|code| code != 0),
-                RestartPolicy::Never => false,
-            };
-            if restart {
+            if restart_after_exit(want, current) {
                 gated(
                     Action::Start {
                         id: current.id.clone(),
@@ -937,6 +956,15 @@ fn plan_desired(
                 });
             }
         }
+    }
+}
+
+/// Whether the task's restart policy restarts this exited container.
+fn restart_after_exit(want: &DesiredInstance, current: &ObservedContainer) -> bool {
+    match want.restart.policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => current.exit_code.is_none_or(|code| code != 0),
+        RestartPolicy::Never => false,
     }
 }
 
@@ -1450,6 +1478,40 @@ mod tests {
     }
 
     #[test]
+    fn a_held_updates_old_container_is_restarted_when_it_exits_and_its_exits_count() {
+        let old = want("web", 0, "nginx:1.26");
+        let new = want("web", 0, "nginx:1.27");
+        let d = desired(vec![new.clone()]);
+        let held = BTreeMap::from([(
+            new.key.clone(),
+            HeldSpec {
+                hash: new.hash.clone(),
+                reason: "update held: exited".into(),
+            },
+        )]);
+        // The old container, kept by the hold, crashes.
+        let mut crashed = running(&old);
+        crashed.state = ContainerState::Exited;
+        crashed.exit_code = Some(1);
+        crashed.started_at = Some(now() - Duration::from_secs(60));
+        crashed.finished_at = Some(now());
+        let mut backoff = BackoffTable::new();
+        observe_failures(&mut backoff, &d, &[crashed.clone()], &held, NS, now());
+        assert_eq!(backoff.get(&new.key).map(|e| e.failures), Some(1));
+        let memory = Memory {
+            held: &held,
+            ..Memory::of(&backoff)
+        };
+        let p = plan(&d, &[crashed], memory, now(), &opts());
+        assert_eq!(p.held.len(), 1, "{p}");
+        assert_eq!(
+            render(&p).lines().next(),
+            Some("restart web[0] (container id-berth-web)"),
+            "{p}"
+        );
+    }
+
+    #[test]
     fn a_removal_waits_for_a_quiet_folder_and_a_second_look() {
         let w = want("web", 1, "img");
         let world = [running(&w)];
@@ -1497,8 +1559,8 @@ mod tests {
         c.finished_at = Some(now());
         let d = desired(vec![w.clone()]);
         let mut backoff = BackoffTable::new();
-        observe_failures(&mut backoff, &d, &[c.clone()], NS, now());
-        observe_failures(&mut backoff, &d, &[c], NS, now());
+        observe_failures(&mut backoff, &d, &[c.clone()], &BTreeMap::new(), NS, now());
+        observe_failures(&mut backoff, &d, &[c], &BTreeMap::new(), NS, now());
         let entry = backoff.get(&w.key).unwrap();
         assert_eq!(entry.failures, 1);
         assert_eq!(entry.last_error.as_deref(), Some("exited with code 1"));
