@@ -47,7 +47,8 @@ fn no_rust_log_gets_a_docker_body_or_a_secret_into_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("m");
     std::fs::create_dir(&manifests).unwrap();
-    let secret_file = dir.path().join("token");
+    // In the manifest folder: a folder the agent lets manifests read from.
+    let secret_file = manifests.join("token");
     write(&manifests, "app.yaml", &secret_task(&secret_file));
     // Each round changes the secret, so each round's create body carries it.
     for (round, rust_log) in [

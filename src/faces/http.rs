@@ -470,15 +470,16 @@ async fn healthz(State(state): State<HttpState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+/// The Prometheus text format unless the scraper's `Accept` prefers
+/// OpenMetrics.
+async fn metrics(State(state): State<HttpState>, headers: axum::http::HeaderMap) -> Response {
     let status = state.status.view(SystemTime::now());
     state.metrics.refresh_from(&status, SystemTime::now());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::faces::metrics::Format::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.metrics.encode_as(format),
     )
         .into_response()
 }
@@ -604,5 +605,60 @@ mod tests {
             reason.contains("unreachable for 70s") && reason.contains("refused"),
             "{reason}"
         );
+    }
+
+    /// GET /metrics with `accept`, over a real socket: (content type, body).
+    async fn scrape(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-type: "))
+            .unwrap_or_default()
+            .to_string();
+        (content_type, body.to_string())
+    }
+
+    #[tokio::test]
+    async fn metrics_answer_in_the_format_the_scraper_accepts() {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        spawn(
+            listener,
+            HttpState {
+                status: crate::engine::status::StatusBoard::new(Status::default()),
+                metrics: Arc::new(Metrics::new()),
+                docker_down_limit: LIMIT,
+                triggers: None,
+                sync: None,
+                token: None,
+            },
+            HttpLimits::new(4),
+        );
+        let (kind, body) = scrape(addr, None).await;
+        assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(
+            body.contains("# TYPE berth_source_fetch_failures_total counter"),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
+        let (kind, body) = scrape(
+            addr,
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+        )
+        .await;
+        assert!(
+            kind.starts_with("application/openmetrics-text; version=1.0.0"),
+            "{kind}"
+        );
+        assert!(body.trim_end().ends_with("# EOF"), "{body}");
+        assert!(body.contains("berth_build_info{"), "{body}");
     }
 }

@@ -150,6 +150,21 @@ impl Metrics {
             "Unix time of the last fetch of the git source that reached the remote",
             source_last_fetch.clone(),
         );
+        let build_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "berth_build_info",
+            "The running berth's version and target (value is always 1)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&vec![
+                ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                (
+                    "target".to_string(),
+                    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+                ),
+            ])
+            .set(1);
         Metrics {
             registry,
             source_info,
@@ -283,13 +298,111 @@ impl Metrics {
         }
     }
 
-    /// The OpenMetrics text exposition.
+    /// The OpenMetrics text exposition (ends with `# EOF`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// The exposition in the format `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Prometheus => openmetrics_to_prometheus(&self.encode()),
+        }
+    }
+}
+
+/// The two text formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4: what a scraper gets unless it asks.
+    Prometheus,
+    /// OpenMetrics 1.0.0, for a scraper whose `Accept` prefers it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// Content negotiation on `Accept`: OpenMetrics when it is listed with a
+    /// weight no lower than plain text's (Prometheus itself lists it first);
+    /// the 0.0.4 text format otherwise, and without an `Accept`.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Prometheus;
+        };
+        let (mut open, mut text) = (0.0f32, 0.0f32);
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open = open.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if open > 0.0 && open >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text → Prometheus text format 0.0.4. The differences that
+/// matter here: a counter's HELP and TYPE name its `_total` sample, there is
+/// no `# UNIT` and no `# EOF`, and HELP escapes only `\` and newlines.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let total = |name: &str| -> String {
+        if counters.contains(name) {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        }
+    };
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!(
+                "# HELP {} {}\n",
+                total(name),
+                help.replace("\\\"", "\"")
+            ));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let kind = match kind {
+                "info" | "stateset" => "gauge",
+                "unknown" => "untyped",
+                other => other,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", total(name)));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -399,6 +512,149 @@ mod tests {
         assert!(
             text.contains("berth_pass_duration_seconds_count 1"),
             "{text}"
+        );
+    }
+
+    /// Every family with a sample, as a busy agent's scrape would have.
+    fn busy() -> Metrics {
+        let m = Metrics::new();
+        m.pass(
+            Duration::from_millis(20),
+            &Err(PassError::Docker(
+                crate::runtime::RuntimeError::Unavailable("no socket".into()),
+            )),
+        );
+        m.job_run("backup", "succeeded");
+        let status = Status {
+            docker_version: Some("20.10.24".into()),
+            instances: vec![instance("web", "running", Some(2000))],
+            manifest_errors: vec!["a.yaml:1:1: \"quoted\" bad".into()],
+            source: Some(crate::source::SourceStatus {
+                commit: Some("b".repeat(40)),
+                last_success: Some(990),
+                fetch_failures: 1,
+                ..Default::default()
+            }),
+            ..Status::default()
+        };
+        m.refresh_from(&status, SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
+        m
+    }
+
+    #[test]
+    fn the_text_format_names_each_counter_sample_in_help_and_type() {
+        let text = busy().encode_as(Format::Prometheus);
+        assert!(
+            text.contains("# HELP berth_passes_total Reconcile passes"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE berth_passes_total counter"), "{text}");
+        assert!(
+            text.contains("berth_passes_total{result=\"error\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE berth_pass_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Every sample's family has HELP and TYPE.
+        for sample in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "no HELP for {name}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "no TYPE for {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof_and_build_info_is_always_there() {
+        let m = Metrics::new();
+        let open = m.encode_as(Format::OpenMetrics);
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        for text in [open, m.encode_as(Format::Prometheus)] {
+            let info = format!(
+                "berth_build_info{{version=\"{}\",target=\"{}-{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            );
+            assert!(text.contains(&info), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_scraper_gets_openmetrics_only_when_it_asks() {
+        use Format::*;
+        let prometheus_2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, expected) in [
+            (None, Prometheus),
+            (Some("*/*"), Prometheus),
+            (Some("text/plain"), Prometheus),
+            (Some("text/plain;version=0.0.4"), Prometheus),
+            (Some(prometheus_2), OpenMetrics),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            (
+                Some("text/plain;q=0.9, application/openmetrics-text;q=0.5"),
+                Prometheus,
+            ),
+            (Some("application/openmetrics-text;q=0"), Prometheus),
+        ] {
+            assert_eq!(Format::negotiate(accept), expected, "{accept:?}");
+        }
+        assert_eq!(
+            Prometheus.content_type(),
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+    }
+
+    /// `promtool check metrics` (Debian package `prometheus`) on the text
+    /// format; skipped, saying so, where promtool is not installed.
+    #[test]
+    fn promtool_accepts_the_text_format() {
+        use std::io::Write;
+        let Ok(mut child) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        else {
+            println!("SKIPPED: promtool is not installed (apt-get install prometheus)");
+            return;
+        };
+        let text = busy().encode_as(Format::Prometheus);
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool: {said}\n{text}"
         );
     }
 }
