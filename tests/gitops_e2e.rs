@@ -388,3 +388,86 @@ fn plan_ref_shows_what_an_unmerged_branch_would_change_and_changes_nothing() {
     assert_eq!(seen(&ns, "web"), Some(web));
     assert!(seen(&ns, "api").is_none());
 }
+
+#[test]
+fn run_once_applies_the_fetched_commit_and_removal_safety_holds_across_commits() {
+    let ns = TestNamespace::new("gitops-safety");
+    let remote = Remote::new();
+    let first = remote.commit(
+        &[
+            ("hosts/web.yaml", Some(&task(""))),
+            ("hosts/db.yaml", Some(&task(""))),
+            ("hosts/README.md", Some("manifests for the edge hosts\n")),
+        ],
+        None,
+        "main",
+    );
+    let cfg = config(remote.root(), &remote.url(), "1s", None);
+    let state = remote.state().display().to_string();
+    let cfg_arg = cfg.display().to_string();
+    let out = common::run_berth(
+        &[
+            "run",
+            "--once",
+            "--config",
+            &cfg_arg,
+            "--state-dir",
+            &state,
+            "--namespace",
+            &ns.ns,
+        ],
+        DEADLINE,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let web = seen(&ns, "web").unwrap_or_else(|| panic!("run --once did not start web"));
+    assert_eq!(web.commit.as_deref(), Some(first.as_str()));
+
+    // The agent adopts what run --once made, from the same commit.
+    let berth = start(&ns, &remote, &cfg);
+    wait_for_source(&berth, "the first commit to be applied", |s| {
+        s["commit"] == first.as_str()
+    });
+
+    // A commit deleting db: removed after the removal delay, like a file
+    // deleted from a folder; switching checkouts holds nothing.
+    let second = remote.commit(&[("hosts/db.yaml", None)], None, "main");
+    wait_for_sync(DEADLINE, "db to be removed", || {
+        seen(&ns, "db").is_none().then_some(())
+    });
+    let status = berth.status().unwrap_or_default();
+    assert_eq!(status["source"]["commit"], second.as_str());
+    assert!(status["removals_held"].is_null(), "{status}");
+    assert_eq!(seen(&ns, "web"), Some(web.clone()));
+
+    // A commit with no manifest left holds every removal.
+    let third = remote.commit(&[("hosts/web.yaml", None)], None, "main");
+    let status = wait_for_sync(DEADLINE, "every removal to be held", || {
+        let s = berth.status()?;
+        (s["source"]["commit"] == third.as_str() && s["removals_held"].is_string()).then_some(s)
+    });
+    assert!(
+        status["removals_held"]
+            .as_str()
+            .is_some_and(|r| r.contains("has no manifest")),
+        "{status}"
+    );
+    // A commit without the manifest folder is not applied at all.
+    let fourth = remote.commit(&[("hosts/README.md", None)], None, "main");
+    let source = wait_for_source(&berth, "the commit without hosts/ to be refused", |s| {
+        s["remote_commit"] == fourth.as_str()
+    });
+    assert_eq!(source["commit"], third.as_str(), "{source}");
+    assert!(
+        source["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is not a folder")),
+        "{source}"
+    );
+    // Past the removal delay, web still runs as it was.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(seen(&ns, "web"), Some(web));
+}

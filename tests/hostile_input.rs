@@ -195,3 +195,125 @@ fn labels_trying_to_set_berth_labels_are_refused_and_could_not_win_anyway() {
     assert_eq!(l[labels::NAMESPACE], "berth");
     assert_eq!(l[labels::SPEC_HASH], spec.hash());
 }
+
+fn fifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success());
+}
+
+fn all_errors(loaded: &berth::desired::folder::LoadedFolder) -> String {
+    loaded
+        .errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_manifest_symlinked_to_a_secret_file_is_an_error_that_shows_none_of_it() {
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let shadow = secrets.path().join("shadow");
+    std::fs::write(
+        &shadow,
+        "root:$6$Zk3+Qx/secret=hash:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n",
+    )
+    .expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(&shadow, dir.path().join("web.yaml")).expect("symlink");
+    let loaded = load_folder(dir.path(), &ctx()).expect("folder loads");
+    assert!(loaded.failed_files.contains("web.yaml"));
+    let message = all_errors(&loaded);
+    assert!(message.contains("web.yaml:1:"), "{message}");
+    for leaked in ["root", "$6$", "Zk3", "secret", "19000", "bin"] {
+        assert!(!message.contains(leaked), "{leaked} in {message}");
+    }
+}
+
+#[test]
+fn fifos_as_manifests_or_env_files_are_errors_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fifo(&dir.path().join("pipe.yaml"));
+    fifo(&dir.path().join("token"));
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        "image: busybox:1\nenv:\n  TOKEN: {file: token}\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("ok.yaml"), "image: busybox:1\n").expect("write");
+    let started = Instant::now();
+    let loaded = load_folder(dir.path(), &ctx()).expect("folder loads");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(loaded.tasks.contains_key("ok"));
+    let message = all_errors(&loaded);
+    assert!(message.contains("pipe.yaml:0:0: is a FIFO"), "{message}");
+    assert!(
+        message.contains(
+            "app.yaml:3:17: env.TOKEN: `token` is a FIFO (named pipe), not a regular file"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_huge_env_file_is_refused_by_its_size_without_reading_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = std::fs::File::create(dir.path().join("big.env")).expect("create");
+    big.set_len(300 * 1024 * 1024).expect("set_len");
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        "image: busybox:1\nenv:\n  BIG: {file: big.env}\n",
+    )
+    .expect("write");
+    let started = Instant::now();
+    let loaded = load_folder(dir.path(), &ctx()).expect("folder loads");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    let message = all_errors(&loaded);
+    assert!(
+        message.contains("app.yaml:3:15: env.BIG: `big.env` is larger than the agent's limit of 1048576 bytes (files.max_size)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn traversal_paths_out_of_the_allowed_folders_are_refused_without_reading() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(outside.path().join("pw"), "hunter2\n").expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = dir.path().join("m");
+    std::fs::create_dir(&inner).expect("mkdir");
+    // A symlink inside the folder that leads out of it counts as outside.
+    std::os::unix::fs::symlink(outside.path().join("pw"), inner.join("link")).expect("symlink");
+    let up = "../".repeat(12);
+    for (i, path) in [
+        format!("{up}etc/shadow"),
+        format!("{up}{}", outside.path().join("pw").display()),
+        "link".to_string(),
+        "/etc/passwd".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(
+            inner.join("app.yaml"),
+            format!("image: busybox:1\nauth:\n  password_file: \"{path}\"\n"),
+        )
+        .expect("write");
+        let loaded = load_folder(&inner, &ctx()).expect("folder loads");
+        assert!(loaded.tasks.is_empty(), "case {i}");
+        let message = all_errors(&loaded);
+        assert!(
+            message.contains("app.yaml:3:18: auth.password_file:")
+                && message.contains("outside the folders the agent allows"),
+            "case {i}: {message}"
+        );
+        assert!(
+            !message.contains("hunter2") && !message.contains("root:"),
+            "{message}"
+        );
+    }
+}

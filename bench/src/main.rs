@@ -18,12 +18,15 @@
 //!   `down` of slow stoppers, rollback of a failed update, scale.
 //! - [`counting`]: a call-counting [`berth::runtime::ContainerRuntime`].
 //! - [`plan_scale`]: hand-built planner inputs (shared with `benches/plan.rs`).
+//! - [`gitops`]: push → container started from a git source, and a poll's
+//!   idle cost (`--only gitops` alone).
 //! - [`fixture_image`]: the workload image, made without a registry.
 //! - [`procfs`], [`stats`], [`report`]: measuring, summarising, writing.
 
 mod counting;
 mod engine;
 mod fixture_image;
+mod gitops;
 mod host;
 mod plan_scale;
 mod procfs;
@@ -64,7 +67,7 @@ pub struct Options {
 
 /// The scenarios, in the order they run.
 pub const SCENARIOS: &[&str] = &[
-    "cold", "noop", "update", "agent", "down", "rollback", "scale", "planner",
+    "cold", "noop", "update", "agent", "down", "rollback", "scale", "planner", "gitops",
 ];
 
 impl Options {
@@ -77,7 +80,7 @@ impl Options {
 }
 
 const USAGE: &str = "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--scale-tasks N] \
-     [--only cold,noop,update,agent,down,rollback,scale,planner] [--out FILE] [--planner-only]";
+     [--only cold,noop,update,agent,down,rollback,scale,planner,gitops] [--out FILE] [--planner-only]";
 
 fn parse_args(workspace: &std::path::Path) -> Result<Options> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -251,7 +254,15 @@ async fn run(workspace: PathBuf, options: Options) -> Result<()> {
     let machine = report::Machine::detect(&workspace);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let result = scenarios::all(&host, &options).await;
+    let result = match scenarios::all(&host, &options).await {
+        Ok(mut results) if options.runs("gitops") => {
+            eprintln!("[gitops] push → started from a 20-task repository, idle poll cost ...");
+            gitops::gitops(&host, &options, &mut results)
+                .await
+                .map(|()| results)
+        }
+        other => other,
+    };
     // Whatever happened, leave the daemon as we found it.
     if let Err(e) = host.remove_all().await {
         eprintln!("berth-bench: clean-up failed: {e:#}");

@@ -1577,6 +1577,20 @@ mod tests {
         assert_eq!(c.once_verdict(&done), OnceVerdict::Converged);
         let again = pass_and_finish(&mut c).await;
         assert_eq!(again.dispatched, 0, "a success is never restarted");
+        let job = c
+            .status()
+            .view(SystemTime::now())
+            .instances
+            .into_iter()
+            .find(|i| i.task == "job")
+            .unwrap();
+        assert_eq!(job.state, "succeeded");
+        assert!(
+            job.job
+                .as_deref()
+                .is_some_and(|j| j.starts_with("succeeded")),
+            "{job:?}"
+        );
         assert_eq!(
             state_of(&c, "t-job-0"),
             Some(crate::runtime::ContainerState::Exited)

@@ -497,7 +497,9 @@ pub fn observe_failures(
         {
             continue;
         }
-        if matches!(c.state, ContainerState::Exited | ContainerState::Dead) {
+        // A job that exited 0 is done, not failed.
+        let job_done = want.kind == TaskKind::Job && c.exit_code == Some(0);
+        if matches!(c.state, ContainerState::Exited | ContainerState::Dead) && !job_done {
             if let Some(finished) = c.finished_at {
                 let message = match c.exit_code {
                     Some(code) => format!("exited with code {code}"),

@@ -187,10 +187,13 @@ impl DocLocations {
                     }
                 }),
                 Node::Map(entries) => entries.iter().find_map(|(key, value)| {
+                    // A key is text from the file: only a short, plain one
+                    // is shown (the file may not be a manifest at all).
+                    let shown = excerpt(&key.value).unwrap_or(HIDDEN);
                     let here = if prefix.is_empty() {
-                        key.value.clone()
+                        shown.to_string()
                     } else {
-                        format!("{prefix}.{}", key.value)
+                        format!("{prefix}.{shown}")
                     };
                     if Pos::of(&key.referenced) == pos {
                         Some(here)
@@ -382,7 +385,59 @@ pub fn parse_manifest_file(
         .collect())
 }
 
-/// Turn a serde-saphyr error into a located, actionable message.
+/// What an error shows instead of text from the file that is not a short,
+/// plain word.
+const HIDDEN: &str = "(text not shown)";
+
+/// `text` when it is a short, plain word (`[A-Za-z0-9_.-]{1,32}`): safe to
+/// echo. Anything else may be a line of a file that is not a manifest at
+/// all (a symlink to a password file), so errors never copy it.
+pub fn excerpt(text: &str) -> Option<&str> {
+    let plain = (1..=32).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    plain.then_some(text)
+}
+
+/// Every `` `quoted` `` or `"quoted"` part of a parser message replaced by
+/// its [`excerpt`], or by [`HIDDEN`]: serde and the YAML parser quote the
+/// file's own text (unknown keys, wrong values) in their messages.
+fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        if c != '`' && c != '"' {
+            out.push(c);
+            continue;
+        }
+        let mut inner = String::new();
+        let mut closed = false;
+        while let Some((_, d)) = chars.next() {
+            if d == '\\' && c == '"' {
+                if let Some((_, escaped)) = chars.next() {
+                    inner.push('\\');
+                    inner.push(escaped);
+                }
+                continue;
+            }
+            if d == c {
+                closed = true;
+                break;
+            }
+            inner.push(d);
+        }
+        out.push(c);
+        out.push_str(excerpt(&inner).unwrap_or(HIDDEN));
+        if closed {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Turn a serde-saphyr error into a located, actionable message. Text the
+/// parser copied from the file is kept only as a short plain excerpt.
 fn from_saphyr(file: &str, err: &serde_saphyr::Error, docs: &[DocLocations]) -> ManifestError {
     let pos = err.location().map(|l| Pos::of(&l)).unwrap_or(Pos::UNKNOWN);
     let mut message = err.to_string();
@@ -391,6 +446,8 @@ fn from_saphyr(file: &str, err: &serde_saphyr::Error, docs: &[DocLocations]) -> 
     if let Some(stripped) = message.strip_suffix(&suffix) {
         message = stripped.to_string();
     }
+    let message = scrub(&message);
+    let mut message = unquoted_value(&message);
     if let Some(detail) = message.strip_prefix("budget breached: ") {
         let detail = detail.split(" at line ").next().unwrap_or(detail);
         return ManifestError::new(
@@ -419,6 +476,37 @@ fn from_saphyr(file: &str, err: &serde_saphyr::Error, docs: &[DocLocations]) -> 
     }
 }
 
+/// serde's `invalid type: string xyz, expected ...` can carry the value
+/// without quotes (for some kinds); keep only the kind and what was expected.
+fn unquoted_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let expected = rest
+                .rsplit_once(", expected ")
+                .map(|(_, e)| e)
+                .unwrap_or("something else");
+            let kind = [
+                "string",
+                "integer",
+                "floating point",
+                "boolean",
+                "map",
+                "sequence",
+                "unit value",
+                "char",
+                "null",
+            ]
+            .into_iter()
+            .find(|k| rest.starts_with(k));
+            return match kind {
+                Some(kind) => format!("{prefix}{kind}, expected {expected}"),
+                None => format!("{prefix}expected {expected}"),
+            };
+        }
+    }
+    message.to_string()
+}
+
 /// serde-saphyr's terse type messages, in words a manifest author uses.
 fn plain_words(message: &str, at_root: bool) -> String {
     let replaced = match message {
@@ -436,6 +524,7 @@ fn plain_words(message: &str, at_root: bool) -> String {
                     .split(", set DuplicateKeyPolicy")
                     .next()
                     .unwrap_or(rest);
+                let key = excerpt(key).unwrap_or(HIDDEN);
                 return format!("key `{key}` appears twice in the same mapping");
             }
             message
@@ -516,6 +605,54 @@ fn osa_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_never_copy_text_from_a_file_that_is_not_a_manifest() {
+        let secret = "Xq9+very/secret=Zz";
+        let texts = [
+            format!("root:$6$salt${secret}:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"),
+            format!("{secret}\n"),
+            format!("image: x\nroot:$6${secret}: 1\n"),
+            format!("image: x\n\"{secret} with spaces\": 1\n"),
+            format!("image: x\ncount: \"{secret}\"\n"),
+            format!("image: x\npull: \"{secret} x\"\n"),
+            format!("image: x\nrestart: {{delay: \"{secret}\"}}\n"),
+            format!("image: x\nenv: {{A: [\"{secret}\"]}}\n"),
+            format!("image: x\nlabels:\n  \"{secret} k\": 1\n  \"{secret} k\": 2\n"),
+            format!("- {secret}\n- b\n"),
+            format!("{{\"{secret}\": [\n"),
+            format!("image: [\"{secret}\"\n"),
+        ];
+        for text in &texts {
+            let Err(errors) = parse_manifest_file("m.yaml", text) else {
+                panic!("parsed: {text}");
+            };
+            for e in errors {
+                let shown = e.to_string();
+                assert!(!shown.contains("Xq9"), "{text:?}\n→ {shown}");
+                assert!(!shown.contains("$6$"), "{text:?}\n→ {shown}");
+                assert!(e.line >= 1, "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_plain_words_from_the_file_are_still_named() {
+        let err = &parse_manifest_file("m.yaml", "image: x\nimgae: y\n").unwrap_err()[0];
+        assert!(err.message.contains("unknown key `imgae`"), "{err}");
+        assert!(err.message.contains("did you mean `image`"), "{err}");
+        assert_eq!(excerpt("a.b-c_9"), Some("a.b-c_9"));
+        assert_eq!(excerpt("has space"), None);
+        assert_eq!(excerpt(&"x".repeat(33)), None);
+        assert_eq!(
+            scrub("unknown field `root:$6$x`, expected `image`"),
+            "unknown field `(text not shown)`, expected `image`"
+        );
+        assert_eq!(
+            scrub("string \"a\\\"b c\" left"),
+            "string \"(text not shown)\" left"
+        );
+    }
     use crate::manifest::EnvValue;
 
     fn parse(text: &str) -> Result<Vec<ParsedTask>, Vec<ManifestError>> {

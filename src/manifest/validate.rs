@@ -354,6 +354,18 @@ fn check_jobs(c: &mut Checker<'_>, m: &TaskManifest, name: String) {
             format!("a job runs one container, not {}: split parallel work into several jobs, or use count: 1", m.count),
         );
     }
+    let static_port = m
+        .ports
+        .iter()
+        .find_map(|(label, spec)| spec.r#static.map(|p| (label, p)));
+    if let (crate::manifest::UpdateOrder::StartFirst, Some((label, port))) =
+        (m.update.order, static_port)
+    {
+        c.at_value(
+            &[Seg::Key("update"), Seg::Key("order")],
+            format!("`order: start-first` runs the new container beside the old one, which cannot both bind the static port {port} (`{label}`); use a dynamic port (`{label}: {{}}`) or `order: stop-first`"),
+        );
+    }
     if job && m.update.order == crate::manifest::UpdateOrder::StartFirst {
         c.at_value(
             &[Seg::Key("update"), Seg::Key("order")],
@@ -1533,5 +1545,15 @@ stop_timeout: 10s
     fn a_dependency_condition_outside_the_three_is_refused() {
         let err = only_error("image: x\ndepends_on: {db: ready}\n");
         assert!(err.message.contains("ready"), "{err}");
+    }
+
+    #[test]
+    fn start_first_is_refused_with_a_static_host_port() {
+        let err =
+            only_error("image: x\nports: {http: {static: 8080}}\nupdate: {order: start-first}\n");
+        assert_eq!((err.line, err.column), (3, 17));
+        assert!(err.message.contains("static port 8080"), "{err}");
+        let dynamic = "image: x\nports: {http: {}}\nupdate: {order: start-first}\n";
+        assert!(check("web.yaml", dynamic, &ValidationContext::default()).is_ok());
     }
 }
