@@ -98,6 +98,12 @@ impl AppliedSpec {
         for (k, v) in &spec.labels {
             put(&format!("labels.{k}"), Some(v.clone()));
         }
+        // Fields that interpolate a secret are recorded like secrets.
+        for field in &spec.secret_fields {
+            if let Some(value) = f.remove(field) {
+                s.insert(field.clone(), secret_digest(salt, field, &value));
+            }
+        }
         for (k, e) in &spec.env {
             let field = format!("env.{k}");
             if e.secret {
@@ -199,6 +205,21 @@ impl fmt::Display for FieldChange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_that_interpolate_a_secret_are_recorded_and_planned_as_digests() {
+        let mut old = ContainerSpec::for_image("busybox:1");
+        old.cmd = Some(vec!["app".into(), "--password=hunter2".into()]);
+        old.labels.insert("dsn".into(), "db://u:hunter2@db".into());
+        old.secret_fields = ["command".to_string(), "labels.dsn".to_string()].into();
+        let label = AppliedSpec::label_for(&old).unwrap();
+        assert!(!label.contains("hunter2"), "{label}");
+        let mut new = old.clone();
+        new.cmd = Some(vec!["app".into(), "--password=hunter3".into()]);
+        let changes = AppliedSpec::parse(&label).unwrap().diff(&new);
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["command: (secret changed)"]);
+    }
     use crate::desired::spec::EnvEntry;
 
     fn env(spec: &mut ContainerSpec, k: &str, v: &str, secret: bool) {

@@ -119,13 +119,14 @@ pub fn resolve_instance(
         let (text, secret, from_file) = match value {
             EnvValue::Plain(s) => (s.clone(), false, false),
             EnvValue::From(src) => match (&src.file, &src.value) {
+                // A file's content is secret unless the manifest says otherwise.
                 (Some(_), _) => (
                     file_value(def, &format!("env.{name}")).map_err(&fail)?,
-                    src.secret,
+                    src.secret.unwrap_or(true),
                     true,
                 ),
-                (None, Some(v)) => (v.clone(), src.secret, false),
-                (None, None) => (String::new(), src.secret, false),
+                (None, Some(v)) => (v.clone(), src.secret.unwrap_or(false), false),
+                (None, None) => (String::new(), src.secret.unwrap_or(false), false),
             },
         };
         raw_env.insert(name.clone(), (text, secret, from_file));
@@ -146,6 +147,27 @@ pub fn resolve_instance(
     };
     let expand =
         |field: &str, s: &str| interpolate(s, lookup).map_err(|e| fail(format!("{field}: {e}")));
+    // Secret taint: whatever interpolates a secret is itself secret.
+    let tainted = |s: &str| {
+        crate::manifest::interpolate::references(s)
+            .iter()
+            .any(|name| raw_env.get(name).is_some_and(|(_, secret, _)| *secret))
+    };
+    let mut secret_fields = std::collections::BTreeSet::new();
+    if m.command.as_deref().is_some_and(tainted) || m.args.iter().any(|a| tainted(a)) {
+        secret_fields.insert("command".to_string());
+    }
+    if m.entrypoint.iter().flatten().any(|e| tainted(e)) {
+        secret_fields.insert("entrypoint".to_string());
+    }
+    if m.hostname.as_deref().is_some_and(tainted) {
+        secret_fields.insert("hostname".to_string());
+    }
+    for (k, v) in &m.labels {
+        if tainted(v) {
+            secret_fields.insert(format!("labels.{k}"));
+        }
+    }
 
     let mut env: BTreeMap<String, EnvEntry> = berth
         .iter()
@@ -166,13 +188,8 @@ pub fn resolve_instance(
         } else {
             expand(&format!("env.{name}"), text)?
         };
-        env.insert(
-            name.clone(),
-            EnvEntry {
-                value,
-                secret: *secret,
-            },
-        );
+        let secret = *secret || (!*from_file && tainted(text));
+        env.insert(name.clone(), EnvEntry { value, secret });
     }
 
     let command = m
@@ -240,6 +257,7 @@ pub fn resolve_instance(
             start_period_ns: h.start_period.as_ref().map(ns),
         }),
         stop_timeout_secs: m.stop_timeout.map(|d| d.get().as_secs_f64().ceil() as i64),
+        secret_fields,
     };
 
     let credentials = match &m.auth {

@@ -70,6 +70,12 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<i64>,
     pub healthcheck: Option<HealthcheckSpec>,
     pub stop_timeout_secs: Option<i64>,
+    /// Fields that interpolate a secret (`command`, `entrypoint`,
+    /// `hostname`, `labels.<key>`): recorded and planned only as digests.
+    /// Left out of the hash's input when empty, so specs without one hash
+    /// as before.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub secret_fields: std::collections::BTreeSet<String>,
 }
 
 impl ContainerSpec {
@@ -95,6 +101,7 @@ impl ContainerSpec {
             memory_bytes: None,
             healthcheck: None,
             stop_timeout_secs: None,
+            secret_fields: std::collections::BTreeSet::new(),
         }
     }
 

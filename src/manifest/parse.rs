@@ -810,7 +810,7 @@ mod tests {
         match &tasks[0].manifest.env["DB"] {
             EnvValue::From(src) => {
                 assert_eq!(src.file.as_deref(), Some("/run/secrets/db"));
-                assert!(src.secret);
+                assert_eq!(src.secret, Some(true));
             }
             other => panic!("expected a file source, got {other:?}"),
         }

@@ -222,8 +222,10 @@ pub struct EnvSource {
     #[serde(default)]
     pub value: Option<String>,
     /// Never show the value in logs, plan, status, labels or metrics.
+    /// Default: `true` for a value read from a file, `false` for an inline
+    /// `value`. Anything that interpolates a secret is secret too.
     #[serde(default)]
-    pub secret: bool,
+    pub secret: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
