@@ -1,12 +1,18 @@
 //! A manifest can do only what the host's owner allows: `berth validate`
-//! refuses each escape at the manifest's file:line:column, and never shows
-//! the content of a file it refused to read.
+//! and `berth run` refuse each escape at the manifest's file:line:column
+//! (creating no container for it, while the folder's other tasks converge),
+//! never show the content of a file they refused to read, and keep a secret
+//! (even one interpolated into `args`) out of `plan`, labels, logs and
+//! `/v1/status`.
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::run_berth;
+use common::process::Berth;
+use common::{docker, fixture_task, run_berth, wait_for_sync, write, TestNamespace};
 
 fn validate(dir: &std::path::Path) -> (bool, String) {
     let out = run_berth(
@@ -85,4 +91,282 @@ fn host_network_foreign_containers_and_foreign_volumes_need_the_owners_consent()
         "{text}"
     );
     assert!(!text.contains("berth-data:/own` is refused"), "{text}");
+}
+
+/// `berth plan` on `dir` in `ns`: (exit code, stdout + stderr).
+fn plan(ns: &TestNamespace, dir: &Path) -> (Option<i32>, String) {
+    let args = [
+        "plan",
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--namespace",
+        &ns.ns,
+    ];
+    let out = run_berth(&args, Duration::from_secs(30));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Removes the named Docker volumes a test made, even when it fails.
+struct Volumes(Vec<String>);
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        for v in &self.0 {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", v])
+                .output();
+        }
+    }
+}
+
+fn volume_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["volume", "inspect", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Wait until berth has logged every needle (each on some line).
+fn wait_logged(berth: &Berth, needles: &[&str]) -> String {
+    wait_for_sync(
+        Duration::from_secs(20),
+        &format!("berth to log {needles:?}"),
+        || {
+            let log = berth.log();
+            needles.iter().all(|n| log.contains(n)).then_some(log)
+        },
+    )
+}
+
+#[test]
+fn a_secret_interpolated_into_args_reaches_the_container_and_nothing_else() {
+    let ns = TestNamespace::new("secret-args");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |pw: &str| {
+        fixture_task(
+            "sleep",
+            &["forever", "--password=${DB_PASS}"],
+            &format!("env:\n  DB_PASS: {{value: {pw}, secret: true}}\n"),
+        )
+    };
+    write(dir.path(), "app.yaml", &manifest("hunter2"));
+
+    let (code, text) = plan(&ns, dir.path());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("create app[0]"), "{text}");
+    assert!(!text.contains("hunter2"), "plan shows the secret: {text}");
+
+    let berth = Berth::start(&ns, dir.path(), &[]);
+    let status = berth.wait_running(Duration::from_secs(30), &[("app", 0)]);
+    let c = docker::inspect(&ns.container_name("app", 0)).expect("container app-0");
+    let args: Vec<String> = c["Args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        args.iter().any(|a| a == "--password=hunter2"),
+        "the program does not get the value: {args:?}"
+    );
+    let labels = docker::labels_of(&c);
+    assert!(!labels.is_empty());
+    for (k, v) in &labels {
+        assert!(!v.contains("hunter2"), "label {k} shows the secret: {v}");
+    }
+    assert!(!status.to_string().contains("hunter2"), "{status}");
+    let (code, body) = berth.get("/v1/status").unwrap();
+    assert_eq!(code, 200);
+    assert!(!body.contains("hunter2"), "{body}");
+    let log = berth.log();
+    assert!(log.contains("app"), "{log}");
+    assert!(
+        !log.contains("hunter2"),
+        "berth's log shows the secret: {log}"
+    );
+    drop(berth);
+
+    write(dir.path(), "app.yaml", &manifest("hunter3"));
+    let (code, text) = plan(&ns, dir.path());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("(secret changed)"), "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("hunter3"),
+        "plan shows the secret: {text}"
+    );
+}
+
+#[test]
+fn an_env_file_that_is_a_fifo_is_refused_without_blocking_the_rest() {
+    let ns = TestNamespace::new("fifo-env");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    write(
+        dir.path(),
+        "bad.yaml",
+        &fixture_task("sleep", &["forever"], "env:\n  X: {file: pipe}\n"),
+    );
+    write(
+        dir.path(),
+        "app.yaml",
+        &fixture_task("sleep", &["forever"], ""),
+    );
+
+    let berth = Berth::start(&ns, dir.path(), &[]);
+    berth.wait_running(Duration::from_secs(10), &[("app", 0)]);
+    wait_logged(&berth, &["bad.yaml:6:13"]);
+    for _ in 0..3 {
+        let (code, _) = berth.get("/healthz").expect("berth keeps answering");
+        assert_eq!(code, 200);
+        assert!(berth.status().is_some(), "berth keeps answering /v1/status");
+    }
+    assert!(docker::inspect(&ns.container_name("bad", 0)).is_none());
+}
+
+#[test]
+fn container_modes_may_name_only_this_namespace() {
+    let ns = TestNamespace::new("container-mode");
+    let foreign = format!("fgn-{}", ns.ns);
+    ns.foreign(&foreign, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "app.yaml",
+        &fixture_task(
+            "sleep",
+            &["forever"],
+            &format!("pid_mode: container:{foreign}\n"),
+        ),
+    );
+    write(
+        dir.path(),
+        "main.yaml",
+        &fixture_task("sleep", &["forever"], ""),
+    );
+    write(
+        dir.path(),
+        "side.yaml",
+        &fixture_task(
+            "sleep",
+            &["forever"],
+            &format!("network_mode: container:{}\n", ns.container_name("main", 0)),
+        ),
+    );
+
+    let out = run_berth(
+        &[
+            "validate",
+            "--namespace",
+            &ns.ns,
+            dir.path().to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("app.yaml:5:11: `pid_mode: container:<name>` may only name a container of this namespace"),
+        "{text}"
+    );
+    assert!(!text.contains("side.yaml"), "{text}");
+
+    let berth = Berth::start(&ns, dir.path(), &[]);
+    berth.wait_running(Duration::from_secs(30), &[("main", 0), ("side", 0)]);
+    wait_logged(&berth, &["app.yaml:5:11"]);
+    assert!(docker::inspect(&ns.container_name("app", 0)).is_none());
+    let side = docker::inspect(&ns.container_name("side", 0)).unwrap();
+    let main = docker::inspect(&ns.container_name("main", 0)).unwrap();
+    let mode = side["HostConfig"]["NetworkMode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = mode.strip_prefix("container:").unwrap_or_default();
+    assert!(
+        target == main["Id"].as_str().unwrap() || target == ns.container_name("main", 0),
+        "{mode}"
+    );
+}
+
+#[test]
+fn foreign_volumes_and_host_network_are_refused_by_run() {
+    let ns = TestNamespace::new("volumes");
+    let foreign = format!("pgdata-{}", ns.ns);
+    let own = format!("{}-data", ns.ns);
+    let _volumes = Volumes(vec![foreign.clone(), own.clone()]);
+    let conf = tempfile::tempdir().unwrap();
+    let config = conf.path().join("berth.yaml");
+    std::fs::write(&config, "docker: {volumes: {enabled: false}}\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vol = |v: &str| {
+        fixture_task(
+            "sleep",
+            &["forever"],
+            &format!("volumes: [\"{v}:/data\"]\n"),
+        )
+    };
+    write(dir.path(), "bad.yaml", &vol(&foreign));
+    write(dir.path(), "good.yaml", &vol(&own));
+    write(
+        dir.path(),
+        "host.yaml",
+        &fixture_task("sleep", &["forever"], "network_mode: host\n"),
+    );
+
+    let berth = Berth::start(&ns, dir.path(), &["--config", config.to_str().unwrap()]);
+    berth.wait_running(Duration::from_secs(30), &[("good", 0)]);
+    let log = wait_logged(
+        &berth,
+        &[
+            &format!("bad.yaml:5:11: volume `{foreign}:/data` is refused"),
+            "host.yaml:5:1: `network_mode: host` is refused",
+        ],
+    );
+    assert!(!log.contains(&format!("`{own}:/data` is refused")), "{log}");
+    assert!(docker::inspect(&ns.container_name("bad", 0)).is_none());
+    assert!(docker::inspect(&ns.container_name("host", 0)).is_none());
+    assert!(!volume_exists(&foreign), "a refused volume was created");
+    let good = docker::inspect(&ns.container_name("good", 0)).unwrap();
+    let mounts = good["Mounts"].to_string();
+    assert!(mounts.contains(&own), "{mounts}");
+}
+
+#[test]
+fn an_env_file_outside_the_allowed_folders_is_not_read_by_run() {
+    let ns = TestNamespace::new("env-outside");
+    let outside = tempfile::tempdir().unwrap();
+    let pw = outside.path().join("pw");
+    std::fs::write(&pw, "hunter2\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "bad.yaml",
+        &fixture_task(
+            "sleep",
+            &["forever"],
+            &format!("env:\n  DB: {{file: {}}}\n", pw.display()),
+        ),
+    );
+    write(
+        dir.path(),
+        "app.yaml",
+        &fixture_task("sleep", &["forever"], ""),
+    );
+
+    let berth = Berth::start(&ns, dir.path(), &[]);
+    berth.wait_running(Duration::from_secs(30), &[("app", 0)]);
+    let log = wait_logged(&berth, &["bad.yaml:6:14: env.DB:", "files.allowed_dirs"]);
+    assert!(!log.contains("hunter2"), "{log}");
+    let (_, body) = berth.get("/v1/status").unwrap();
+    assert!(!body.contains("hunter2"), "{body}");
+    assert!(docker::inspect(&ns.container_name("bad", 0)).is_none());
 }
