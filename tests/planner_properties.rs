@@ -110,6 +110,7 @@ fn build(world: &World) -> (FakeRuntime, DesiredState, Vec<ObservedContainer>) {
             exit_code: (*state == 1).then_some(1),
             started_at: None,
             finished_at: None,
+            host: Default::default(),
         };
         if *other_ns || *unlabelled {
             foreign.push(c.clone());

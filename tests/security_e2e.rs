@@ -370,3 +370,74 @@ fn an_env_file_outside_the_allowed_folders_is_not_read_by_run() {
     assert!(!body.contains("hunter2"), "{body}");
     assert!(docker::inspect(&ns.container_name("bad", 0)).is_none());
 }
+
+#[test]
+fn a_labelled_container_beyond_the_gates_is_not_adopted_nor_touched() {
+    let ns = TestNamespace::new("adopt-gate");
+    let name = ns.container_name("app", 0);
+    let host_dir = tempfile::tempdir().unwrap();
+    let made = Command::new("docker")
+        .args(["run", "-d", "--name", &name, "--network", "host"])
+        .args(["-v", &format!("{}:/host", host_dir.path().display())])
+        .args(["--label", &format!("io.berth.namespace={}", ns.ns)])
+        .args([
+            "--label",
+            "io.berth.task=app",
+            "--label",
+            "io.berth.index=0",
+        ])
+        .args([common::fixture_image().as_str(), "sleep", "forever"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let id = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let conf = tempfile::tempdir().unwrap();
+    let config = conf.path().join("berth.yaml");
+    std::fs::write(&config, "docker: {volumes: {enabled: false}}\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "app.yaml",
+        &fixture_task("sleep", &["forever"], ""),
+    );
+    write(
+        dir.path(),
+        "other.yaml",
+        &fixture_task("sleep", &["forever"], ""),
+    );
+
+    let berth = Berth::start(
+        &ns,
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--resync", "2s"],
+    );
+    berth.wait_running(Duration::from_secs(30), &[("other", 0)]);
+    let needle = format!("container {name} (task app, index 0) is not adopted");
+    let log = wait_logged(&berth, &[&needle, "host network"]);
+    assert!(
+        log.contains(&host_dir.path().display().to_string()),
+        "{log}"
+    );
+    let status = wait_for_sync(Duration::from_secs(10), "the refusal in /v1/status", || {
+        berth.status().filter(|s| s.to_string().contains(&needle))
+    });
+    assert!(status.to_string().contains("app"), "{status}");
+    // A second pass changes nothing: still there, still running, still the only one.
+    let before = berth.passes();
+    wait_for_sync(Duration::from_secs(20), "another pass", || {
+        (berth.passes() > before).then_some(())
+    });
+    let c = docker::inspect(&name).expect("the container is left alone");
+    assert_eq!(c["Id"].as_str().unwrap(), id);
+    assert_eq!(c["State"]["Running"], true, "{c}");
+    let app: Vec<_> = docker::ps(&ns.ns)
+        .into_iter()
+        .filter(|p| p.name.contains("-app-"))
+        .collect();
+    assert_eq!(app.len(), 1, "{app:?}");
+    drop(berth);
+
+    let (code, text) = plan(&ns, dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&needle), "{text}");
+}

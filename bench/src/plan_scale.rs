@@ -85,6 +85,7 @@ pub fn build(n: usize, world: World) -> PlanInput {
             exit_code: None,
             started_at: Some(SystemTime::UNIX_EPOCH),
             finished_at: None,
+            host: Default::default(),
         });
         desired.insert(want);
     }

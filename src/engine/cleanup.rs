@@ -113,6 +113,7 @@ mod tests {
             exit_code: Some(0),
             started_at: None,
             finished_at: None,
+            host: Default::default(),
         });
         for id in [&gone, &shared_old, &foreign_user, &wanted_old] {
             rt.remove(id).await.unwrap();

@@ -557,6 +557,27 @@ impl<R: ContainerRuntime> Controller<R> {
             desired.hold_removals = true;
             errors.push(why.clone());
         }
+        // The adoption gate: a container wearing this namespace's labels but
+        // reaching further into the host than the agent allows is someone's
+        // work, not berth's to adopt. Left alone (never stopped or removed),
+        // reported, and its task held: its name is taken, so no second one.
+        let gates = self.validation_context();
+        for c in &observed {
+            let Some(key) = c.key() else { continue };
+            let beyond = beyond_gates(c, &gates, &observed);
+            if beyond.is_empty() {
+                continue;
+            }
+            errors.push(format!(
+                "container {} (task {}, index {}) is not adopted: {}; berth leaves it alone and creates no other for this task. Remove it (`docker rm -f {}`) or allow this in the agent config",
+                c.name,
+                key.task,
+                key.index,
+                beyond.join(", "),
+                c.name
+            ));
+            desired.held_tasks.insert(key.task);
+        }
 
         let requests: Vec<PortRequest> = tasks
             .values()
@@ -1351,9 +1372,102 @@ pub fn seen_changes(seen: &mut BTreeSet<String>, now: &[String]) -> (Vec<String>
     (new, gone)
 }
 
+/// What `c` reaches on the host beyond what the agent allows (the gates
+/// `berth validate` applies to manifests), one phrase each; empty when it
+/// stays within them. `observed` is the namespace's containers: joining one
+/// of them (`network_mode: container:<id>`) is allowed.
+fn beyond_gates(
+    c: &ObservedContainer,
+    gates: &ValidationContext,
+    observed: &[ObservedContainer],
+) -> Vec<String> {
+    let mut beyond = Vec::new();
+    if !gates.allow_privileged {
+        let mode = c.host.network_mode.as_str();
+        if mode == "host" {
+            beyond.push("host network (needs docker.privileged.enabled)".to_string());
+        } else if let Some(target) = mode.strip_prefix("container:") {
+            let own = observed.iter().any(|o| {
+                o.id == target
+                    || (o.name == target
+                        && crate::names::parse_container_name(target, &gates.namespace).is_some())
+            });
+            if !own {
+                beyond.push(format!(
+                    "the network of a container not of this namespace (`{mode}`; needs docker.privileged.enabled)"
+                ));
+            }
+        }
+    }
+    if !gates.allow_host_volumes {
+        for source in &c.host.binds {
+            beyond.push(format!(
+                "host path `{source}` mounted (needs docker.volumes.enabled)"
+            ));
+        }
+        let own = format!("{}-", gates.namespace);
+        for volume in c.host.volumes.iter().filter(|v| !v.starts_with(&own)) {
+            beyond.push(format!(
+                "volume `{volume}` not of this namespace (needs docker.volumes.enabled)"
+            ));
+        }
+    }
+    beyond
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn container(id: &str, name: &str, host: crate::runtime::HostAccess) -> ObservedContainer {
+        ObservedContainer {
+            id: id.into(),
+            name: name.into(),
+            image: "busybox:1".into(),
+            labels: BTreeMap::new(),
+            state: crate::runtime::ContainerState::Running,
+            health: crate::runtime::Health::None,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            host,
+        }
+    }
+
+    #[test]
+    fn the_adoption_gate_refuses_what_validate_refuses_and_nothing_else() {
+        use crate::runtime::HostAccess;
+        let mut gates = ValidationContext {
+            namespace: "berth".into(),
+            allow_host_volumes: false,
+            ..ValidationContext::default()
+        };
+        let main = container("abc", "berth-main-0", HostAccess::default());
+        let within = |network_mode: &str, volumes: &[&str]| HostAccess {
+            network_mode: network_mode.into(),
+            binds: Vec::new(),
+            volumes: volumes.iter().map(|v| v.to_string()).collect(),
+        };
+        let check = |host: HostAccess, gates: &ValidationContext| {
+            let c = container("def", "berth-side-0", host);
+            beyond_gates(&c, gates, &[main.clone(), c.clone()])
+        };
+        assert!(check(within("bridge", &["berth-data"]), &gates).is_empty());
+        assert!(check(within("container:abc", &[]), &gates).is_empty());
+        assert!(check(within("container:berth-main-0", &[]), &gates).is_empty());
+        assert_eq!(check(within("host", &[]), &gates).len(), 1);
+        assert_eq!(check(within("container:postgres", &[]), &gates).len(), 1);
+        assert_eq!(check(within("bridge", &["pgdata"]), &gates).len(), 1);
+        let bind = HostAccess {
+            binds: vec!["/etc".into()],
+            ..HostAccess::default()
+        };
+        assert!(check(bind.clone(), &gates)[0].contains("`/etc`"));
+        gates.allow_privileged = true;
+        gates.allow_host_volumes = true;
+        assert!(check(bind, &gates).is_empty());
+        assert!(check(within("host", &["pgdata"]), &gates).is_empty());
+    }
     use crate::manifest::RestartSpec;
 
     #[test]

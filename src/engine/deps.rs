@@ -324,6 +324,7 @@ mod tests {
             exit_code: None,
             started_at: Some(now() - Duration::from_secs(60)),
             finished_at: None,
+            host: Default::default(),
         }
     }
 
@@ -331,6 +332,7 @@ mod tests {
         ObservedContainer {
             exit_code: Some(code),
             finished_at: Some(now() - Duration::from_secs(10)),
+            host: Default::default(),
             ..container(d, ContainerState::Exited, Health::None)
         }
     }

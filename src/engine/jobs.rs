@@ -568,6 +568,7 @@ mod tests {
             exit_code: None,
             started_at: None,
             finished_at: None,
+            host: Default::default(),
         }
     }
 
@@ -576,6 +577,7 @@ mod tests {
             exit_code: Some(code),
             started_at: Some(at(start)),
             finished_at: Some(at(end)),
+            host: Default::default(),
             ..container(d, ContainerState::Exited)
         }
     }

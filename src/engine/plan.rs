@@ -1112,6 +1112,7 @@ mod tests {
             exit_code: None,
             started_at: None,
             finished_at: None,
+            host: Default::default(),
         }
     }
 

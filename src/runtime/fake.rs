@@ -265,6 +265,7 @@ impl ContainerRuntime for FakeRuntime {
                     exit_code: None,
                     started_at: None,
                     finished_at: None,
+                    host: Default::default(),
                 },
             );
             Ok(id)

@@ -90,6 +90,21 @@ pub struct ObservedContainer {
     pub exit_code: Option<i64>,
     pub started_at: Option<SystemTime>,
     pub finished_at: Option<SystemTime>,
+    /// What it reaches on the host, for the adoption gate.
+    pub host: HostAccess,
+}
+
+/// What a container reaches on the host, as Docker's container list shows
+/// it (no inspect needed): berth adopts no container beyond the agent's
+/// gates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostAccess {
+    /// `HostConfig.NetworkMode`: `bridge`, `host`, `container:<id>`, ...
+    pub network_mode: String,
+    /// Host paths bind-mounted into it.
+    pub binds: Vec<String>,
+    /// Named volumes mounted into it (anonymous ones left out).
+    pub volumes: Vec<String>,
 }
 
 impl ObservedContainer {

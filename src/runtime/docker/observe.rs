@@ -3,9 +3,34 @@
 
 use std::time::{Duration, SystemTime};
 
-use bollard::models::{ContainerInspectResponse, ContainerSummary, HealthStatusEnum};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, HealthStatusEnum, MountPoint};
 
-use crate::runtime::{ContainerState, Health, ObservedContainer};
+use crate::runtime::{ContainerState, Health, HostAccess, ObservedContainer};
+
+/// Network mode and mounts: the list's `HostConfig.NetworkMode` and `Mounts`.
+fn host_access(network_mode: Option<&str>, mounts: &[MountPoint]) -> HostAccess {
+    let mut host = HostAccess {
+        network_mode: network_mode.unwrap_or_default().to_string(),
+        ..HostAccess::default()
+    };
+    for m in mounts {
+        match m.typ.as_ref().map(|t| t.to_string()).as_deref() {
+            Some("bind") => {
+                host.binds.push(m.source.clone().unwrap_or_default());
+            }
+            Some("volume") => {
+                let name = m.name.clone().unwrap_or_default();
+                // An anonymous volume (an image's VOLUME) is named by 64 hex digits.
+                let anonymous = name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit());
+                if !name.is_empty() && !anonymous {
+                    host.volumes.push(name);
+                }
+            }
+            _ => {}
+        }
+    }
+    host
+}
 
 pub(super) fn from_summary(s: ContainerSummary) -> Option<ObservedContainer> {
     let name = s
@@ -15,6 +40,12 @@ pub(super) fn from_summary(s: ContainerSummary) -> Option<ObservedContainer> {
         .map(|n| n.trim_start_matches('/').to_string())
         .unwrap_or_default();
     let state = ContainerState::parse(&s.state.map(|st| st.to_string()).unwrap_or_default());
+    let host = host_access(
+        s.host_config
+            .as_ref()
+            .and_then(|h| h.network_mode.as_deref()),
+        s.mounts.as_deref().unwrap_or_default(),
+    );
     Some(ObservedContainer {
         id: s.id?,
         name,
@@ -27,6 +58,7 @@ pub(super) fn from_summary(s: ContainerSummary) -> Option<ObservedContainer> {
         started_at: uptime_from_status(s.status.as_deref().unwrap_or_default())
             .and_then(|up| SystemTime::now().checked_sub(up)),
         finished_at: None,
+        host,
     })
 }
 
@@ -119,6 +151,12 @@ pub(super) fn from_inspect(d: &ContainerInspectResponse) -> Option<ObservedConta
         finished_at: state
             .and_then(|s| s.finished_at.as_deref())
             .and_then(parse_docker_time),
+        host: host_access(
+            d.host_config
+                .as_ref()
+                .and_then(|h| h.network_mode.as_deref()),
+            d.mounts.as_deref().unwrap_or_default(),
+        ),
     })
 }
 
