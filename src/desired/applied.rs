@@ -83,7 +83,7 @@ impl AppliedSpec {
             (!spec.volumes.is_empty()).then(|| json(&spec.volumes)),
         );
         put("resources.cpu", spec.cpu_shares.map(|v| v.to_string()));
-        put("resources.memory", spec.memory_bytes.map(|v| v.to_string()));
+        put("resources.memory", spec.memory_bytes.map(mebibytes));
         put("healthcheck", spec.healthcheck.as_ref().map(json));
         put(
             "stop_timeout",
@@ -202,6 +202,16 @@ impl fmt::Display for FieldChange {
     }
 }
 
+/// Memory as people write it in a manifest: `64 MiB`, not `67108864`.
+fn mebibytes(bytes: i64) -> String {
+    const MIB: i64 = 1024 * 1024;
+    if bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +284,25 @@ mod tests {
         assert!(!serde_json::to_string(&changes).unwrap().contains("hunter"));
         // Unchanged secret: no change reported.
         assert!(applied(&old).diff(&old).is_empty());
+    }
+
+    #[test]
+    fn memory_is_shown_in_mebibytes() {
+        let mut old = ContainerSpec::for_image("busybox:1");
+        old.memory_bytes = Some(64 * 1024 * 1024);
+        let mut new = old.clone();
+        new.memory_bytes = Some(128 * 1024 * 1024);
+        let lines: Vec<String> = applied(&old)
+            .diff(&new)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("64 MiB") && lines[0].contains("128 MiB"),
+            "{lines:?}"
+        );
+        assert_eq!(mebibytes(1536 * 1024), "1.5 MiB");
     }
 
     #[test]
