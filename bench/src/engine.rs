@@ -17,8 +17,8 @@ use berth::faces::status_client::fetch_status;
 use crate::host::{task_name, write_manifest_with, Host};
 use crate::report::{Row, Target};
 use crate::scenarios::{
-    footprint, last_start, now_ns, ratio, settle, stop_child, tap_events, wait_start, Event,
-    Results, REACTION_LIMIT,
+    footprint, last_start, now_ns, ratio, settle, stop_child, tap_events, timed_kills, Event,
+    Results,
 };
 use crate::stats::{fmt_ms, ms, Summary};
 use crate::Options;
@@ -144,21 +144,8 @@ pub async fn busy_kills(
 
     let mut events = tap_events(host);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (mut total, mut after_die, mut missed) = (Vec::new(), Vec::new(), 0usize);
-    for k in 0..o.reactions {
-        let task = task_name(k % o.tasks);
-        let name = format!("{}-{task}-0", host.namespace);
-        let t0 = now_ns();
-        host.docker.kill_container(&name, None).await?;
-        match wait_start(&mut events, &task, t0, REACTION_LIMIT).await? {
-            Some((die, start)) => {
-                total.push((start - t0) as f64 / 1e6);
-                after_die.push((start - die.unwrap_or(t0)) as f64 / 1e6);
-            }
-            None => missed += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let kills = timed_kills(host, o, &mut events, Duration::from_millis(300)).await?;
+    let (total, after_die, missed) = (kills.total, kills.after_die, kills.missed);
     // Both were still in flight at the end: the kills really ran beside them.
     let addr: SocketAddr = host.listen.parse()?;
     let status = fetch_status(addr, Duration::from_secs(2), None).await?;

@@ -531,6 +531,48 @@ pub(crate) async fn last_start(
     Some((last - t0_ns) as f64 / 1e6)
 }
 
+/// What a series of `docker kill`s measured (ms).
+pub(crate) struct Kills {
+    /// kill → `start` event.
+    pub total: Vec<f64>,
+    /// `die` event → `start` event.
+    pub after_die: Vec<f64>,
+    /// Kills with no start within [`REACTION_LIMIT`].
+    pub missed: usize,
+}
+
+/// `o.reactions` kills, of a different task each (so no backoff applies),
+/// each timed to the container's next `start`, `pause` between them.
+pub(crate) async fn timed_kills(
+    host: &Host,
+    o: &Options,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    pause: Duration,
+) -> Result<Kills> {
+    let mut kills = Kills {
+        total: Vec::new(),
+        after_die: Vec::new(),
+        missed: 0,
+    };
+    for k in 0..o.reactions {
+        let task = task_name(k % o.tasks);
+        let name = format!("{}-{task}-0", host.namespace);
+        let t0 = now_ns();
+        host.docker.kill_container(&name, None).await?;
+        match wait_start(events, &task, t0, REACTION_LIMIT).await? {
+            Some((die, start)) => {
+                kills.total.push((start - t0) as f64 / 1e6);
+                kills
+                    .after_die
+                    .push((start - die.unwrap_or(t0)) as f64 / 1e6);
+            }
+            None => kills.missed += 1,
+        }
+        tokio::time::sleep(pause).await;
+    }
+    Ok(kills)
+}
+
 /// Stop a child with SIGTERM (as a service manager would), SIGKILL after 10 s.
 pub(crate) fn stop_child(child: &mut std::process::Child) -> Result<()> {
     let _ = std::process::Command::new("kill")
@@ -631,23 +673,9 @@ async fn agent_inner(
     // at a time like the reactions, beside the raw baseline's figures.
     let mut events = tap_events(host);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut kill_total = Vec::new();
-    let mut kill_after_die = Vec::new();
-    let (mut kill_missed, mut drop_missed) = (0usize, 0usize);
-    for k in 0..o.reactions {
-        let task = task_name(k % o.tasks);
-        let name = format!("{}-{task}-0", host.namespace);
-        let t0 = now_ns();
-        host.docker.kill_container(&name, None).await?;
-        match wait_start(&mut events, &task, t0, REACTION_LIMIT).await? {
-            Some((die, start)) => {
-                kill_total.push((start - t0) as f64 / 1e6);
-                kill_after_die.push((start - die.unwrap_or(t0)) as f64 / 1e6);
-            }
-            None => kill_missed += 1,
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let kills = timed_kills(host, o, &mut events, Duration::from_millis(500)).await?;
+    let (kill_total, kill_after_die, kill_missed) = (kills.total, kills.after_die, kills.missed);
+    let mut drop_missed = 0usize;
     let mut drops = Vec::new();
     let mut solo_create = Vec::new();
     let mut solo_start = Vec::new();

@@ -47,6 +47,16 @@ pub async fn fetch_status(
 }
 
 async fn fetch(addr: SocketAddr, authorization: String) -> Result<Status, StatusClientError> {
+    let request = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{authorization}Connection: close\r\n\r\n"
+    );
+    // A status is small; cap what a stranger on the port can make us read.
+    let raw = exchange(addr, &request, 16 * 1024 * 1024).await?;
+    parse_response(&raw).map_err(|message| StatusClientError::Protocol { addr, message })
+}
+
+/// Send `request` on a new connection and read the answer, at most `cap` bytes.
+async fn exchange(addr: SocketAddr, request: &str, cap: u64) -> Result<Vec<u8>, StatusClientError> {
     let mut stream =
         TcpStream::connect(addr)
             .await
@@ -58,18 +68,10 @@ async fn fetch(addr: SocketAddr, authorization: String) -> Result<Status, Status
         addr,
         cause: source,
     };
-    let request = format!(
-        "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{authorization}Connection: close\r\n\r\n"
-    );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut raw = Vec::new();
-    // A status is small; cap what a stranger on the port can make us read.
-    stream
-        .take(16 * 1024 * 1024)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(io)?;
-    parse_response(&raw).map_err(|message| StatusClientError::Protocol { addr, message })
+    stream.take(cap).read_to_end(&mut raw).await.map_err(io)?;
+    Ok(raw)
 }
 
 /// `POST path` with an empty body; returns the status code and the body.
@@ -80,28 +82,11 @@ pub async fn post(
     token: Option<&str>,
 ) -> Result<(u16, String), StatusClientError> {
     let authorization = authorization(token);
-    let exchange = async {
-        let mut stream =
-            TcpStream::connect(addr)
-                .await
-                .map_err(|source| StatusClientError::Connect {
-                    addr,
-                    cause: source,
-                })?;
-        let io = |source| StatusClientError::Io {
-            addr,
-            cause: source,
-        };
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{authorization}Connection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.map_err(io)?;
-        let mut raw = Vec::new();
-        stream
-            .take(64 * 1024)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(io)?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{authorization}Connection: close\r\n\r\n"
+    );
+    let answer = async {
+        let raw = exchange(addr, &request, 64 * 1024).await?;
         let text = String::from_utf8_lossy(&raw);
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let code = head
@@ -114,7 +99,7 @@ pub async fn post(
             })?;
         Ok((code, body.trim().to_string()))
     };
-    match tokio::time::timeout(timeout, exchange).await {
+    match tokio::time::timeout(timeout, answer).await {
         Ok(r) => r,
         Err(_) => Err(StatusClientError::Timeout { addr, timeout }),
     }
