@@ -44,6 +44,17 @@ pub struct AgentConfig {
     pub http: HttpConfig,
     /// What `env {file:}` and `auth.password_file` may read.
     pub files: FilesConfig,
+    /// Facts about this host that manifests see (`${node.ip}`).
+    pub node: NodeConfig,
+}
+
+/// `node:`: overrides of what berth detects about this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// `${node.ip}`; unset: the address of the interface holding the
+    /// default route.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// `http:`: the port on `listen`.
@@ -108,6 +119,7 @@ impl Default for AgentConfig {
             run_dir: PathBuf::from("/run/berth"),
             http: HttpConfig::default(),
             files: FilesConfig::default(),
+            node: NodeConfig::default(),
         }
     }
 }

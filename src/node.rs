@@ -15,7 +15,15 @@ impl NodeInfo {
     /// default route (what other hosts reach this one by), falling back to
     /// the first non-loopback IPv4 address, then `127.0.0.1`.
     pub fn detect() -> NodeInfo {
-        let ip = default_route_ip()
+        NodeInfo::detect_with(None)
+    }
+
+    /// [`detect`](Self::detect), with `ip` (agent key `node.ip`) taking
+    /// the place of the detected address when set.
+    pub fn detect_with(ip: Option<IpAddr>) -> NodeInfo {
+        let ip = ip
+            .map(|ip| ip.to_string())
+            .or_else(default_route_ip)
             .or_else(|| {
                 std::fs::read_to_string("/proc/net/fib_trie")
                     .ok()
@@ -87,6 +95,13 @@ fn first_local_ipv4(fib_trie: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_agent_key_takes_the_place_of_the_detected_address() {
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        assert_eq!(NodeInfo::detect_with(Some(ip)).ip, "192.0.2.10");
+        assert_eq!(NodeInfo::detect_with(None), NodeInfo::detect());
+    }
     use super::*;
 
     #[test]

@@ -101,6 +101,7 @@ pub const KEYS: &[Key] = &[
     key("removal_delay", Duration, "Removing a task or an index waits until the folder has been quiet this long"),
     key("allow_empty", Bool, "Let a folder with no manifest at all remove every container of the namespace"),
     key("max_instances", Count, "The most instances the whole folder may ask for"),
+    key("node.ip", Text, "The address manifests see as ${node.ip}").or("the address of the default route's interface"),
     key("source.git.url", Text, "Manifests from this git repository instead of the folder (ssh://, https://, file:///, git://, user@host:path)"),
     key("source.git.ref", Text, "Branch, tag, full ref or full commit id (required with a url)").or("required with a url"),
     key("source.git.path", Text, "The repository's folder holding the manifests").or("its root"),

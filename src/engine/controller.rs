@@ -312,6 +312,7 @@ impl<R: ContainerRuntime> Controller<R> {
         let held = hold_store.load();
         let job_store = JobStore::new(&config.state_dir, &config.namespace);
         let jobs = job_store.load();
+        let node = NodeInfo::detect_with(config.node.ip);
         Controller {
             runtime,
             config,
@@ -321,7 +322,7 @@ impl<R: ContainerRuntime> Controller<R> {
             last_desired: DesiredState::default(),
             backoff: BackoffTable::new(),
             ports: PortAllocator::new(),
-            node: NodeInfo::detect(),
+            node,
             pulls,
             executor,
             workers: BTreeMap::new(),
