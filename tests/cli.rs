@@ -374,17 +374,7 @@ fn args_without_command_go_to_the_image_entrypoint_as_documented() {
             common::fixture_image()
         ),
     );
-    let out = run_berth(
-        &[
-            "run",
-            "--once",
-            "--manifests",
-            dir.path().to_str().unwrap(),
-            "--namespace",
-            &ns.ns,
-        ],
-        Duration::from_secs(90),
-    );
+    let out = common::run_once(dir.path(), &ns.ns, Duration::from_secs(90));
     let (_, err) = text(&out);
     assert!(out.status.success(), "{err}");
     let c = common::docker::inspect(&ns.container_name("app", 0)).expect("the container exists");

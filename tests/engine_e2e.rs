@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::process::Berth;
-use common::{docker, fixture_image, fixture_task, run_berth, wait_for_sync, write, TestNamespace};
+use common::{
+    docker, fixture_image, fixture_task, run_berth, run_once, wait_for_sync, write, TestNamespace,
+};
 
 /// A task running the fixture forever, with extra YAML lines.
 fn sleeper(extra: &str) -> String {
@@ -235,17 +237,7 @@ fn run_once_exits_1_naming_a_crash_loop() {
         ),
     );
     write(dir.path(), "ok.yaml", &sleeper("stop_timeout: 1s\n"));
-    let out = run_berth(
-        &[
-            "run",
-            "--once",
-            "--manifests",
-            dir.path().to_str().unwrap(),
-            "--namespace",
-            &ns.ns,
-        ],
-        Duration::from_secs(60),
-    );
+    let out = run_once(dir.path(), &ns.ns, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -282,17 +274,7 @@ fn run_once_exits_1_within_10s_on_errors_waiting_cannot_fix() {
     );
     write(dir.path(), "ok.yaml", &sleeper("stop_timeout: 1s\n"));
     let started = Instant::now();
-    let out = run_berth(
-        &[
-            "run",
-            "--once",
-            "--manifests",
-            dir.path().to_str().unwrap(),
-            "--namespace",
-            &ns.ns,
-        ],
-        Duration::from_secs(60),
-    );
+    let out = run_once(dir.path(), &ns.ns, Duration::from_secs(60));
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("FIGURE run --once with permanent errors: {took:?}");
@@ -366,17 +348,7 @@ fn down_stops_every_container_at_once_each_with_its_grace() {
         "a.yaml",
         &sleeper(&format!("count: 3\n{lingering}")),
     );
-    let out = run_berth(
-        &[
-            "run",
-            "--once",
-            "--manifests",
-            dir.path().to_str().unwrap(),
-            "--namespace",
-            &ns.ns,
-        ],
-        Duration::from_secs(60),
-    );
+    let out = run_once(dir.path(), &ns.ns, Duration::from_secs(60));
     assert!(
         out.status.success(),
         "{}",

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::process::Berth;
-use common::{docker, fixture_task, run_berth, wait_for_sync, write, TestNamespace};
+use common::{docker, fixture_task, run_berth, run_once, wait_for_sync, write, TestNamespace};
 
 const START: Duration = Duration::from_secs(60);
 
@@ -211,17 +211,7 @@ fn a_failing_job_is_tried_max_attempts_times_then_failed_and_run_once_exits_1() 
             "kind: job\nmax_attempts: 3\nrestart: {delay: 200ms, max_delay: 1s}\n",
         ),
     );
-    let out = run_berth(
-        &[
-            "run",
-            "--once",
-            "--manifests",
-            dir.path().to_str().unwrap(),
-            "--namespace",
-            &ns.ns,
-        ],
-        START,
-    );
+    let out = run_once(dir.path(), &ns.ns, START);
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -212,6 +212,21 @@ pub fn run_berth(args: &[&str], timeout: Duration) -> Output {
     run_berth_env(args, &[], timeout)
 }
 
+/// `berth run --once` on `dir` in namespace `ns`, killed after `timeout`.
+pub fn run_once(dir: &Path, ns: &str, timeout: Duration) -> Output {
+    run_berth(
+        &[
+            "run",
+            "--once",
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--namespace",
+            ns,
+        ],
+        timeout,
+    )
+}
+
 /// Run `berth <args>` with extra environment variables, the one one-shot
 /// runner every test uses: output goes to files (a chatty or aborting berth
 /// never blocks on a pipe), and the child is killed and reaped if it
