@@ -413,7 +413,7 @@ fn a_labelled_container_beyond_the_gates_is_not_adopted_nor_touched() {
     );
     berth.wait_running(Duration::from_secs(30), &[("other", 0)]);
     let needle = format!("container {name} (task app, index 0) is not adopted");
-    let log = wait_logged(&berth, &[&needle, "host network"]);
+    let log = wait_logged(&berth, &[&needle, "the host's network namespace"]);
     assert!(
         log.contains(&host_dir.path().display().to_string()),
         "{log}"
@@ -440,4 +440,74 @@ fn a_labelled_container_beyond_the_gates_is_not_adopted_nor_touched() {
     let (code, text) = plan(&ns, dir.path());
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains(&needle), "{text}");
+}
+
+/// What Docker's container list does not show (`--privileged`, `--pid
+/// host`) the gate still sees: a hand-made labelled container with it is left
+/// alone (same id, still running), reported in the log, `/v1/status` and
+/// `plan`, and its task gets no second container.
+fn a_hand_made_container_is_left_alone(ns: &str, docker_flags: &[&str], phrase: &str) {
+    let ns = TestNamespace::new(ns);
+    let name = ns.container_name("app", 0);
+    let made = Command::new("docker")
+        .args(["run", "-d", "--name", &name])
+        .args(docker_flags)
+        .args(["--label", &format!("io.berth.namespace={}", ns.ns)])
+        .args([
+            "--label",
+            "io.berth.task=app",
+            "--label",
+            "io.berth.index=0",
+        ])
+        .args([common::fixture_image().as_str(), "sleep", "forever"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let id = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for task in ["app", "other"] {
+        write(
+            dir.path(),
+            &format!("{task}.yaml"),
+            &fixture_task("sleep", &["forever"], ""),
+        );
+    }
+    let berth = Berth::start(&ns, dir.path(), &["--resync", "2s"]);
+    berth.wait_running(Duration::from_secs(30), &[("other", 0)]);
+    let needle = format!("container {name} (task app, index 0) is not adopted");
+    wait_logged(&berth, &[&needle, phrase]);
+    wait_for_sync(Duration::from_secs(10), "the refusal in /v1/status", || {
+        berth.status().filter(|s| s.to_string().contains(&needle))
+    });
+    let before = berth.passes();
+    wait_for_sync(Duration::from_secs(20), "another pass", || {
+        (berth.passes() > before).then_some(())
+    });
+    let c = docker::inspect(&name).expect("the container is left alone");
+    assert_eq!(c["Id"].as_str().unwrap(), id);
+    assert_eq!(c["State"]["Running"], true, "{c}");
+    let app: Vec<_> = docker::ps(&ns.ns)
+        .into_iter()
+        .filter(|p| p.name.contains("-app-"))
+        .collect();
+    assert_eq!(app.len(), 1, "{app:?}");
+    drop(berth);
+
+    let (code, text) = plan(&ns, dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&needle), "{text}");
+}
+
+#[test]
+fn a_hand_made_privileged_container_is_not_adopted() {
+    a_hand_made_container_is_left_alone("adopt-priv", &["--privileged"], "privileged (needs");
+}
+
+#[test]
+fn a_hand_made_container_in_the_hosts_pid_namespace_is_not_adopted() {
+    a_hand_made_container_is_left_alone(
+        "adopt-pid",
+        &["--pid", "host"],
+        "the host's pid namespace",
+    );
 }

@@ -11,6 +11,7 @@
 //! [`crate::engine::pulls`]); stops, renames and removals are not bounded,
 //! so a restart never waits behind another instance's slow stop.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -26,7 +27,8 @@ use crate::engine::pulls::Pulls;
 use crate::manifest::{PullPolicy, TaskKind, UpdateOrder};
 use crate::names::{aside_name, labels, name_role, staging_name, InstanceKey, NameRole};
 use crate::runtime::{
-    ContainerRuntime, ContainerState, CreateRequest, Health, ObservedContainer, RuntimeError,
+    ContainerRuntime, ContainerState, CreateRequest, Health, HostAccess, ObservedContainer,
+    RuntimeError,
 };
 
 /// The result of one action.
@@ -108,7 +110,12 @@ pub struct Executor<R: ContainerRuntime> {
     load: Semaphore,
     pulls: Arc<Pulls>,
     clock: Clock,
+    created: CreatedHosts,
 }
+
+/// What each container this process created reaches on the host, by id:
+/// berth's own request, so the adoption gate needs no inspect for it.
+pub type CreatedHosts = Arc<Mutex<BTreeMap<String, HostAccess>>>;
 
 /// What one chain may look at besides its actions.
 struct ChainCtx<'a> {
@@ -130,7 +137,14 @@ impl<R: ContainerRuntime> Executor<R> {
             load: Semaphore::new(parallelism.max(1)),
             pulls,
             clock,
+            created: CreatedHosts::default(),
         }
+    }
+
+    /// Record the containers this executor creates in `created`.
+    pub fn recording_creates(mut self, created: CreatedHosts) -> Executor<R> {
+        self.created = created;
+        self
     }
 
     pub fn runtime(&self) -> &Arc<R> {
@@ -409,7 +423,12 @@ impl<R: ContainerRuntime> Executor<R> {
                 rt.create(request.clone()).await
             };
             let message = match created {
-                Ok(id) => return Ok(id),
+                Ok(id) => {
+                    if let Ok(mut hosts) = self.created.lock() {
+                        hosts.insert(id.clone(), HostAccess::of_spec(&desired.spec));
+                    }
+                    return Ok(id);
+                }
                 Err(RuntimeError::Conflict(message)) => message,
                 Err(e) => return Err(e.into()),
             };

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -22,7 +23,7 @@ use crate::desired::folder::{load_folder, DesiredTracker, TaskDef};
 use crate::desired::ports::{host_port_is_free, recorded_ports, PortAllocator, PortRequest};
 use crate::desired::resolve::{resolve_instance, ResolveContext};
 use crate::desired::state::DesiredState;
-use crate::engine::apply::{group_chains, Executor, Outcome, StepCell};
+use crate::engine::apply::{group_chains, CreatedHosts, Executor, Outcome, StepCell};
 use crate::engine::backoff::BackoffTable;
 use crate::engine::error::ApplyError;
 use crate::engine::holds::HoldStore;
@@ -34,11 +35,11 @@ use crate::engine::status::{
     unix_millis, unix_secs, InstanceStatus, LiveWork, SharedStatus, Status, StatusBoard,
 };
 use crate::engine::trigger::Trigger;
-use crate::manifest::validate::ValidationContext;
+use crate::manifest::validate::{host_path_allowed, ValidationContext};
 use crate::manifest::UpdateOrder;
 use crate::names::InstanceKey;
 use crate::node::NodeInfo;
-use crate::runtime::{ContainerRuntime, ObservedContainer, RuntimeError};
+use crate::runtime::{ContainerRuntime, HostAccess, ObservedContainer, RuntimeError};
 use crate::source::Revision;
 
 /// An error that is not about one task, e.g. Docker being unreachable.
@@ -60,6 +61,15 @@ impl From<RuntimeError> for PassError {
 /// accepts the call and never answers counts as unreachable, and the loop
 /// stays responsive.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest the adoption gate waits for one container's inspect. A
+/// container without an answer is not acted on this pass.
+pub const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many of those inspects run at once: a host full of containers berth
+/// has not seen (its first pass) costs a few round trips, not one per
+/// container in a row.
+const INSPECT_CONCURRENCY: usize = 8;
 
 /// Everything known before planning: the desired state and the world.
 #[derive(Debug, Clone)]
@@ -278,6 +288,11 @@ pub struct Controller<R: ContainerRuntime> {
     /// Last apply error per instance, for status (failed removals included).
     last_errors: BTreeMap<InstanceKey, String>,
     observer: Option<Arc<dyn EngineObserver>>,
+    /// What each listed container reaches on the host in full, by id, from
+    /// one inspect (or from berth's own create): the adoption gate's input.
+    known_hosts: BTreeMap<String, HostAccess>,
+    /// Filled by the executor as it creates containers.
+    created_hosts: CreatedHosts,
 }
 
 impl<R: ContainerRuntime> Controller<R> {
@@ -300,13 +315,17 @@ impl<R: ContainerRuntime> Controller<R> {
         });
         let pulls = Pulls::new(config.parallelism, pull_observer);
         status.set_pulls(pulls.clone());
-        let executor = Arc::new(Executor::new(
-            runtime.clone(),
-            config.namespace.clone(),
-            config.parallelism,
-            pulls.clone(),
-            clock,
-        ));
+        let created_hosts = CreatedHosts::default();
+        let executor = Arc::new(
+            Executor::new(
+                runtime.clone(),
+                config.namespace.clone(),
+                config.parallelism,
+                pulls.clone(),
+                clock,
+            )
+            .recording_creates(created_hosts.clone()),
+        );
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let hold_store = HoldStore::new(&config.state_dir, &config.namespace);
         let held = hold_store.load();
@@ -350,6 +369,8 @@ impl<R: ContainerRuntime> Controller<R> {
             status,
             last_errors: BTreeMap::new(),
             observer: None,
+            known_hosts: BTreeMap::new(),
+            created_hosts,
         }
     }
 
@@ -431,13 +452,16 @@ impl<R: ContainerRuntime> Controller<R> {
             config.manifests = self.config.manifests.clone();
         }
         if config.parallelism != self.config.parallelism {
-            self.executor = Arc::new(Executor::new(
-                self.runtime.clone(),
-                config.namespace.clone(),
-                config.parallelism,
-                self.pulls.clone(),
-                self.clock,
-            ));
+            self.executor = Arc::new(
+                Executor::new(
+                    self.runtime.clone(),
+                    config.namespace.clone(),
+                    config.parallelism,
+                    self.pulls.clone(),
+                    self.clock,
+                )
+                .recording_creates(self.created_hosts.clone()),
+            );
         }
         self.config = config;
     }
@@ -541,7 +565,7 @@ impl<R: ContainerRuntime> Controller<R> {
             }
         };
 
-        let observed =
+        let listed =
             match tokio::time::timeout(LIST_TIMEOUT, self.runtime.list(&self.config.namespace))
                 .await
             {
@@ -553,6 +577,7 @@ impl<R: ContainerRuntime> Controller<R> {
                     ))))
                 }
             };
+        let (observed, uninspected) = self.full_host_access(listed).await;
         self.removals_held = self.hold_everything(&manifest_dir, no_manifest, &observed);
         if let Some(why) = &self.removals_held {
             desired.hold_removals = true;
@@ -562,9 +587,21 @@ impl<R: ContainerRuntime> Controller<R> {
         // reaching further into the host than the agent allows is someone's
         // work, not berth's to adopt. Left alone (never stopped or removed),
         // reported, and its task held: its name is taken, so no second one.
+        // One whose inspect failed is not judged: its task waits this pass.
+        for (c, why) in &uninspected {
+            let Some(key) = c.key() else { continue };
+            errors.push(format!(
+                "container {} (task {}, index {}) could not be inspected ({why}); berth does not act on its task this pass and tries again at the next",
+                c.name, key.task, key.index
+            ));
+            desired.held_tasks.insert(key.task);
+        }
         let gates = self.validation_context();
         for c in &observed {
             let Some(key) = c.key() else { continue };
+            if uninspected.iter().any(|(u, _)| u.id == c.id) {
+                continue;
+            }
             let beyond = beyond_gates(c, &gates, &observed);
             if beyond.is_empty() {
                 continue;
@@ -665,6 +702,82 @@ impl<R: ContainerRuntime> Controller<R> {
             observed,
             errors,
         })
+    }
+
+    /// The listed containers with what each reaches on the host in full
+    /// (Docker's list leaves out `privileged` and the pid, ipc and uts
+    /// modes), and those whose inspect failed, with why. One inspect per
+    /// labelled container berth has not seen before, [`INSPECT_CONCURRENCY`]
+    /// at once, each within [`INSPECT_TIMEOUT`]; never again for a known id,
+    /// and none for a container this process created (its access is berth's
+    /// own request). A pass over known containers makes no inspect.
+    async fn full_host_access(
+        &mut self,
+        mut listed: Vec<ObservedContainer>,
+    ) -> (Vec<ObservedContainer>, Vec<(ObservedContainer, String)>) {
+        let ids: BTreeSet<String> = listed.iter().map(|c| c.id.clone()).collect();
+        self.known_hosts.retain(|id, _| ids.contains(id));
+        if let Ok(mut created) = self.created_hosts.lock() {
+            // Created since the list was taken: kept for the next pass.
+            self.known_hosts.append(&mut created);
+        }
+        let unknown: Vec<String> = listed
+            .iter()
+            .filter(|c| c.key().is_some() && !self.known_hosts.contains_key(&c.id))
+            .map(|c| c.id.clone())
+            .collect();
+        let runtime = self.runtime.clone();
+        let answers: Vec<(String, Result<ObservedContainer, RuntimeError>)> =
+            futures_util::stream::iter(unknown)
+                .map(|id| {
+                    let runtime = runtime.clone();
+                    async move {
+                        let answer =
+                            match tokio::time::timeout(INSPECT_TIMEOUT, runtime.inspect(&id)).await
+                            {
+                                Ok(Ok(c)) if c.id == id => Ok(c),
+                                Ok(Ok(c)) => Err(RuntimeError::Other(format!(
+                                    "Docker answered for another container, {}",
+                                    c.id
+                                ))),
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(RuntimeError::Unavailable(format!(
+                                    "no answer within {}s",
+                                    INSPECT_TIMEOUT.as_secs()
+                                ))),
+                            };
+                        (id, answer)
+                    }
+                })
+                .buffer_unordered(INSPECT_CONCURRENCY)
+                .collect()
+                .await;
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        let mut gone: BTreeSet<String> = BTreeSet::new();
+        for (id, answer) in answers {
+            match answer {
+                Ok(c) => {
+                    self.known_hosts.insert(id, c.host);
+                }
+                // Removed between list and inspect: it is simply gone.
+                Err(RuntimeError::NotFound(_)) => {
+                    gone.insert(id);
+                }
+                Err(why) => {
+                    failed.insert(id, why.to_string());
+                }
+            }
+        }
+        listed.retain(|c| !gone.contains(&c.id));
+        let mut uninspected = Vec::new();
+        for c in &mut listed {
+            if let Some(host) = self.known_hosts.get(&c.id) {
+                c.host = host.clone();
+            } else if let Some(why) = failed.remove(&c.id) {
+                uninspected.push((c.clone(), why));
+            }
+        }
+        (listed, uninspected)
     }
 
     /// Never remove everything by accident. A folder with no manifest at all
@@ -1376,40 +1489,64 @@ pub fn seen_changes(seen: &mut BTreeSet<String>, now: &[String]) -> (Vec<String>
 /// What `c` reaches on the host beyond what the agent allows (the gates
 /// `berth validate` applies to manifests), one phrase each; empty when it
 /// stays within them. `observed` is the namespace's containers: joining one
-/// of them (`network_mode: container:<id>`) is allowed.
+/// of them (`container:<id or name>`) is allowed. `c.host` must be complete
+/// (from an inspect or berth's own create), not the list's part.
 fn beyond_gates(
     c: &ObservedContainer,
     gates: &ValidationContext,
     observed: &[ObservedContainer],
 ) -> Vec<String> {
+    const PRIVILEGED: &str = "needs docker.privileged.enabled";
     let mut beyond = Vec::new();
     if !gates.allow_privileged {
-        let mode = c.host.network_mode.as_str();
-        if mode == "host" {
-            beyond.push("host network (needs docker.privileged.enabled)".to_string());
-        } else if let Some(target) = mode.strip_prefix("container:") {
-            let own = observed.iter().any(|o| {
-                o.id == target
-                    || (o.name == target
-                        && crate::names::parse_container_name(target, &gates.namespace).is_some())
-            });
-            if !own {
-                beyond.push(format!(
-                    "the network of a container not of this namespace (`{mode}`; needs docker.privileged.enabled)"
-                ));
+        if c.host.privileged {
+            beyond.push(format!("privileged ({PRIVILEGED})"));
+        }
+        let modes = [
+            ("network", &c.host.network_mode),
+            ("pid", &c.host.pid_mode),
+            ("ipc", &c.host.ipc_mode),
+            ("uts", &c.host.uts_mode),
+        ];
+        for (what, mode) in modes {
+            if mode == "host" {
+                beyond.push(format!("the host's {what} namespace ({PRIVILEGED})"));
+            } else if let Some(target) = mode.strip_prefix("container:") {
+                let own = observed.iter().any(|o| {
+                    o.id == target
+                        || (o.name == target
+                            && crate::names::parse_container_name(target, &gates.namespace)
+                                .is_some())
+                });
+                if !own {
+                    beyond.push(format!(
+                        "the {what} namespace of a container not of this namespace (`{mode}`; {PRIVILEGED})"
+                    ));
+                }
             }
         }
     }
-    if !gates.allow_host_volumes {
-        for source in &c.host.binds {
+    let own = format!("{}-", gates.namespace);
+    let allowed = gates.allowed_volumes.as_deref();
+    for source in &c.host.binds {
+        if !gates.allow_host_volumes {
             beyond.push(format!(
                 "host path `{source}` mounted (needs docker.volumes.enabled)"
             ));
+        } else if allowed.is_some_and(|a| !host_path_allowed(source, a)) {
+            beyond.push(format!(
+                "host path `{source}` mounted (not under docker.volumes.allowed)"
+            ));
         }
-        let own = format!("{}-", gates.namespace);
-        for volume in c.host.volumes.iter().filter(|v| !v.starts_with(&own)) {
+    }
+    for volume in c.host.volumes.iter().filter(|v| !v.starts_with(&own)) {
+        if !gates.allow_host_volumes {
             beyond.push(format!(
                 "volume `{volume}` not of this namespace (needs docker.volumes.enabled)"
+            ));
+        } else if allowed.is_some_and(|a| !a.iter().any(|name| name == volume)) {
+            beyond.push(format!(
+                "volume `{volume}` not of this namespace (not in docker.volumes.allowed)"
             ));
         }
     }
@@ -1435,39 +1572,247 @@ mod tests {
         }
     }
 
+    /// For every pair of a manifest fragment and what a container made
+    /// from it reaches, under every combination of gates: the adoption gate
+    /// refuses the container exactly when `berth validate` refuses the
+    /// manifest.
     #[test]
     fn the_adoption_gate_refuses_what_validate_refuses_and_nothing_else() {
         use crate::runtime::HostAccess;
-        let mut gates = ValidationContext {
-            namespace: "berth".into(),
-            allow_host_volumes: false,
-            ..ValidationContext::default()
-        };
+        let tmp = tempfile::tempdir().unwrap();
+        let www = tmp.path().join("www");
+        std::fs::create_dir(&www).unwrap();
+        let www = www.display().to_string();
         let main = container("abc", "berth-main-0", HostAccess::default());
-        let within = |network_mode: &str, volumes: &[&str]| HostAccess {
-            network_mode: network_mode.into(),
-            binds: Vec::new(),
-            volumes: volumes.iter().map(|v| v.to_string()).collect(),
+        let host = |f: &dyn Fn(&mut HostAccess)| {
+            let mut h = HostAccess {
+                network_mode: "bridge".into(),
+                ..HostAccess::default()
+            };
+            f(&mut h);
+            h
         };
-        let check = |host: HostAccess, gates: &ValidationContext| {
-            let c = container("def", "berth-side-0", host);
-            beyond_gates(&c, gates, &[main.clone(), c.clone()])
-        };
-        assert!(check(within("bridge", &["berth-data"]), &gates).is_empty());
-        assert!(check(within("container:abc", &[]), &gates).is_empty());
-        assert!(check(within("container:berth-main-0", &[]), &gates).is_empty());
-        assert_eq!(check(within("host", &[]), &gates).len(), 1);
-        assert_eq!(check(within("container:postgres", &[]), &gates).len(), 1);
-        assert_eq!(check(within("bridge", &["pgdata"]), &gates).len(), 1);
-        let bind = HostAccess {
-            binds: vec!["/etc".into()],
-            ..HostAccess::default()
-        };
-        assert!(check(bind.clone(), &gates)[0].contains("`/etc`"));
-        gates.allow_privileged = true;
-        gates.allow_host_volumes = true;
-        assert!(check(bind, &gates).is_empty());
-        assert!(check(within("host", &["pgdata"]), &gates).is_empty());
+        let cases: Vec<(String, HostAccess)> = vec![
+            (String::new(), host(&|_| {})),
+            ("privileged: true".into(), host(&|h| h.privileged = true)),
+            (
+                "network_mode: host".into(),
+                host(&|h| h.network_mode = "host".into()),
+            ),
+            (
+                "pid_mode: host".into(),
+                host(&|h| h.pid_mode = "host".into()),
+            ),
+            (
+                "ipc_mode: host".into(),
+                host(&|h| h.ipc_mode = "host".into()),
+            ),
+            (
+                "uts_mode: host".into(),
+                host(&|h| h.uts_mode = "host".into()),
+            ),
+            (
+                "ipc_mode: shareable".into(),
+                host(&|h| h.ipc_mode = "shareable".into()),
+            ),
+            (
+                "network_mode: container:berth-main-0".into(),
+                host(&|h| h.network_mode = "container:berth-main-0".into()),
+            ),
+            (
+                "pid_mode: container:berth-main-0".into(),
+                host(&|h| h.pid_mode = "container:abc".into()),
+            ),
+            (
+                "ipc_mode: container:berth-main-0".into(),
+                host(&|h| h.ipc_mode = "container:berth-main-0".into()),
+            ),
+            (
+                "network_mode: container:postgres".into(),
+                host(&|h| h.network_mode = "container:postgres".into()),
+            ),
+            (
+                "pid_mode: container:postgres".into(),
+                host(&|h| h.pid_mode = "container:postgres".into()),
+            ),
+            (
+                "ipc_mode: container:postgres".into(),
+                host(&|h| h.ipc_mode = "container:postgres".into()),
+            ),
+            (
+                "volumes: [\"berth-data:/data\"]".into(),
+                host(&|h| h.volumes = vec!["berth-data".into()]),
+            ),
+            (
+                "volumes: [\"pgdata:/data\"]".into(),
+                host(&|h| h.volumes = vec!["pgdata".into()]),
+            ),
+            (
+                "volumes: [\"cache:/data\"]".into(),
+                host(&|h| h.volumes = vec!["cache".into()]),
+            ),
+            (
+                "volumes: [\"/etc:/x\"]".into(),
+                host(&|h| h.binds = vec!["/etc".into()]),
+            ),
+            (
+                format!("volumes: [\"{www}/site:/x\"]"),
+                host(&|h| h.binds = vec![format!("{www}/site")]),
+            ),
+        ];
+        let mut contexts = Vec::new();
+        for allow_privileged in [false, true] {
+            for allow_host_volumes in [false, true] {
+                for allowed_volumes in [None, Some(vec![www.clone(), "cache".to_string()])] {
+                    contexts.push(ValidationContext {
+                        namespace: "berth".into(),
+                        allow_privileged,
+                        allow_host_volumes,
+                        allowed_volumes,
+                        ..ValidationContext::default()
+                    });
+                }
+            }
+        }
+        let mut refused = 0;
+        for gates in &contexts {
+            for (fragment, access) in &cases {
+                let manifest = format!("image: x\n{fragment}\n");
+                let validate_refuses =
+                    crate::manifest::validate::check_file("side.yaml", &manifest, gates).is_err();
+                let c = container("def", "berth-side-0", access.clone());
+                let beyond = beyond_gates(&c, gates, &[main.clone(), c.clone()]);
+                assert_eq!(
+                    !beyond.is_empty(),
+                    validate_refuses,
+                    "{fragment:?} under {gates:?}: gate says {beyond:?}"
+                );
+                refused += usize::from(validate_refuses);
+            }
+        }
+        assert!(refused > 20, "the table exercises refusals: {refused}");
+        let bind = host(&|h| h.binds = vec!["/etc".into()]);
+        let c = container("def", "berth-side-0", bind);
+        assert!(beyond_gates(&c, &contexts[0], &[c.clone()])[0].contains("`/etc`"));
+    }
+
+    /// The gate asks Docker once per container it has not seen, never for
+    /// one this process created, and a pass over known containers is one
+    /// list call and nothing else.
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_inspects_each_unknown_container_once_and_a_converged_pass_lists_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller_with(dir.path(), &[("web.yaml", "image: web:1\n")]);
+        pass_and_finish(&mut c).await;
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let rt = c.runtime().clone();
+        let (lists, inspects) = (rt.reads("list"), rt.reads("inspect"));
+        let quiet = pass_and_finish(&mut c).await;
+        assert!(quiet.converged(), "{:?}", quiet.plan);
+        assert_eq!(rt.reads("list"), lists + 1, "one list");
+        assert_eq!(
+            rt.reads("inspect"),
+            inspects,
+            "its own container needs no inspect"
+        );
+
+        // A new berth over the same host: one inspect per container, once.
+        let mut c =
+            Controller::with_parts(rt.clone(), c.config.clone(), c.clock, Arc::new(LogPulls));
+        let before = rt.reads("inspect");
+        let first = pass_and_finish(&mut c).await;
+        assert!(first.converged() && first.errors.is_empty(), "{first:?}");
+        assert_eq!(rt.reads("inspect"), before + 1);
+        let lists = rt.reads("list");
+        for _ in 0..3 {
+            let again = pass_and_finish(&mut c).await;
+            assert!(again.converged());
+        }
+        assert_eq!(rt.reads("list"), lists + 3);
+        assert_eq!(
+            rt.reads("inspect"),
+            before + 1,
+            "never again for a known id"
+        );
+        assert_eq!(rt.mutations(), 2, "one create and one start in all");
+    }
+
+    /// A labelled container made by hand with what the list does not show
+    /// (privileged, the host's pid namespace) is left alone and its task gets
+    /// no second container; one whose inspect fails is not acted on until
+    /// an inspect answers.
+    #[tokio::test(start_paused = true)]
+    async fn a_hand_made_privileged_container_is_not_adopted_and_an_uninspectable_one_waits() {
+        for setting in ["privileged", "pid"] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = [("web.yaml", "image: web:1\n")];
+            let mut c = controller_with(dir.path(), &files);
+            pass_and_finish(&mut c).await;
+            let rt = c.runtime().clone();
+            // The same container, as if made by hand with `docker run
+            // --privileged` (or `--pid host`) and berth's labels.
+            let mut made = rt.all().into_iter().find(|x| x.name == "t-web-0").unwrap();
+            match setting {
+                "privileged" => made.host.privileged = true,
+                _ => made.host.pid_mode = "host".into(),
+            }
+            rt.insert(made.clone());
+            let mutations = rt.mutations();
+            let mut c =
+                Controller::with_parts(rt.clone(), c.config.clone(), c.clock, Arc::new(LogPulls));
+            for _ in 0..2 {
+                let report = pass_and_finish(&mut c).await;
+                let refusal = report
+                    .errors
+                    .iter()
+                    .find(|e| e.contains("t-web-0") && e.contains("is not adopted"))
+                    .unwrap_or_else(|| panic!("{setting}: {:?}", report.errors));
+                assert!(refusal.contains("docker.privileged.enabled"), "{refusal}");
+                assert_eq!(
+                    rt.mutations(),
+                    mutations,
+                    "{setting}: left alone, no second one"
+                );
+            }
+            let status = c.status().view(SystemTime::now());
+            assert!(
+                status
+                    .manifest_errors
+                    .iter()
+                    .any(|e| e.contains("is not adopted")),
+                "{:?}",
+                status.manifest_errors
+            );
+        }
+
+        // A container whose inspect fails: its task waits, even for a change.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller_with(dir.path(), &[("web.yaml", "image: web:1\n")]);
+        pass_and_finish(&mut c).await;
+        let rt = c.runtime().clone();
+        rt.add_image("web:2");
+        std::fs::write(c.config.manifests.join("web.yaml"), "image: web:2\n").unwrap();
+        let id = rt.all()[0].id.clone();
+        rt.set_uninspectable(&id, true);
+        let mutations = rt.mutations();
+        let mut c =
+            Controller::with_parts(rt.clone(), c.config.clone(), c.clock, Arc::new(LogPulls));
+        let waiting = pass_and_finish(&mut c).await;
+        assert!(
+            waiting
+                .errors
+                .iter()
+                .any(|e| e.contains("could not be inspected")),
+            "{:?}",
+            waiting.errors
+        );
+        assert_eq!(rt.mutations(), mutations, "neither adopted nor replaced");
+        rt.set_uninspectable(&id, false);
+        // Tried again: it answers, and the task is acted on.
+        let acted = pass_and_finish(&mut c).await;
+        assert!(acted.errors.is_empty(), "{:?}", acted.errors);
+        assert_eq!(acted.dispatched, 1, "then replaced");
+        assert!(rt.all().iter().any(|x| x.image == "web:2"));
     }
     use crate::manifest::RestartSpec;
 

@@ -712,7 +712,7 @@ const VOLUME_OPTIONS: &[&str] = &[
 /// Whether host path `src` lies inside one of the `docker.volumes.allowed`
 /// prefixes, both as written and with symlinks resolved (when it exists):
 /// a symlink inside an allowed folder must not lead out of it.
-fn host_path_allowed(src: &str, allowed: &[String]) -> bool {
+pub(crate) fn host_path_allowed(src: &str, allowed: &[String]) -> bool {
     let inside = |path: &Path| {
         allowed.iter().filter(|a| a.starts_with('/')).any(|prefix| {
             let prefix = Path::new(prefix);

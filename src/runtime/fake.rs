@@ -29,6 +29,10 @@ struct World {
     unpullable: BTreeSet<String>,
     /// Mutating calls by kind, e.g. `create`, `start`.
     calls: BTreeMap<&'static str, u64>,
+    /// Reading calls (`list`, `inspect`) by kind.
+    reads: BTreeMap<&'static str, u64>,
+    /// Containers (by id or name) whose inspect fails.
+    uninspectable: BTreeSet<String>,
     /// When set, every call fails as if Docker were down.
     down: bool,
 }
@@ -106,6 +110,29 @@ impl FakeRuntime {
 
     fn count(world: &mut World, call: &'static str) {
         *world.calls.entry(call).or_default() += 1;
+    }
+
+    fn count_read(world: &mut World, call: &'static str) {
+        *world.reads.entry(call).or_default() += 1;
+    }
+
+    /// Reading calls of one kind (`list`, `inspect`) so far.
+    pub fn reads(&self, kind: &str) -> u64 {
+        self.world
+            .lock()
+            .map(|w| w.reads.get(kind).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Make every inspect of `id_or_name` fail (or succeed again).
+    pub fn set_uninspectable(&self, id_or_name: &str, failing: bool) {
+        if let Ok(mut w) = self.world.lock() {
+            if failing {
+                w.uninspectable.insert(id_or_name.to_string());
+            } else {
+                w.uninspectable.remove(id_or_name);
+            }
+        }
     }
 
     /// Total mutating calls so far (create, start, stop, remove, rename, pull, remove_image).
@@ -223,17 +250,31 @@ impl ContainerRuntime for FakeRuntime {
     async fn list(&self, namespace: &str) -> Result<Vec<ObservedContainer>> {
         let _busy = self.delay("list").await;
         self.with(|w| {
+            Self::count_read(w, "list");
+            // As Docker's list: of what a container reaches, only the
+            // network mode and the mounts; the rest takes an inspect.
             Ok(w.containers
                 .values()
                 .filter(|c| c.labels.get(labels::NAMESPACE).map(String::as_str) == Some(namespace))
-                .cloned()
+                .map(|c| ObservedContainer {
+                    host: c.host.as_listed(),
+                    ..c.clone()
+                })
                 .collect())
         })
     }
 
     async fn inspect(&self, name_or_id: &str) -> Result<ObservedContainer> {
         let _busy = self.delay("inspect").await;
-        self.with(|w| find(w, name_or_id))
+        self.with(|w| {
+            Self::count_read(w, "inspect");
+            if w.uninspectable.contains(name_or_id) {
+                return Err(RuntimeError::Other(format!(
+                    "inspect of {name_or_id} failed"
+                )));
+            }
+            find(w, name_or_id)
+        })
     }
 
     async fn create(&self, req: CreateRequest<'_>) -> Result<String> {
@@ -265,7 +306,7 @@ impl ContainerRuntime for FakeRuntime {
                     exit_code: None,
                     started_at: None,
                     finished_at: None,
-                    host: Default::default(),
+                    host: super::HostAccess::of_spec(req.spec),
                 },
             );
             Ok(id)

@@ -94,9 +94,11 @@ pub struct ObservedContainer {
     pub host: HostAccess,
 }
 
-/// What a container reaches on the host, as Docker's container list shows
-/// it (no inspect needed): berth adopts no container beyond the agent's
-/// gates.
+/// What a container reaches on the host, for the adoption gate. Docker's
+/// container list shows the network mode and the mounts; only an inspect
+/// shows the rest (`privileged` and the pid, ipc and uts modes), so a
+/// [`ContainerRuntime::list`] answer leaves those at their defaults and
+/// [`ContainerRuntime::inspect`] fills everything.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostAccess {
     /// `HostConfig.NetworkMode`: `bridge`, `host`, `container:<id>`, ...
@@ -105,6 +107,47 @@ pub struct HostAccess {
     pub binds: Vec<String>,
     /// Named volumes mounted into it (anonymous ones left out).
     pub volumes: Vec<String>,
+    /// `HostConfig.Privileged` (inspect only).
+    pub privileged: bool,
+    /// `HostConfig.PidMode`, `IpcMode`, `UTSMode`: `host`,
+    /// `container:<name or id>`, or empty/private (inspect only).
+    pub pid_mode: String,
+    pub ipc_mode: String,
+    pub uts_mode: String,
+}
+
+impl HostAccess {
+    /// What a container created from `spec` reaches: berth's own request,
+    /// known without asking Docker.
+    pub fn of_spec(spec: &ContainerSpec) -> HostAccess {
+        let mut host = HostAccess {
+            network_mode: spec.network_mode.clone(),
+            privileged: spec.privileged,
+            pid_mode: spec.pid_mode.clone().unwrap_or_default(),
+            ipc_mode: spec.ipc_mode.clone().unwrap_or_default(),
+            uts_mode: spec.uts_mode.clone().unwrap_or_default(),
+            ..HostAccess::default()
+        };
+        for volume in &spec.volumes {
+            let source = volume.split(':').next().unwrap_or_default();
+            if source.starts_with('/') {
+                host.binds.push(source.to_string());
+            } else if !source.is_empty() {
+                host.volumes.push(source.to_string());
+            }
+        }
+        host
+    }
+
+    /// Only what Docker's container list shows: the network mode and mounts.
+    pub fn as_listed(&self) -> HostAccess {
+        HostAccess {
+            network_mode: self.network_mode.clone(),
+            binds: self.binds.clone(),
+            volumes: self.volumes.clone(),
+            ..HostAccess::default()
+        }
+    }
 }
 
 impl ObservedContainer {
@@ -193,7 +236,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// one list call, plus an inspect per non-running container for exit details.
     fn list(&self, namespace: &str) -> impl Future<Output = Result<Vec<ObservedContainer>>> + Send;
 
-    /// Look up any container by name or id, owned or not (404 → `NotFound`).
+    /// Look up any container by name or id, owned or not (404 → `NotFound`),
+    /// with everything it reaches on the host ([`HostAccess`] in full).
     fn inspect(&self, name_or_id: &str) -> impl Future<Output = Result<ObservedContainer>> + Send;
 
     /// Create a container; returns its id. A taken name → `Conflict`.

@@ -32,6 +32,23 @@ fn host_access(network_mode: Option<&str>, mounts: &[MountPoint]) -> HostAccess 
     host
 }
 
+/// Everything an inspect shows: the list's part, plus `Privileged` and the
+/// pid, ipc and uts modes.
+fn full_host_access(d: &ContainerInspectResponse) -> HostAccess {
+    let hc = d.host_config.as_ref();
+    let mode = |m: Option<&String>| m.cloned().unwrap_or_default();
+    HostAccess {
+        privileged: hc.and_then(|h| h.privileged).unwrap_or(false),
+        pid_mode: mode(hc.and_then(|h| h.pid_mode.as_ref())),
+        ipc_mode: mode(hc.and_then(|h| h.ipc_mode.as_ref())),
+        uts_mode: mode(hc.and_then(|h| h.uts_mode.as_ref())),
+        ..host_access(
+            hc.and_then(|h| h.network_mode.as_deref()),
+            d.mounts.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
 pub(super) fn from_summary(s: ContainerSummary) -> Option<ObservedContainer> {
     let name = s
         .names
@@ -151,12 +168,7 @@ pub(super) fn from_inspect(d: &ContainerInspectResponse) -> Option<ObservedConta
         finished_at: state
             .and_then(|s| s.finished_at.as_deref())
             .and_then(parse_docker_time),
-        host: host_access(
-            d.host_config
-                .as_ref()
-                .and_then(|h| h.network_mode.as_deref()),
-            d.mounts.as_deref().unwrap_or_default(),
-        ),
+        host: full_host_access(d),
     })
 }
 
