@@ -382,3 +382,69 @@ fn args_without_command_go_to_the_image_entrypoint_as_documented() {
     assert_eq!(c["Config"]["Cmd"], serde_json::json!(["sleep"]));
     assert_eq!(c["State"]["Running"], serde_json::json!(true), "{c:#}");
 }
+
+/// One run of `berth validate` shows every problem of a file, each at its
+/// own line and column, in order: unknown keys (named by position, with the
+/// closest key berth knows), values of the wrong kind, and the rules.
+#[test]
+fn validate_reports_every_error_of_a_file_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write(
+        dir.path(),
+        "web.yaml",
+        "image: nginx\nenvv: {A: b}\nrestart:\n  delay: 10\ncount: many\nports:\n  http: {statik: 80}\n",
+    );
+    common::write(
+        dir.path(),
+        "job.yaml",
+        "name: Job_1\nimage: busybox\nkind: job\ncount: 2\n",
+    );
+    let out = run_berth(
+        &["validate", dir.path().to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    let (shown, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}{err}");
+    let at = |file: &str| {
+        shown
+            .lines()
+            .filter(|l| l.contains(&format!("{file}:")))
+            .map(|l| {
+                l.split_once(": ")
+                    .map(|(place, _)| place.rsplit('/').next().unwrap().to_string())
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        at("web.yaml"),
+        [
+            "web.yaml:2:1",
+            "web.yaml:4:10",
+            "web.yaml:5:8",
+            "web.yaml:7:10"
+        ],
+        "{shown}"
+    );
+    assert!(
+        shown.contains("web.yaml:2:1: unknown key (did you mean `env`?)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("web.yaml:4:10: `restart.delay`: expected a duration"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("web.yaml:5:8: `count`: expected a whole number"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("web.yaml:7:10: `ports.http`: unknown key (did you mean `static`?)"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("envv") && !shown.contains("statik") && !shown.contains("many"),
+        "{shown}"
+    );
+    assert_eq!(at("job.yaml").len(), 2, "{shown}");
+}

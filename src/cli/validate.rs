@@ -13,7 +13,9 @@ pub fn validate(flags: AgentFlags, paths: Vec<PathBuf>) -> anyhow::Result<ExitCo
     } else {
         paths
     };
-    let errors = berth::desired::folder::validate_paths(&paths, &ctx);
+    let mut errors = berth::desired::folder::validate_paths(&paths, &ctx);
+    // By file, then by position: the order an editor walks them in.
+    errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     for e in &errors {
         println!("{e}");
     }

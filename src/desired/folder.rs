@@ -822,8 +822,9 @@ mod tests {
             loaded.failed_files,
             BTreeSet::from(["jobs.yaml".to_string()])
         );
-        assert_eq!(loaded.errors.len(), 1);
-        assert_eq!((loaded.errors[0].line, loaded.errors[0].column), (5, 1));
+        let at: Vec<(u64, u64)> = loaded.errors.iter().map(|e| (e.line, e.column)).collect();
+        // No `image` in the second document, and an unknown key.
+        assert_eq!(at, [(4, 1), (5, 1)], "{:?}", loaded.errors);
     }
 
     #[test]

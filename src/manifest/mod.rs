@@ -7,6 +7,7 @@ pub mod files;
 pub mod interpolate;
 pub mod parse;
 pub mod select;
+pub mod shape;
 pub mod types;
 pub mod validate;
 

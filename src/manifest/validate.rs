@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::files::{FilePolicy, FileText};
 use super::interpolate::{self, InterpolateError};
-use super::parse::{parse_manifest_file, DocLocations, ManifestError, ParsedTask, Pos, Seg};
+use super::parse::{DocLocations, ManifestError, ParsedTask, Pos, Seg};
 use super::select;
 use super::{is_valid_name, EnvValue, TaskKind, TaskManifest};
 
@@ -143,7 +143,7 @@ pub fn check_file_on(
     ctx: &ValidationContext,
     hostname: &str,
 ) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
-    let docs = parse_manifest_file(display_path, text)?;
+    let docs = super::shape::parse_all(display_path, text)?;
     if docs.is_empty() {
         // What a crashed editor or a full disk leaves: never "no tasks",
         // which would remove the file's running containers.
@@ -206,7 +206,7 @@ pub fn check_file_on(
     if errors.is_empty() {
         Ok(tasks)
     } else {
-        Err(errors)
+        Err(super::shape::in_order(errors))
     }
 }
 
@@ -1544,7 +1544,10 @@ stop_timeout: 10s
     #[test]
     fn a_dependency_condition_outside_the_three_is_refused() {
         let err = only_error("image: x\ndepends_on: {db: ready}\n");
-        assert!(err.message.contains("ready"), "{err}");
+        assert_eq!(
+            err.message,
+            "`depends_on.db`: expected one of started, healthy, completed"
+        );
     }
 
     #[test]
