@@ -351,6 +351,80 @@ fn the_man_page_and_completions_come_from_the_same_flags() {
     );
 }
 
+/// `berth manpage --dir DIR` writes the top page and one per subcommand,
+/// each with the subcommand's own flags.
+#[test]
+fn every_subcommand_has_its_own_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_berth(
+        &["manpage", "--dir", dir.path().to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert!(page("berth.1").contains(".TH berth 1"));
+    for sub in [
+        "run",
+        "validate",
+        "plan",
+        "status",
+        "down",
+        "retry",
+        "config",
+        "schema",
+        "manpage",
+        "completions",
+    ] {
+        let shown = page(&format!("berth-{sub}.1"));
+        assert!(
+            shown.contains(&format!(".TH berth-{sub} 1")),
+            "{sub}: {shown}"
+        );
+    }
+    assert!(page("berth-run.1").contains("\\-\\-once"));
+    assert!(page("berth-down.1").contains("\\-\\-dry\\-run"));
+}
+
+/// A reader that closes the pipe early (`berth manpage | head -1`) gets
+/// neither a panic nor a "Broken pipe" error, and berth exits 0.
+#[test]
+fn printing_commands_exit_quietly_when_the_reader_goes_away() {
+    for args in [
+        &["manpage"][..],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["schema"],
+    ] {
+        let logs = tempfile::NamedTempFile::new().unwrap();
+        let mut child = common::berth_command()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(logs.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        // The read end closes before berth has parsed its arguments: its
+        // first write finds no reader.
+        drop(child.stdout.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} still runs after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(logs.path()).unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}: {err}");
+        assert_eq!(err, "", "{args:?}");
+    }
+}
+
 /// The schema and README say: `args` without `command` go to the image's
 /// ENTRYPOINT, replacing its CMD. The fixture image's ENTRYPOINT is
 /// `/fixture`; `args: [sleep]` must run `/fixture sleep`.

@@ -297,7 +297,9 @@ fn the_deb_installs_the_binary_unit_and_config() {
         "/lib/systemd/system/berth.service",
         "/etc/berth/berth.yaml",
         "/etc/berth/manifests",
+        "/etc/berth/manifests/README",
         "/usr/share/man/man1/berth.1.gz",
+        "/usr/share/man/man1/berth-run.1.gz",
         "/usr/share/bash-completion/completions/berth",
     ] {
         assert!(
@@ -307,5 +309,11 @@ fn the_deb_installs_the_binary_unit_and_config() {
     }
     let conffiles =
         std::fs::read_to_string("/var/lib/dpkg/info/berth.conffiles").unwrap_or_default();
-    assert!(conffiles.contains("/etc/berth/berth.yaml"), "{conffiles}");
+    // The sample config is the one conffile: dpkg asks before replacing it,
+    // and never about the manifest folder's README.
+    assert_eq!(
+        conffiles.lines().map(str::trim).collect::<Vec<_>>(),
+        ["/etc/berth/berth.yaml"],
+        "{conffiles}"
+    );
 }

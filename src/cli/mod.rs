@@ -105,8 +105,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of a manifest.
     Schema,
-    /// Print berth's man page (roff; e.g. `berth manpage > /usr/share/man/man1/berth.1`).
-    Manpage,
+    /// Print berth's man page (roff; e.g. `berth manpage > /usr/share/man/man1/berth.1`), or write every page with --dir.
+    Manpage {
+        /// Write berth.1 and one page per subcommand (berth-run.1, ...) into this folder.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print a shell completion script (e.g. `berth completions bash > /etc/bash_completion.d/berth`).
     Completions {
         #[arg(value_enum)]
@@ -170,19 +174,41 @@ pub async fn dispatch(command: Command, bars: Option<PullBars>) -> anyhow::Resul
         Command::Config { agent } => config::config(agent),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut script);
+            print_all(&script)
+        }
+        Command::Manpage { dir: Some(dir) } => {
+            use clap::CommandFactory;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Manpage => {
+        Command::Manpage { dir: None } => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            Ok(ExitCode::SUCCESS)
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_all(&page)
         }
         Command::Schema => {
             let schema = berth::manifest::manifest_schema();
-            println!("{}", serde_json::to_string_pretty(&schema)?);
-            Ok(ExitCode::SUCCESS)
+            let mut text = serde_json::to_string_pretty(&schema)?;
+            text.push('\n');
+            print_all(text.as_bytes())
         }
+    }
+}
+
+/// Write `bytes` to stdout. A reader that stopped reading (`berth manpage
+/// | head -1`) is not an error: it has what it wanted.
+fn print_all(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 
