@@ -522,3 +522,26 @@ fn validate_reports_every_error_of_a_file_in_order() {
     );
     assert_eq!(at("job.yaml").len(), 2, "{shown}");
 }
+
+/// Inside a container berth runs, `BERTH_NAMESPACE` is the parent's: `run`
+/// and `down` refuse it from the environment (before touching Docker) and
+/// ask for the namespace by flag or config file.
+#[test]
+fn run_and_down_inside_a_task_refuse_the_parents_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("BERTH_NAMESPACE", "parent"), ("BERTH_TASK", "web")];
+    let folder = dir.path().to_str().unwrap();
+    for args in [
+        &["run", "--once", "--manifests", folder][..],
+        &["down", "--dry-run"],
+    ] {
+        let out = common::run_berth_env(args, &env, Duration::from_secs(10));
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("this berth would act on its parent's containers"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("--namespace"), "{err}");
+    }
+}

@@ -15,6 +15,7 @@ use super::{connect, AgentFlags};
 /// round after round.
 pub async fn down(flags: AgentFlags, dry_run: bool, yes: bool) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
+    flags.refuse_inherited_namespace()?;
     let config = flags.load_host()?;
     let runtime = connect(&config).await?;
     let plan_now = |observed: &[berth::runtime::ObservedContainer]| {

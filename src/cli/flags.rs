@@ -299,6 +299,31 @@ impl clap::FromArgMatches for AgentFlags {
 }
 
 impl AgentFlags {
+    /// berth sets `BERTH_NAMESPACE` and `BERTH_TASK` in every container it
+    /// runs. A `berth run` or `down` started inside one would take its
+    /// parent's namespace from the environment and then remove the
+    /// parent's containers as its own; it must be given one instead.
+    pub fn refuse_inherited_namespace(&self) -> anyhow::Result<()> {
+        if self.inherits_namespace(std::env::var_os("BERTH_TASK").is_some()) {
+            anyhow::bail!(
+                "BERTH_NAMESPACE comes from the environment of a container berth runs (BERTH_TASK \
+                 is set too): this berth would act on its parent's containers. Give the namespace \
+                 with --namespace or in the config file"
+            );
+        }
+        Ok(())
+    }
+
+    fn inherits_namespace(&self, in_task: bool) -> bool {
+        in_task
+            && self
+                .overrides
+                .iter()
+                .rev()
+                .find(|o| o.key.path == "namespace")
+                .is_some_and(|o| o.origin == Origin::Env)
+    }
+
     /// The config for `run` and `validate`: `--config`, else the built-in
     /// defaults with `./manifests`.
     pub fn load(&self) -> anyhow::Result<AgentConfig> {
@@ -545,6 +570,23 @@ mod tests {
         assert_eq!(c.files.allowed_dirs, Some(dirs));
         assert_eq!(c.files.max_size, 4096);
         assert_eq!(c.docker.volumes.allowed, Some(vec!["/srv".to_string()]));
+    }
+
+    #[test]
+    fn only_a_namespace_from_the_environment_inside_a_task_is_inherited() {
+        let key = KEYS.iter().find(|k| k.path == "namespace").unwrap();
+        let given = |origin| AgentFlags {
+            config: None,
+            overrides: vec![Override {
+                key,
+                value: Value::String("parent".into()),
+                origin,
+            }],
+        };
+        assert!(given(Origin::Env).inherits_namespace(true));
+        assert!(!given(Origin::Env).inherits_namespace(false));
+        assert!(!given(Origin::Flag).inherits_namespace(true));
+        assert!(!AgentFlags::default().inherits_namespace(true));
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub async fn run(
     once_timeout: Option<Duration>,
     bars: Option<berth::faces::progress::PullBars>,
 ) -> anyhow::Result<ExitCode> {
+    flags.refuse_inherited_namespace()?;
     let config = flags.load()?;
     // One agent per namespace on this host: a second one would fight the
     // first over the containers.
