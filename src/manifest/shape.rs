@@ -5,8 +5,8 @@
 //! three rounds of `berth validate`. This pass walks the location tree of
 //! a document against the manifest's JSON Schema (the one `berth schema`
 //! prints, generated from the types in `types.rs`), so the known keys and
-//! their kinds are written down once, in those types. It reports only what
-//! the typed pass refuses too; the typed pass still decides.
+//! their kinds are written down once, in those types. The typed pass still
+//! decides: these errors are shown only for a file it refuses.
 //!
 //! Messages name the position, the path of berth's own keys and what to
 //! do. They never show a value, nor an unknown key's text: the closest key
@@ -20,14 +20,18 @@ use serde_saphyr::Spanned;
 use super::duration::Duration;
 use super::parse::{
     closest, excerpt, location_trees, parse_manifest_file, ManifestError, Node, ParsedTask, Pos,
-    Scalar, HIDDEN,
+    Scalar, HIDDEN, MAX_FILE_BYTES,
 };
 
 /// [`parse_manifest_file`], and when it fails, every structural error of
 /// the file with it, sorted by position.
 pub fn parse_all(display_path: &str, text: &str) -> Result<Vec<ParsedTask>, Vec<ManifestError>> {
     parse_manifest_file(display_path, text).map_err(|first| {
-        // Without a tree (a syntax error) the parser's error is all there is.
+        // Without a tree (a syntax error, a file over the size limit) the
+        // first error is all there is.
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return first;
+        }
         let Ok(trees) = location_trees(text) else {
             return first;
         };
