@@ -43,6 +43,25 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the loop beats when nothing else wakes it.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
+/// After a chain ended well while other chains are still in flight, the
+/// pass it asks for waits until this long after the previous pass began;
+/// so does a pass for a timer that became due (a settle check, a backoff).
+/// Such a pass finds nothing new for the other instances (their chains are
+/// already dispatched), and at a cold start of hundreds of tasks one pass
+/// per finished chain, each listing every container, costs the daemon more
+/// than the work itself. A failed chain, the last chain, an event or a file
+/// change still gets its pass at once.
+pub const WORK_DONE_GAP: Duration = Duration::from_millis(500);
+
+/// Whether a finished chain's pass may wait out [`WORK_DONE_GAP`].
+fn can_wait<R: ContainerRuntime>(
+    controller: &Controller<R>,
+    succeeded: bool,
+    gap_end: tokio::time::Instant,
+) -> bool {
+    succeeded && !controller.busy().is_empty() && tokio::time::Instant::now() < gap_end
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
@@ -130,6 +149,7 @@ pub async fn run_loop<R: ContainerRuntime>(
         for task in retries.drain(..) {
             controller.retry(&task);
         }
+        let gap_end = tokio::time::Instant::now() + WORK_DONE_GAP;
         let result = tokio::select! {
             r = controller.pass(&trigger) => r,
             () = &mut shutdown => break,
@@ -167,14 +187,34 @@ pub async fn run_loop<R: ContainerRuntime>(
             })
             .unwrap_or(resync)
             .min(resync);
-        let sleep = tokio::time::sleep(wait);
+        // A timer (a backoff, a settle check) is not worth a pass sooner
+        // than the work-done gap either: many instances started together
+        // become due together.
+        let wake_at = tokio::time::Instant::now() + wait;
+        let wake_at = if next_due.is_some() {
+            wake_at.max(gap_end)
+        } else {
+            wake_at
+        };
+        let sleep = tokio::time::sleep_until(wake_at);
         tokio::pin!(sleep);
+        let mut waiting_done = None;
         trigger = loop {
             tokio::select! {
                 done = controller.next_done() => {
                     let key = done.key.clone();
+                    let succeeded = done.succeeded();
                     controller.complete(done);
+                    if can_wait(controller, succeeded, gap_end) {
+                        waiting_done = Some(key);
+                        continue;
+                    }
                     break Trigger::WorkDone { key };
+                }
+                () = tokio::time::sleep_until(gap_end), if waiting_done.is_some() => {
+                    if let Some(key) = waiting_done.take() {
+                        break Trigger::WorkDone { key };
+                    }
                 }
                 t = triggers.recv(), if triggers_open => match t {
                     Some(t) => break t,

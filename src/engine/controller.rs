@@ -117,6 +117,13 @@ pub struct ChainDone {
     actions: Vec<Action>,
 }
 
+impl ChainDone {
+    /// Every action of the chain succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.outcomes.iter().all(|o| o.result.is_ok())
+    }
+}
+
 /// Sees what the engine does, e.g. for `/metrics`.
 pub trait EngineObserver: Send + Sync {
     fn pass(&self, _elapsed: Duration, _result: &Result<PassReport, PassError>) {}
