@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use berth::faces::status_client::fetch_status;
 
-use crate::host::{task_name, write_manifest_with, Host};
+use crate::host::{task_name, write_manifest, write_manifest_with, Host};
 use crate::report::{Row, Target};
 use crate::scenarios::{
     footprint, last_start, now_ns, ratio, settle, stop_child, tap_events, timed_kills, Event,
@@ -122,8 +122,19 @@ pub async fn busy_kills(
         "1",
         "stop_timeout: 1s\n",
     )?;
-    host.wait_running(&host.berth_label(), o.tasks + 2, Duration::from_secs(30))
-        .await?;
+    // Tasks of their own for the kills: the reaction's victims were killed
+    // moments ago, and a second crash within `restart.reset_after` (10 min)
+    // is backed off by design, which is not what this measures.
+    let victims: Vec<String> = (0..o.reactions).map(|k| format!("b{k:02}")).collect();
+    for task in &victims {
+        write_manifest(&host.manifests(), task, &host.image, "0")?;
+    }
+    host.wait_running(
+        &host.berth_label(),
+        o.tasks + 2 + victims.len(),
+        Duration::from_secs(60),
+    )
+    .await?;
     // The slow replacement and the hanging pull start now.
     write_slow(host, "2")?;
     write_manifest_with(
@@ -144,7 +155,7 @@ pub async fn busy_kills(
 
     let mut events = tap_events(host);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let kills = timed_kills(host, o, &mut events, Duration::from_millis(300)).await?;
+    let kills = timed_kills(host, &victims, &mut events, Duration::from_millis(300)).await?;
     let (total, after_die, missed) = (kills.total, kills.after_die, kills.missed);
     // Both were still in flight at the end: the kills really ran beside them.
     let addr: SocketAddr = host.listen.parse()?;
@@ -195,7 +206,8 @@ pub async fn busy_kills(
          60s`) gets an env change, so its replacement waits out the grace, and task `hang` gets \
          an image from a registry on 127.0.0.1 that accepts connections and never answers; once \
          `/v1/status` shows both in flight, {} kills of plain tasks are timed like the reaction \
-         kills. The row \"in flight after the last kill\" is read from `/v1/status` after them.",
+         kills, each of a task of its own that was never killed before (a second crash within \
+         `restart.reset_after`, 10 min, is backed off by design). The row \"in flight after the last kill\" is read from `/v1/status` after them.",
         o.reactions
     ));
     Ok(())
@@ -203,10 +215,14 @@ pub async fn busy_kills(
 
 /// The slow and hanging tasks of [`busy_kills`], gone: files and containers
 /// (forced; their graces would make `berth down` wait a minute).
-pub async fn remove_busy(host: &Host) -> Result<()> {
-    for task in ["slow", "hang"] {
+pub async fn remove_busy(host: &Host, o: &Options) -> Result<()> {
+    let victims = (0..o.reactions).map(|k| format!("b{k:02}"));
+    for task in ["slow".to_string(), "hang".to_string()]
+        .into_iter()
+        .chain(victims)
+    {
         let _ = std::fs::remove_file(host.manifests().join(format!("{task}.yaml")));
-        let ids = ids_of_task(host, task).await?;
+        let ids = ids_of_task(host, &task).await?;
         for id in ids {
             let _ = host
                 .docker

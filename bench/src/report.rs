@@ -188,8 +188,11 @@ pub fn markdown(
     );
     let _ = writeln!(
         out,
-        "`--quick` for a short smoke run (10 tasks, 1 round); `--rounds N`, `--tasks N` to \
-         change the size. Planner detail: `cargo bench --bench plan` (criterion).\n"
+        "`--quick` for a short smoke run (10 tasks, 1 round, 50 scale tasks); `--rounds N`, \
+         `--tasks N`, `--scale-tasks N` to change the size; `--only {}` runs some of the \
+         scenarios (a file written from such a run holds only their rows). Planner detail: \
+         `cargo bench --bench plan` (criterion).\n",
+        crate::SCENARIOS.join(",")
     );
     let _ = writeln!(out, "## Machine\n");
     for (k, v) in &machine.lines {
