@@ -1700,7 +1700,7 @@ mod tests {
         assert!(refused > 20, "the table exercises refusals: {refused}");
         let bind = host(&|h| h.binds = vec!["/etc".into()]);
         let c = container("def", "berth-side-0", bind);
-        assert!(beyond_gates(&c, &contexts[0], &[c.clone()])[0].contains("`/etc`"));
+        assert!(beyond_gates(&c, &contexts[0], std::slice::from_ref(&c))[0].contains("`/etc`"));
     }
 
     /// The gate asks Docker once per container it has not seen, never for
