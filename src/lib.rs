@@ -11,7 +11,8 @@
 //! - [`desired`]: the manifest folder → exactly what Docker is asked for:
 //!   loading with per-file errors and last-good memory, port allocation,
 //!   registry credentials, resolving an instance into a [`desired::spec::ContainerSpec`],
-//!   its label set and its secret-free applied record.
+//!   its label set and its secret-free applied record, keyed by the host's
+//!   digest key.
 //! - [`engine`]: deciding (the pure [`engine::plan`], dependencies, jobs,
 //!   backoff, the retry policy) and doing (per-instance chains, shared background pulls, the
 //!   controller's pass, image cleanup), and the status it publishes.

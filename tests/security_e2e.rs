@@ -181,6 +181,33 @@ fn a_secret_interpolated_into_args_reaches_the_container_and_nothing_else() {
     for (k, v) in &labels {
         assert!(!v.contains("hunter2"), "label {k} shows the secret: {v}");
     }
+    // The secret's digests are keyed with the host's key (made by the agent
+    // in its state_dir): no label holds an unkeyed digest of it.
+    let key = berth::desired::digest_key::DigestKey::load(&common::test_state_dir())
+        .unwrap()
+        .expect("the agent made its digest key");
+    let applied: serde_json::Value = serde_json::from_str(&labels["io.berth.applied"]).unwrap();
+    assert_eq!(applied["v"], 2, "{applied}");
+    for field in ["env.DB_PASS", "command"] {
+        let value = if field == "command" {
+            r#"["sleep","forever","--password=hunter2"]"#
+        } else {
+            "hunter2"
+        };
+        assert_eq!(
+            applied["s"][field].as_str(),
+            Some(&key.digest("applied", field, value)[..16]),
+            "{applied}"
+        );
+    }
+    use sha2::Digest;
+    let unkeyed = hex::encode(sha2::Sha256::digest(b"hunter2"));
+    for (k, v) in &labels {
+        assert!(
+            !v.contains(&unkeyed[..16]),
+            "label {k} holds sha256 of the secret: {v}"
+        );
+    }
     assert!(!status.to_string().contains("hunter2"), "{status}");
     let (code, body) = berth.get("/v1/status").unwrap();
     assert_eq!(code, 200);
@@ -444,13 +471,22 @@ fn a_labelled_container_beyond_the_gates_is_not_adopted_nor_touched() {
 
 /// What Docker's container list does not show (`--privileged`, `--pid
 /// host`) the gate still sees: a hand-made labelled container with it is left
-/// alone (same id, still running), reported in the log, `/v1/status` and
-/// `plan`, and its task gets no second container.
-fn a_hand_made_container_is_left_alone(ns: &str, docker_flags: &[&str], phrase: &str) {
+/// alone (same id, in the same state), reported in the log, `/v1/status`
+/// and `plan`, and its task gets no second container. `make` is `run -d`,
+/// or `create` where the host cannot start such a container (a daemon in a
+/// container may not grant `--privileged` its capabilities): berth adopting
+/// it would start or replace it.
+fn a_hand_made_container_is_left_alone(
+    ns: &str,
+    make: &[&str],
+    docker_flags: &[&str],
+    phrase: &str,
+) {
     let ns = TestNamespace::new(ns);
     let name = ns.container_name("app", 0);
     let made = Command::new("docker")
-        .args(["run", "-d", "--name", &name])
+        .args(make)
+        .args(["--name", &name])
         .args(docker_flags)
         .args(["--label", &format!("io.berth.namespace={}", ns.ns)])
         .args([
@@ -485,7 +521,12 @@ fn a_hand_made_container_is_left_alone(ns: &str, docker_flags: &[&str], phrase: 
     });
     let c = docker::inspect(&name).expect("the container is left alone");
     assert_eq!(c["Id"].as_str().unwrap(), id);
-    assert_eq!(c["State"]["Running"], true, "{c}");
+    let state = if make[0] == "create" {
+        "created"
+    } else {
+        "running"
+    };
+    assert_eq!(c["State"]["Status"], state, "{c}");
     let app: Vec<_> = docker::ps(&ns.ns)
         .into_iter()
         .filter(|p| p.name.contains("-app-"))
@@ -500,13 +541,19 @@ fn a_hand_made_container_is_left_alone(ns: &str, docker_flags: &[&str], phrase: 
 
 #[test]
 fn a_hand_made_privileged_container_is_not_adopted() {
-    a_hand_made_container_is_left_alone("adopt-priv", &["--privileged"], "privileged (needs");
+    a_hand_made_container_is_left_alone(
+        "adopt-priv",
+        &["create"],
+        &["--privileged"],
+        "privileged (needs",
+    );
 }
 
 #[test]
 fn a_hand_made_container_in_the_hosts_pid_namespace_is_not_adopted() {
     a_hand_made_container_is_left_alone(
         "adopt-pid",
+        &["run", "-d"],
         &["--pid", "host"],
         "the host's pid namespace",
     );

@@ -37,6 +37,9 @@ pub async fn plan(
     let mut controller = Controller::new(runtime, config);
     let prepared = controller.prepare().await?;
     let plan = controller.plan(&prepared, SystemTime::now());
+    for note in &prepared.notes {
+        eprintln!("berth: note: {note}");
+    }
     if json {
         let view = PlanView::with_changes(&plan, &prepared.errors, &prepared.observed);
         println!("{}", serde_json::to_string_pretty(&view)?);

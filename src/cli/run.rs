@@ -121,8 +121,12 @@ pub async fn run(
         Some(bars) => Arc::new(bars),
         None => Arc::new(berth::engine::pulls::LogPulls),
     };
+    // Every digest of a secret value in a label is keyed with it: made once,
+    // kept in state_dir.
+    let digest_key = berth::desired::digest_key::DigestKey::load_or_create(&config.state_dir)?;
     let mut controller =
         Controller::with_parts(runtime, config, berth::clock::Clock::System, observer);
+    controller.set_digest_key(Arc::new(digest_key));
     // A small queue: a pending trigger already means "look again".
     let (tx, rx) = tokio::sync::mpsc::channel::<Trigger>(4);
     let metrics = Arc::new(berth::faces::metrics::Metrics::new());

@@ -3,48 +3,55 @@
 //! state of its own.
 //!
 //! The record is a flat map `field → value` (`image`, `env.MODE`,
-//! `ports.http`, ...) in compact JSON. Secret env values never enter it: a
-//! secret is recorded as a 16-hex digest, salted with the spec hash, so a
-//! change is detectable but the value is not in the label. (The spec hash is
-//! itself a digest over the same secret, so the record reveals nothing the
-//! hash did not.) The label is derived from the spec and is not part of it,
-//! so it never changes the spec hash.
+//! `ports.http`, ...) in compact JSON. Secret values never enter it: a
+//! secret is recorded as a 16-hex HMAC under the host's digest key
+//! ([`DigestKey`]), so a change is detectable but the value is not in the
+//! label, nor guessable from it without the key. The label is derived from
+//! the spec and is not part of it, so it never changes the spec hash.
+//!
+//! Version 1 records (written before digests were keyed) salted a plain
+//! sha256 with the spec hash; they are still read, and every secret in one
+//! shows as changed (the container is replaced once, as its hash changes).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::desired::digest_key::DigestKey;
 use crate::desired::spec::ContainerSpec;
 
 /// Above this size the label is left off (Docker keeps labels in the
 /// container config; keep it small). The diff then says it has no record.
 pub const MAX_LABEL_BYTES: usize = 16 * 1024;
 
+/// The record's format: 2 since secret digests are keyed.
+pub const VERSION: u8 = 2;
+
+/// What a secret's digest is recorded as when the key could not be read
+/// (`berth plan` run by a user who cannot read `state_dir`).
+pub const UNKNOWN_DIGEST: &str = "?";
+
 /// The secret-free record of a spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedSpec {
     /// Format version.
     pub v: u8,
-    /// Salt of the secret digests (a prefix of the spec hash).
+    /// Version 1 only: the salt of its unkeyed digests.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub salt: String,
     /// Non-secret fields, flattened.
     pub f: BTreeMap<String, String>,
-    /// Secret env values: field → salted digest.
+    /// Secret values: field → keyed digest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub s: BTreeMap<String, String>,
 }
 
-fn secret_digest(salt: &str, field: &str, value: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"berth-secret-v1\0");
-    h.update(salt.as_bytes());
-    h.update(b"\0");
-    h.update(field.as_bytes());
-    h.update(b"\0");
-    h.update(value.as_bytes());
-    hex::encode(h.finalize())[..16].to_string()
+fn secret_digest(key: Option<&DigestKey>, field: &str, value: &str) -> String {
+    match key {
+        Some(key) => key.digest("applied", field, value)[..16].to_string(),
+        None => UNKNOWN_DIGEST.to_string(),
+    }
 }
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -52,8 +59,9 @@ fn json<T: Serialize>(v: &T) -> String {
 }
 
 impl AppliedSpec {
-    /// Flatten `spec`, digesting secrets with `salt`.
-    pub fn of(spec: &ContainerSpec, salt: &str) -> AppliedSpec {
+    /// Flatten `spec`, digesting secrets with `key` (without one, each
+    /// secret is recorded as [`UNKNOWN_DIGEST`], whatever its value).
+    pub fn of(spec: &ContainerSpec, key: Option<&DigestKey>) -> AppliedSpec {
         let mut f = BTreeMap::new();
         let mut s = BTreeMap::new();
         let mut put = |k: &str, v: Option<String>| {
@@ -101,42 +109,46 @@ impl AppliedSpec {
         // Fields that interpolate a secret are recorded like secrets.
         for field in &spec.secret_fields {
             if let Some(value) = f.remove(field) {
-                s.insert(field.clone(), secret_digest(salt, field, &value));
+                s.insert(field.clone(), secret_digest(key, field, &value));
             }
         }
         for (k, e) in &spec.env {
             let field = format!("env.{k}");
             if e.secret {
-                s.insert(field.clone(), secret_digest(salt, &field, &e.value));
+                s.insert(field.clone(), secret_digest(key, &field, &e.value));
             } else {
                 f.insert(field, e.value.clone());
             }
         }
         AppliedSpec {
-            v: 1,
-            salt: salt.to_string(),
+            v: VERSION,
+            salt: String::new(),
             f,
             s,
         }
     }
 
-    /// The label value for `spec`, or `None` when it would be too large.
-    pub fn label_for(spec: &ContainerSpec) -> Option<String> {
-        let hash = spec.hash();
-        let text = json(&AppliedSpec::of(spec, &hash[..16]));
+    /// The label value of this record, or `None` when it would be too large.
+    pub fn label(&self) -> Option<String> {
+        let text = json(self);
         (text.len() <= MAX_LABEL_BYTES).then_some(text)
+    }
+
+    /// The label value for `spec` under `key`, or `None` when too large.
+    pub fn label_for(spec: &ContainerSpec, key: Option<&DigestKey>) -> Option<String> {
+        AppliedSpec::of(spec, key).label()
     }
 
     /// Read a label value back; `None` when it is not a record berth understands.
     pub fn parse(label: &str) -> Option<AppliedSpec> {
         serde_json::from_str::<AppliedSpec>(label)
             .ok()
-            .filter(|a| a.v == 1)
+            .filter(|a| a.v == 1 || a.v == VERSION)
     }
 
-    /// The fields in which `new` differs from this record, sorted by field.
-    pub fn diff(&self, new: &ContainerSpec) -> Vec<FieldChange> {
-        let new = AppliedSpec::of(new, &self.salt);
+    /// The fields in which `new` (a record of the new spec, under the same
+    /// key) differs from this record, sorted by field.
+    pub fn diff(&self, new: &AppliedSpec) -> Vec<FieldChange> {
         let mut fields: Vec<&String> = self
             .f
             .keys()
@@ -152,10 +164,12 @@ impl AppliedSpec {
             if secret {
                 let old = self.s.get(field).or(self.f.get(field));
                 let now = new.s.get(field).or(new.f.get(field));
+                let unknown = now.is_some_and(|d| d == UNKNOWN_DIGEST) && old.is_some();
                 if old != now {
                     out.push(FieldChange {
                         field: field.clone(),
                         secret: true,
+                        unknown,
                         old: None,
                         new: None,
                     });
@@ -167,6 +181,7 @@ impl AppliedSpec {
                 out.push(FieldChange {
                     field: field.clone(),
                     secret: false,
+                    unknown: false,
                     old: old.cloned(),
                     new: now.cloned(),
                 });
@@ -181,6 +196,10 @@ impl AppliedSpec {
 pub struct FieldChange {
     pub field: String,
     pub secret: bool,
+    /// A secret that could not be compared: the digest key was not
+    /// readable.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
     /// `None`: unset (or a secret).
     pub old: Option<String>,
     pub new: Option<String>,
@@ -188,6 +207,13 @@ pub struct FieldChange {
 
 impl fmt::Display for FieldChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unknown {
+            return write!(
+                f,
+                "{}: secret changed: unknown (key not readable)",
+                self.field
+            );
+        }
         if self.secret {
             return write!(f, "{}: (secret changed)", self.field);
         }
@@ -216,17 +242,83 @@ fn mebibytes(bytes: i64) -> String {
 mod tests {
     use super::*;
 
+    static KEY: std::sync::LazyLock<DigestKey> =
+        std::sync::LazyLock::new(|| DigestKey::from_bytes([3; 32]));
+
+    #[test]
+    fn secret_digests_are_keyed_and_unknown_without_the_key() {
+        use sha2::{Digest, Sha256};
+        let mut spec = ContainerSpec::for_image("busybox:1");
+        spec.env.insert(
+            "PW".into(),
+            crate::desired::spec::EnvEntry {
+                value: "hunter2".into(),
+                secret: true,
+            },
+        );
+        let label = AppliedSpec::label_for(&spec, Some(&KEY)).unwrap();
+        let record = AppliedSpec::parse(&label).unwrap();
+        assert_eq!(record.v, VERSION);
+        let digest = &record.s["env.PW"];
+        assert_eq!(digest.len(), 16);
+        // Neither the old salted digest nor a plain sha256 of the value.
+        for unkeyed in [
+            hex::encode(Sha256::digest(b"hunter2")),
+            hex::encode(Sha256::digest(
+                [
+                    b"berth-secret-v1\0".as_slice(),
+                    &spec.hash().as_bytes()[..16],
+                    b"\0env.PW\0hunter2",
+                ]
+                .concat(),
+            )),
+        ] {
+            assert!(!label.contains(&unkeyed[..16]), "{label}");
+        }
+        let other = DigestKey::from_bytes([4; 32]);
+        assert_ne!(&AppliedSpec::of(&spec, Some(&other)).s["env.PW"], digest);
+        // Without the key: the secret is neither compared nor guessed at.
+        let unknown = record.diff(&AppliedSpec::of(&spec, None));
+        let shown: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["env.PW: secret changed: unknown (key not readable)"]
+        );
+    }
+
+    #[test]
+    fn a_version_1_record_is_read_and_its_secrets_show_as_changed() {
+        let mut spec = ContainerSpec::for_image("busybox:1");
+        spec.env.insert(
+            "PW".into(),
+            crate::desired::spec::EnvEntry {
+                value: "hunter2".into(),
+                secret: true,
+            },
+        );
+        let fields = serde_json::to_string(&AppliedSpec::of(&spec, Some(&KEY)).f).unwrap();
+        let v1 = format!(
+            r#"{{"v":1,"salt":"0123456789abcdef","f":{fields},"s":{{"env.PW":"0011223344556677"}}}}"#
+        );
+        let old = AppliedSpec::parse(&v1).unwrap();
+        let changes = old.diff(&AppliedSpec::of(&spec, Some(&KEY)));
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["env.PW: (secret changed)"]);
+    }
+
     #[test]
     fn fields_that_interpolate_a_secret_are_recorded_and_planned_as_digests() {
         let mut old = ContainerSpec::for_image("busybox:1");
         old.cmd = Some(vec!["app".into(), "--password=hunter2".into()]);
         old.labels.insert("dsn".into(), "db://u:hunter2@db".into());
         old.secret_fields = ["command".to_string(), "labels.dsn".to_string()].into();
-        let label = AppliedSpec::label_for(&old).unwrap();
+        let label = AppliedSpec::label_for(&old, Some(&KEY)).unwrap();
         assert!(!label.contains("hunter2"), "{label}");
         let mut new = old.clone();
         new.cmd = Some(vec!["app".into(), "--password=hunter3".into()]);
-        let changes = AppliedSpec::parse(&label).unwrap().diff(&new);
+        let changes = AppliedSpec::parse(&label)
+            .unwrap()
+            .diff(&AppliedSpec::of(&new, Some(&KEY)));
         let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["command: (secret changed)"]);
     }
@@ -243,7 +335,7 @@ mod tests {
     }
 
     fn applied(spec: &ContainerSpec) -> AppliedSpec {
-        AppliedSpec::parse(&AppliedSpec::label_for(spec).unwrap()).unwrap()
+        AppliedSpec::parse(&AppliedSpec::label_for(spec, Some(&KEY)).unwrap()).unwrap()
     }
 
     #[test]
@@ -255,7 +347,7 @@ mod tests {
         env(&mut new, "MODE", "prod", false);
         env(&mut new, "EXTRA", "1", false);
         let lines: Vec<String> = applied(&old)
-            .diff(&new)
+            .diff(&AppliedSpec::of(&new, Some(&KEY)))
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -275,15 +367,17 @@ mod tests {
         env(&mut old, "DB_PASSWORD", "hunter2", true);
         let mut new = old.clone();
         env(&mut new, "DB_PASSWORD", "hunter3", true);
-        let label = AppliedSpec::label_for(&old).unwrap();
+        let label = AppliedSpec::label_for(&old, Some(&KEY)).unwrap();
         assert!(!label.contains("hunter2"), "{label}");
-        let changes = applied(&old).diff(&new);
+        let changes = applied(&old).diff(&AppliedSpec::of(&new, Some(&KEY)));
         assert_eq!(changes.len(), 1);
         let text = changes[0].to_string();
         assert_eq!(text, "env.DB_PASSWORD: (secret changed)");
         assert!(!serde_json::to_string(&changes).unwrap().contains("hunter"));
         // Unchanged secret: no change reported.
-        assert!(applied(&old).diff(&old).is_empty());
+        assert!(applied(&old)
+            .diff(&AppliedSpec::of(&old, Some(&KEY)))
+            .is_empty());
     }
 
     #[test]
@@ -293,7 +387,7 @@ mod tests {
         let mut new = old.clone();
         new.memory_bytes = Some(128 * 1024 * 1024);
         let lines: Vec<String> = applied(&old)
-            .diff(&new)
+            .diff(&AppliedSpec::of(&new, Some(&KEY)))
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -309,7 +403,7 @@ mod tests {
     fn the_record_does_not_change_the_spec_hash_and_stays_compact() {
         let spec = ContainerSpec::for_image("busybox:1");
         let before = spec.hash();
-        let label = AppliedSpec::label_for(&spec).unwrap();
+        let label = AppliedSpec::label_for(&spec, Some(&KEY)).unwrap();
         assert_eq!(spec.hash(), before);
         assert!(label.len() < 200, "{label}");
     }

@@ -6,16 +6,52 @@ use std::collections::BTreeMap;
 
 use crate::desired::applied::AppliedSpec;
 use crate::desired::spec::ContainerSpec;
+use crate::desired::state::DesiredInstance;
 use crate::names::{labels, InstanceKey};
 
+impl DesiredInstance {
+    /// The labels berth creates this instance's container with: its hash and
+    /// record as resolved (keyed with the host's digest key by the agent).
+    pub fn container_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.spec.labels_with(
+            namespace,
+            &self.key,
+            &self.manifest,
+            &self.hash,
+            self.record.label(),
+        )
+    }
+}
+
 impl ContainerSpec {
-    /// The labels to put on the container: the manifest's own, then berth's,
-    /// which always win (a manifest cannot forge `io.berth.*`).
+    /// The labels of a container of this spec made without the host's
+    /// digest key (tests and benchmarks; a secret's digest is then
+    /// [`crate::desired::applied::UNKNOWN_DIGEST`]). berth itself labels
+    /// through [`DesiredInstance::container_labels`].
     pub fn container_labels(
         &self,
         namespace: &str,
         key: &InstanceKey,
         manifest: &str,
+    ) -> BTreeMap<String, String> {
+        self.labels_with(
+            namespace,
+            key,
+            manifest,
+            &self.hash(),
+            AppliedSpec::label_for(self, None),
+        )
+    }
+
+    /// The labels to put on the container: the manifest's own, then berth's,
+    /// which always win (a manifest cannot forge `io.berth.*`).
+    fn labels_with(
+        &self,
+        namespace: &str,
+        key: &InstanceKey,
+        manifest: &str,
+        hash: &str,
+        applied: Option<String>,
     ) -> BTreeMap<String, String> {
         let mut out: BTreeMap<String, String> = self
             .labels
@@ -26,13 +62,13 @@ impl ContainerSpec {
         out.insert(labels::NAMESPACE.into(), namespace.into());
         out.insert(labels::TASK.into(), key.task.clone());
         out.insert(labels::INDEX.into(), key.index.to_string());
-        out.insert(labels::SPEC_HASH.into(), self.hash());
+        out.insert(labels::SPEC_HASH.into(), hash.to_string());
         out.insert(labels::MANIFEST.into(), manifest.into());
         out.insert(
             labels::STOP_TIMEOUT.into(),
             self.stop_grace().as_secs().to_string(),
         );
-        if let Some(applied) = AppliedSpec::label_for(self) {
+        if let Some(applied) = applied {
             out.insert(labels::APPLIED.into(), applied);
         }
         for port in &self.ports {

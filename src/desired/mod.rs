@@ -9,8 +9,10 @@
 //! - [`state`]: every resolved instance the folder asks for, as the planner takes it.
 //! - [`labels`]: the labels a container gets (the manifest's, then berth's).
 //! - [`applied`]: the secret-free record of an applied spec, and field diffs.
+//! - [`digest_key`]: the host's key for every digest of a secret value.
 
 pub mod applied;
+pub mod digest_key;
 pub mod folder;
 pub mod labels;
 pub mod ports;

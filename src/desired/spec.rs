@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::desired::digest_key::DigestKey;
 use crate::names::DEFAULT_GRACE;
 
 use serde::{Deserialize, Serialize};
@@ -105,18 +106,64 @@ impl ContainerSpec {
         }
     }
 
-    /// sha256 (hex) of the canonical JSON form of the spec.
-    ///
-    /// Secrets are part of the hash input (a changed secret must replace the
-    /// container) but the hash is the only thing derived from them that leaves
-    /// the process. The `v1` prefix lets a future canonical form change
-    /// deliberately rather than by accident.
+    /// sha256 (hex) of the canonical JSON form of the spec, without the
+    /// host's key: the label of a spec without secrets, and tests. A spec
+    /// with secrets is labelled with [`ContainerSpec::keyed_hash`], never
+    /// this (an unkeyed digest of a short secret can be guessed). The `v1`
+    /// prefix lets a future canonical form change deliberately rather than
+    /// by accident.
     pub fn hash(&self) -> String {
         let mut hasher = Sha256::new();
         hasher.update(b"berth-spec-v1\n");
         // Serialising plain structs and BTreeMaps cannot fail; an empty
         // fallback would still hash deterministically.
         hasher.update(serde_json::to_vec(self).unwrap_or_default());
+        hex::encode(hasher.finalize())
+    }
+
+    /// Whether any value in the spec is secret (a secret env value, or a
+    /// field that interpolates one).
+    pub fn has_secrets(&self) -> bool {
+        self.env.values().any(|e| e.secret) || !self.secret_fields.is_empty()
+    }
+
+    /// The spec hash as the agent labels it: every secret value replaced by
+    /// its HMAC under the host's digest key before hashing, so the label
+    /// cannot be used to guess a secret offline. A spec without secrets
+    /// hashes exactly as [`ContainerSpec::hash`] (upgrading berth restarts
+    /// none of its containers); one with secrets hashes differently from
+    /// what a berth without keys labelled it with, so it is replaced once.
+    pub fn keyed_hash(&self, key: &DigestKey) -> String {
+        if !self.has_secrets() {
+            return self.hash();
+        }
+        let mut keyed = self.clone();
+        let digest = |field: &str, value: &str| key.digest("spec", field, value);
+        for (name, e) in keyed.env.iter_mut().filter(|(_, e)| e.secret) {
+            e.value = digest(&format!("env.{name}"), &e.value);
+        }
+        let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
+        for field in &self.secret_fields {
+            match field.as_str() {
+                "command" => keyed.cmd = self.cmd.as_ref().map(|c| vec![digest(field, &json(c))]),
+                "entrypoint" => {
+                    keyed.entrypoint = self
+                        .entrypoint
+                        .as_ref()
+                        .map(|c| vec![digest(field, &json(c))])
+                }
+                "hostname" => keyed.hostname = self.hostname.as_ref().map(|h| digest(field, h)),
+                other => {
+                    let label = other.strip_prefix("labels.").unwrap_or(other);
+                    if let Some(v) = keyed.labels.get_mut(label) {
+                        *v = digest(field, v);
+                    }
+                }
+            }
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(b"berth-spec-v1-keyed\n");
+        hasher.update(serde_json::to_vec(&keyed).unwrap_or_default());
         hex::encode(hasher.finalize())
     }
 
@@ -147,5 +194,38 @@ mod tests {
             },
         );
         assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn the_keyed_hash_covers_secrets_by_key_and_leaves_specs_without_them_alone() {
+        let key = DigestKey::from_bytes([7; 32]);
+        let other = DigestKey::from_bytes([8; 32]);
+        let plain = ContainerSpec::for_image("busybox:1");
+        assert_eq!(
+            plain.keyed_hash(&key),
+            plain.hash(),
+            "no restart on upgrade"
+        );
+        let mut secret = plain.clone();
+        secret.env.insert(
+            "PW".into(),
+            EnvEntry {
+                value: "hunter2".into(),
+                secret: true,
+            },
+        );
+        let h = secret.keyed_hash(&key);
+        assert_ne!(h, secret.hash(), "not the unkeyed hash");
+        assert_ne!(h, secret.keyed_hash(&other), "depends on the key");
+        let mut changed = secret.clone();
+        changed.env.get_mut("PW").unwrap().value = "hunter3".into();
+        assert_ne!(h, changed.keyed_hash(&key), "a changed secret replaces");
+        let mut tainted = plain.clone();
+        tainted.cmd = Some(vec!["--pw=hunter2".into()]);
+        tainted.secret_fields.insert("command".into());
+        let mut tainted2 = tainted.clone();
+        tainted2.cmd = Some(vec!["--pw=hunter3".into()]);
+        assert_ne!(tainted.keyed_hash(&key), tainted2.keyed_hash(&key));
+        assert_ne!(tainted.keyed_hash(&key), tainted.hash());
     }
 }

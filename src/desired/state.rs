@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::desired::applied::AppliedSpec;
+use crate::desired::digest_key::DigestKey;
 use crate::desired::registry::RegistryCredentials;
 use crate::desired::spec::ContainerSpec;
 use crate::manifest::{DependencyCondition, PullPolicy, RestartSpec, TaskKind, UpdateSpec};
@@ -16,8 +18,12 @@ use crate::names::InstanceKey;
 pub struct DesiredInstance {
     pub key: InstanceKey,
     pub spec: ContainerSpec,
-    /// `spec.hash()`, computed once.
+    /// The spec hash, computed once: [`ContainerSpec::hash`], or with the
+    /// host's key ([`DesiredInstance::with_digest_key`]) its keyed form.
     pub hash: String,
+    /// The secret-free record of the spec, for the `io.berth.applied` label
+    /// and plan's field diffs; its secret digests are keyed like `hash`.
+    pub record: AppliedSpec,
     /// The manifest file, relative to the manifest folder (a label, not hashed).
     pub manifest: String,
     pub restart: RestartSpec,
@@ -39,10 +45,20 @@ pub struct DesiredInstance {
 }
 
 impl DesiredInstance {
+    /// Hash and record the spec with the host's digest key, as the agent
+    /// labels containers.
+    pub fn with_digest_key(mut self, key: &DigestKey) -> Self {
+        self.hash = self.spec.keyed_hash(key);
+        self.record = AppliedSpec::of(&self.spec, Some(key));
+        self
+    }
+
     pub fn new(key: InstanceKey, spec: ContainerSpec, manifest: impl Into<String>) -> Self {
         let hash = spec.hash();
+        let record = AppliedSpec::of(&spec, None);
         DesiredInstance {
             key,
+            record,
             stop_grace: spec.stop_grace(),
             spec,
             hash,

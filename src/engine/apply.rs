@@ -398,9 +398,7 @@ impl<R: ContainerRuntime> Executor<R> {
     ) -> Result<String, ApplyError> {
         let rt = self.runtime.as_ref();
         let ns = self.namespace.as_str();
-        let mut labels = desired
-            .spec
-            .container_labels(ns, &desired.key, &desired.manifest);
+        let mut labels = desired.container_labels(ns);
         if let Some(replacing) = replacing {
             labels.insert(labels::REPLACING.to_string(), replacing);
         }

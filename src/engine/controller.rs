@@ -19,6 +19,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::config::AgentConfig;
+use crate::desired::digest_key::DigestKey;
 use crate::desired::folder::{load_folder, DesiredTracker, TaskDef};
 use crate::desired::ports::{host_port_is_free, recorded_ports, PortAllocator, PortRequest};
 use crate::desired::resolve::{resolve_instance, ResolveContext};
@@ -78,6 +79,9 @@ pub struct Prepared {
     pub observed: Vec<ObservedContainer>,
     /// Manifest, folder, port and resolution errors, as `file:line:column: message`.
     pub errors: Vec<String>,
+    /// What the plan could not tell, e.g. secrets not compared because the
+    /// digest key is not readable; not errors.
+    pub notes: Vec<String>,
 }
 
 /// What a pass decided. Its work runs on after it returns.
@@ -300,6 +304,9 @@ pub struct Controller<R: ContainerRuntime> {
     known_hosts: BTreeMap<String, HostAccess>,
     /// Filled by the executor as it creates containers.
     created_hosts: CreatedHosts,
+    /// The host's digest key; `None` when it could not be read (a command
+    /// that only looks, run by a user who cannot read `state_dir`).
+    digest_key: Option<Arc<DigestKey>>,
 }
 
 impl<R: ContainerRuntime> Controller<R> {
@@ -323,6 +330,15 @@ impl<R: ContainerRuntime> Controller<R> {
         let pulls = Pulls::new(config.parallelism, pull_observer);
         status.set_pulls(pulls.clone());
         let created_hosts = CreatedHosts::default();
+        // Read only: the agent creates the key before it starts
+        // (`set_digest_key`); `berth plan` never writes it.
+        let digest_key = match DigestKey::load(&config.state_dir) {
+            Ok(key) => key.map(Arc::new),
+            Err(e) => {
+                debug!(error = %e, "the digest key is not readable");
+                None
+            }
+        };
         let executor = Arc::new(
             Executor::new(
                 runtime.clone(),
@@ -378,7 +394,13 @@ impl<R: ContainerRuntime> Controller<R> {
             observer: None,
             known_hosts: BTreeMap::new(),
             created_hosts,
+            digest_key,
         }
+    }
+
+    /// The host's digest key, which the agent loads or creates at start.
+    pub fn set_digest_key(&mut self, key: Arc<DigestKey>) {
+        self.digest_key = Some(key);
     }
 
     pub fn status(&self) -> SharedStatus {
@@ -519,6 +541,7 @@ impl<R: ContainerRuntime> Controller<R> {
     /// every instance. Fails only when Docker cannot be listed.
     pub async fn prepare(&mut self) -> Result<Prepared, PassError> {
         let mut errors = Vec::new();
+        let mut notes = Vec::new();
         let mut desired = DesiredState::default();
         let mut no_manifest = false;
         let folder = self.manifest_folder();
@@ -689,7 +712,19 @@ impl<R: ContainerRuntime> Controller<R> {
                 .collect();
             match resolved {
                 Ok(instances) => {
-                    for mut instance in instances {
+                    for instance in instances {
+                        let mut instance = match &self.digest_key {
+                            Some(key) => instance.with_digest_key(key),
+                            None => instance,
+                        };
+                        if self.digest_key.is_none() && instance.spec.has_secrets() {
+                            notes.push(secrets_not_compared(
+                                &mut instance,
+                                &observed,
+                                &self.config.namespace,
+                                &self.config.state_dir,
+                            ));
+                        }
                         instance.credentials = crate::desired::registry::choose_credentials(
                             &instance.spec.image,
                             instance.credentials.take(),
@@ -708,6 +743,7 @@ impl<R: ContainerRuntime> Controller<R> {
             desired,
             observed,
             errors,
+            notes,
         })
     }
 
@@ -1472,6 +1508,42 @@ impl<R: ContainerRuntime> Controller<R> {
     }
 }
 
+/// Without the digest key, a spec with secrets cannot be hashed as the agent
+/// labelled it. Rather than claim a change: when the running container's
+/// record shows no change outside the secrets, the instance takes that
+/// container's hash (whether a secret changed is unknown, and said so);
+/// otherwise its hash matches nothing and the plan shows the other changes,
+/// each secret as `unknown`. Returns the note to show.
+fn secrets_not_compared(
+    instance: &mut crate::desired::state::DesiredInstance,
+    observed: &[ObservedContainer],
+    namespace: &str,
+    state_dir: &std::path::Path,
+) -> String {
+    let name = instance.key.container_name(namespace);
+    let running = observed
+        .iter()
+        .find(|c| c.name == name && c.key().as_ref() == Some(&instance.key));
+    let unchanged_but_secrets = running.and_then(|c| {
+        let old = crate::desired::applied::AppliedSpec::parse(
+            c.labels.get(crate::names::labels::APPLIED)?,
+        )?;
+        let same = old
+            .diff(&instance.record)
+            .iter()
+            .all(|change| change.unknown)
+            && old.s.keys().eq(instance.record.s.keys());
+        same.then(|| c.spec_hash().map(str::to_string))?
+    });
+    instance.hash = unchanged_but_secrets.unwrap_or_else(|| "(secrets not compared)".into());
+    format!(
+        "{}[{}]: whether a secret changed is unknown: the digest key {} is not readable by this user (run as the agent's user to compare secrets)",
+        instance.key.task,
+        instance.key.index,
+        state_dir.join(crate::desired::digest_key::KEY_FILE).display()
+    )
+}
+
 /// The log-once memory: which of `now` were not in `seen` (to log as new)
 /// and which of `seen` are no longer in `now` (to log as resolved); `seen`
 /// becomes `now`. A message that stays the same is logged once, not at
@@ -1945,6 +2017,67 @@ mod tests {
             .into_iter()
             .find(|x| x.name == name)
             .map(|x| x.state)
+    }
+
+    /// The agent labels a secret with the host's key; a plan without the
+    /// key does not claim the secret changed, says it cannot tell, and still
+    /// shows a change outside the secrets.
+    #[tokio::test(start_paused = true)]
+    async fn secrets_are_labelled_by_key_and_a_plan_without_the_key_claims_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = "image: web:1\nenv:\n  PW: {value: hunter2, secret: true}\n";
+        let key = DigestKey::load_or_create(&dir.path().join("state")).unwrap();
+        let mut c = controller_with(dir.path(), &[("web.yaml", manifest)]);
+        assert!(c.digest_key.is_some(), "read from state_dir");
+        pass_and_finish(&mut c).await;
+        let rt = c.runtime().clone();
+        let made = rt.all().into_iter().find(|x| x.name == "t-web-0").unwrap();
+        let want = c.last_desired.instances[&InstanceKey::new("web", 0)].clone();
+        assert_eq!(made.spec_hash(), Some(want.spec.keyed_hash(&key).as_str()));
+        assert_ne!(made.spec_hash(), Some(want.spec.hash().as_str()));
+        let applied = &made.labels[crate::names::labels::APPLIED];
+        assert!(!applied.contains("hunter2"), "{applied}");
+        let quiet = pass_and_finish(&mut c).await;
+        assert!(quiet.plan.actions.is_empty(), "{:?}", quiet.plan);
+
+        // `berth plan` by a user who cannot read the key.
+        let mut config = c.config.clone();
+        config.state_dir = dir.path().join("elsewhere");
+        let mut looker = Controller::with_parts(rt.clone(), config, c.clock, Arc::new(LogPulls));
+        assert!(looker.digest_key.is_none());
+        let prepared = looker.prepare().await.unwrap();
+        let plan = looker.plan(&prepared, c.clock.now());
+        assert!(plan.actions.is_empty(), "no change claimed: {plan:?}");
+        assert!(
+            prepared.notes[0].contains("whether a secret changed is unknown"),
+            "{:?}",
+            prepared.notes
+        );
+        rt.add_image("web:2");
+        let manifests = looker.config.manifests.clone();
+        std::fs::write(
+            manifests.join("web.yaml"),
+            manifest.replace("web:1", "web:2"),
+        )
+        .unwrap();
+        let prepared = looker.prepare().await.unwrap();
+        let plan = looker.plan(&prepared, c.clock.now());
+        let Action::Replace { desired, .. } = &plan.actions[0] else {
+            panic!("{plan:?}")
+        };
+        let old = crate::desired::applied::AppliedSpec::parse(applied).unwrap();
+        let shown: Vec<String> = old
+            .diff(&desired.record)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "env.PW: secret changed: unknown (key not readable)",
+                "image: web:1 → web:2"
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

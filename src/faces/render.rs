@@ -30,7 +30,7 @@ pub fn replace_changes(
                 .find(|c| &c.id == old_id)
                 .and_then(|c| c.labels.get(labels::APPLIED))
                 .and_then(|l| AppliedSpec::parse(l))
-                .map(|old| old.diff(&desired.spec)),
+                .map(|old| old.diff(&desired.record)),
             _ => None,
         })
         .collect()
