@@ -2,6 +2,8 @@
 //! within bounded time and memory, and crafted names or labels must never
 //! let a manifest reach a container berth does not own.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -230,6 +232,62 @@ fn a_manifest_symlinked_to_a_secret_file_is_an_error_that_shows_none_of_it() {
     assert!(message.contains("web.yaml:1:"), "{message}");
     for leaked in ["root", "$6$", "Zk3", "secret", "19000", "bin"] {
         assert!(!message.contains(leaked), "{leaked} in {message}");
+    }
+}
+
+/// The same through the real binary: `berth validate`'s output, the
+/// agent's log and `/v1/status` name the file and position of a manifest
+/// that is a symlink to a password file, and nothing of its content.
+#[test]
+fn a_manifest_symlinked_to_a_password_file_shows_none_of_it_in_validate_log_or_status() {
+    let ns = common::TestNamespace::new("hostile-link");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let shadow = secrets.path().join("shadow");
+    std::fs::write(
+        &shadow,
+        "root:$6$Zk3+Qx/secret=hash:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n",
+    )
+    .expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(&shadow, dir.path().join("web.yaml")).expect("symlink");
+    common::write(
+        dir.path(),
+        "ok.yaml",
+        &common::fixture_task("sleep", &["forever"], ""),
+    );
+    let leaks = ["$6$", "Zk3", "Qx/secret", "secret=hash", "19000", "99999"];
+    let out = common::run_berth(
+        &["validate", dir.path().to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("web.yaml:1:"), "{text}");
+    for leaked in leaks {
+        assert!(!text.contains(leaked), "validate shows {leaked}: {text}");
+    }
+
+    let berth = common::process::Berth::start(&ns, dir.path(), &[]);
+    berth.wait_running(Duration::from_secs(30), &[("ok", 0)]);
+    let body = common::wait_for_sync(
+        Duration::from_secs(20),
+        "the broken file in /v1/status",
+        || {
+            berth
+                .get("/v1/status")
+                .map(|(_, body)| body)
+                .filter(|b| b.contains("web.yaml:1:"))
+        },
+    );
+    let log = berth.log();
+    assert!(log.contains("web.yaml:1:"), "{log}");
+    for leaked in leaks {
+        assert!(!body.contains(leaked), "/v1/status shows {leaked}: {body}");
+        assert!(!log.contains(leaked), "the log shows {leaked}: {log}");
     }
 }
 

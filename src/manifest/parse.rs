@@ -415,11 +415,12 @@ pub(super) fn location_trees(text: &str) -> Result<Vec<Spanned<Node>>, serde_sap
 /// plain word.
 pub(super) const HIDDEN: &str = "(text not shown)";
 
-/// `text` when it is a short, plain word (`[A-Za-z0-9_.-]{1,32}`): safe to
+/// `text` when it is a short, plain word (`[A-Za-z0-9_.-]{1,20}`): safe to
 /// echo. Anything else may be a line of a file that is not a manifest at
-/// all (a symlink to a password file), so errors never copy it.
+/// all (a symlink to a password file), so errors never copy it: an unknown
+/// key that is not such a word is named by its position only.
 pub fn excerpt(text: &str) -> Option<&str> {
-    let plain = (1..=32).contains(&text.len())
+    let plain = (1..=20).contains(&text.len())
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -675,7 +676,8 @@ mod tests {
         assert!(err.message.contains("did you mean `image`"), "{err}");
         assert_eq!(excerpt("a.b-c_9"), Some("a.b-c_9"));
         assert_eq!(excerpt("has space"), None);
-        assert_eq!(excerpt(&"x".repeat(33)), None);
+        assert_eq!(excerpt(&"x".repeat(20)), Some("xxxxxxxxxxxxxxxxxxxx"));
+        assert_eq!(excerpt(&"x".repeat(21)), None);
         assert_eq!(
             scrub("unknown field `root:$6$x`, expected `image`"),
             "unknown field `(text not shown)`, expected `image`"

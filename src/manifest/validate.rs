@@ -179,7 +179,7 @@ pub fn check_file_on(
             errors.push(ManifestError::new(
                 display_path,
                 doc.locations.key(&[Seg::Key("name")]),
-                format!("task `{name}` is defined twice in this file (first at line {first_line})"),
+                format!("task `{shown_name}` is defined twice in this file (first at line {first_line})", shown_name = shown(&name)),
             ));
         }
         let depends_at = doc
@@ -218,7 +218,10 @@ fn task_name(doc: &ParsedTask, file: &str, single: bool) -> Result<String, Manif
         Some(name) => Err(ManifestError::new(
             file,
             doc.locations.value(&[Seg::Key("name")]),
-            format!("task name `{name}` is invalid: {rule}"),
+            format!(
+                "task name `{shown_name}` is invalid: {rule}",
+                shown_name = shown(name)
+            ),
         )),
         None if !single => Err(ManifestError::new(
             file,
@@ -237,8 +240,7 @@ fn task_name(doc: &ParsedTask, file: &str, single: bool) -> Result<String, Manif
                     file,
                     doc.locations.start(),
                     format!(
-                        "the task name defaults to the file name `{stem}`, which is not a valid task name ({rule}); add `name:`"
-                    ),
+                        "the task name defaults to the file name `{shown_stem}`, which is not a valid task name ({rule}); add `name:`", shown_stem = shown(stem)),
                 ))
             }
         }
@@ -331,7 +333,7 @@ fn check_jobs(c: &mut Checker<'_>, m: &TaskManifest, name: String) {
         } else if let Err(why) = crate::manifest::cron::Schedule::parse(schedule) {
             c.at_value(
                 &[Seg::Key("schedule")],
-                format!("schedule `{schedule}` is not a cron schedule: {why}; write 5 fields (minute hour day-of-month month day-of-week, e.g. \"*/15 * * * *\") or 6 with seconds first"),
+                format!("schedule `{shown_schedule}` is not a cron schedule: {why}; write 5 fields (minute hour day-of-month month day-of-week, e.g. \"*/15 * * * *\") or 6 with seconds first", shown_schedule = shown(schedule)),
             );
         }
     }
@@ -363,7 +365,7 @@ fn check_jobs(c: &mut Checker<'_>, m: &TaskManifest, name: String) {
     {
         c.at_value(
             &[Seg::Key("update"), Seg::Key("order")],
-            format!("`order: start-first` runs the new container beside the old one, which cannot both bind the static port {port} (`{label}`); use a dynamic port (`{label}: {{}}`) or `order: stop-first`"),
+            format!("`order: start-first` runs the new container beside the old one, which cannot both bind the static port {port} (`{shown_label}`); use a dynamic port (`{shown_label}: {{}}`) or `order: stop-first`", shown_label = shown(label)),
         );
     }
     if job && m.update.order == crate::manifest::UpdateOrder::StartFirst {
@@ -377,12 +379,18 @@ fn check_jobs(c: &mut Checker<'_>, m: &TaskManifest, name: String) {
         if !is_valid_name(dep) {
             c.at_key(
                 &path,
-                format!("depends_on names `{dep}`, which is not a valid task name"),
+                format!(
+                    "depends_on names `{shown_dep}`, which is not a valid task name",
+                    shown_dep = shown(dep)
+                ),
             );
         } else if *dep == name {
             c.at_key(
                 &path,
-                format!("task `{name}` depends on itself; remove this entry"),
+                format!(
+                    "task `{shown_name}` depends on itself; remove this entry",
+                    shown_name = shown(&name)
+                ),
             );
         }
     }
@@ -396,10 +404,35 @@ fn check_select(c: &mut Checker<'_>, m: &TaskManifest) {
         } else if value.is_empty() {
             c.at_value(
                 &path,
-                format!("select `{key}` is empty; write the value to match, e.g. `{key}: gateway`"),
+                format!("select `{shown_key}` is empty; write the value to match, e.g. `{shown_key}: gateway`", shown_key = shown(key)),
             );
         }
     }
+}
+
+/// The longest excerpt of a manifest value an error shows.
+pub const MAX_EXCERPT: usize = 40;
+
+/// A manifest value as an error shows it: at most [`MAX_EXCERPT`]
+/// characters, cut with `…`, escaped (control characters, quotes,
+/// backslashes and backticks), so a message is one line and a value cannot
+/// end its own quotes. Errors show only values of fields whose type carries
+/// no secret (image, volume, the network and namespace modes, DNS servers,
+/// schedules, names and keys); never an env or label value, a command, its
+/// arguments, a healthcheck test or a credential.
+pub fn shown(value: &str) -> String {
+    let mut out = String::new();
+    for (i, ch) in value.chars().enumerate() {
+        if i == MAX_EXCERPT {
+            out.push('…');
+            break;
+        }
+        match ch {
+            '`' => out.push_str("\\`"),
+            ch => out.extend(ch.escape_debug()),
+        }
+    }
+    out
 }
 
 struct Checker<'a> {
@@ -471,11 +504,17 @@ fn check_image(c: &mut Checker<'_>, m: &TaskManifest) {
         .chars()
         .any(|ch| ch.is_whitespace() || ch.is_control())
     {
-        c.at_value(&path, format!("image `{image}` contains whitespace"));
+        c.at_value(
+            &path,
+            format!(
+                "image `{shown_image}` contains whitespace",
+                shown_image = shown(image)
+            ),
+        );
     } else if image.starts_with(['-', ':', '@', '/']) || image.ends_with([':', '@', '/']) {
         c.at_value(
             &path,
-            format!("image `{image}` is not an image reference; write e.g. `nginx:1.27` or `registry.example.com/app@sha256:...`"),
+            format!("image `{shown_image}` is not an image reference; write e.g. `nginx:1.27` or `registry.example.com/app@sha256:...`", shown_image = shown(image)),
         );
     } else if let Some((_, digest)) = image.split_once('@') {
         let ok = digest.split_once(':').is_some_and(|(algo, hex)| {
@@ -484,7 +523,10 @@ fn check_image(c: &mut Checker<'_>, m: &TaskManifest) {
         if !ok {
             c.at_value(
                 &path,
-                format!("image `{image}` has a malformed digest; write `@sha256:<64 hex digits>`"),
+                format!(
+                    "image `{shown_image}` has a malformed digest; write `@sha256:<64 hex digits>`",
+                    shown_image = shown(image)
+                ),
             );
         }
     }
@@ -502,7 +544,7 @@ fn check_ports(c: &mut Checker<'_>, m: &TaskManifest) {
         if !is_port_label(label) {
             c.at_key(
                 &[Seg::Key("ports"), Seg::Key(label)],
-                format!("port label `{label}` is invalid: use letters, digits and `_` (it becomes part of BERTH_PORT_{label})"),
+                format!("port label `{shown_label}` is invalid: use letters, digits and `_` (it becomes part of BERTH_PORT_{shown_label})", shown_label = shown(label)),
             );
         }
         if let Some(port) = spec.r#static {
@@ -515,7 +557,7 @@ fn check_ports(c: &mut Checker<'_>, m: &TaskManifest) {
             } else if m.count > 1 {
                 c.at_value(
                     &path,
-                    format!("static port {port} cannot be bound by {} instances on one host; use a dynamic port (`{label}: {{}}`) or count: 1", m.count),
+                    format!("static port {port} cannot be bound by {} instances on one host; use a dynamic port (`{}: {{}}`) or count: 1", m.count, shown(label)),
                 );
             }
         }
@@ -526,13 +568,19 @@ fn check_ports(c: &mut Checker<'_>, m: &TaskManifest) {
             let known = if declared.is_empty() {
                 "no port labels are declared".to_string()
             } else {
-                format!("declared: {}", declared.join(", "))
+                format!(
+                    "declared: {}",
+                    declared
+                        .iter()
+                        .map(|d| shown(d))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
             c.at_key(
                 &[Seg::Key("port_map"), Seg::Key(label)],
                 format!(
-                    "port_map names `{label}`, which is not a port label under `ports:` ({known})"
-                ),
+                    "port_map names `{shown_label}`, which is not a port label under `ports:` ({known})", shown_label = shown(label)),
             );
         }
         if *port == 0 {
@@ -558,27 +606,30 @@ fn check_env_and_labels(c: &mut Checker<'_>, m: &TaskManifest) {
         if !is_env_key(key) {
             c.at_key(
                 &path,
-                format!("env name `{key}` is invalid: use letters, digits and `_`, not starting with a digit"),
+                format!("env name `{shown_key}` is invalid: use letters, digits and `_`, not starting with a digit", shown_key = shown(key)),
             );
         } else if key.starts_with("BERTH_") {
             c.at_key(
                 &path,
-                format!("env name `{key}` is reserved: berth sets BERTH_* variables itself"),
+                format!(
+                    "env name `{shown_key}` is reserved: berth sets BERTH_* variables itself",
+                    shown_key = shown(key)
+                ),
             );
         }
         if let EnvValue::From(source) = value {
             match (&source.file, &source.value) {
                 (Some(_), Some(_)) => c.at_key(
                     &path,
-                    format!("env `{key}` sets both `file` and `value`; keep exactly one"),
+                    format!("env `{shown_key}` sets both `file` and `value`; keep exactly one", shown_key = shown(key)),
                 ),
                 (None, None) => c.at_key(
                     &path,
-                    format!("env `{key}` needs `file: /path` or `value: ...`"),
+                    format!("env `{shown_key}` needs `file: /path` or `value: ...`", shown_key = shown(key)),
                 ),
                 (Some(file), None) if file.is_empty() => c.at_value(
                     &[Seg::Key("env"), Seg::Key(key), Seg::Key("file")],
-                    format!("env `{key}`: `file` is empty; write a path (relative to the manifest's folder, or absolute)"),
+                    format!("env `{shown_key}`: `file` is empty; write a path (relative to the manifest's folder, or absolute)", shown_key = shown(key)),
                 ),
                 _ => {}
             }
@@ -591,7 +642,10 @@ fn check_env_and_labels(c: &mut Checker<'_>, m: &TaskManifest) {
         } else if key.starts_with(crate::names::labels::PREFIX) {
             c.at_key(
                 &path,
-                format!("label `{key}` is reserved: berth owns every io.berth.* label"),
+                format!(
+                    "label `{shown_key}` is reserved: berth owns every io.berth.* label",
+                    shown_key = shown(key)
+                ),
             );
         }
     }
@@ -642,7 +696,7 @@ fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
         if !(named || is_container_ref(mode)) {
             c.at_value(
                 &path,
-                format!("network_mode `{mode}` is invalid: use bridge, host, none, container:<name> or a network name"),
+                format!("network_mode `{shown_mode}` is invalid: use bridge, host, none, container:<name> or a network name", shown_mode = shown(mode)),
             );
         } else if mode == "host" {
             if !ctx.allow_privileged {
@@ -680,8 +734,9 @@ fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
             c.at_value(
                 &path,
                 format!(
-                    "{key} `{mode}` is invalid: use {} or container:<name>",
-                    allowed.join(", ")
+                    "{key} `{shown_mode}` is invalid: use {} or container:<name>",
+                    allowed.join(", "),
+                    shown_mode = shown(mode)
                 ),
             );
         } else if mode == "host" && !ctx.allow_privileged {
@@ -735,35 +790,41 @@ fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext)
             _ => {
                 c.at_key(
                     &path,
-                    format!("volume `{volume}` must be SOURCE:TARGET or SOURCE:TARGET:OPTIONS, e.g. /srv/web:/usr/share/nginx/html:ro"),
+                    format!("volume `{shown_volume}` must be SOURCE:TARGET or SOURCE:TARGET:OPTIONS, e.g. /srv/web:/usr/share/nginx/html:ro", shown_volume = shown(volume)),
                 );
                 continue;
             }
         };
         let own_volume = format!("{}-", ctx.namespace);
         if src.is_empty() {
-            c.at_key(&path, format!("volume `{volume}` has an empty source"));
+            c.at_key(
+                &path,
+                format!(
+                    "volume `{shown_volume}` has an empty source",
+                    shown_volume = shown(volume)
+                ),
+            );
         } else if src.starts_with('.') {
             c.at_key(
                 &path,
-                format!("volume `{volume}`: a host path must be absolute (Docker has no working directory to resolve `{src}` against)"),
+                format!("volume `{shown_volume}`: a host path must be absolute (Docker has no working directory to resolve `{shown_src}` against)", shown_volume = shown(volume), shown_src = shown(src)),
             );
         } else if src.starts_with('/') {
             if !ctx.allow_host_volumes {
                 c.at_key(
                     &path,
-                    format!("volume `{volume}` is refused: the agent does not allow host bind mounts; use a volume of this namespace (`{own_volume}<name>`) or {ENABLE}"),
+                    format!("volume `{shown_volume}` is refused: the agent does not allow host bind mounts; use a volume of this namespace (`{own_volume}<name>`) or {ENABLE}", shown_volume = shown(volume)),
                 );
             } else if super::files::has_parent_component(Path::new(src)) {
                 c.at_key(
                     &path,
-                    format!("volume `{volume}`: the host path must not contain `..`; write the path it means"),
+                    format!("volume `{shown_volume}`: the host path must not contain `..`; write the path it means", shown_volume = shown(volume)),
                 );
             } else if let Some(allowed) = &ctx.allowed_volumes {
                 if !host_path_allowed(src, allowed) {
                     c.at_key(
                         &path,
-                        format!("volume `{volume}` is refused: `{src}` is not under a host path the agent allows (docker.volumes.allowed)"),
+                        format!("volume `{shown_volume}` is refused: `{shown_src}` is not under a host path the agent allows (docker.volumes.allowed)", shown_volume = shown(volume), shown_src = shown(src)),
                     );
                 }
             }
@@ -774,15 +835,14 @@ fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext)
             c.at_key(
                 &path,
                 format!(
-                    "volume `{volume}`: `{src}` is neither an absolute host path nor a volume name"
-                ),
+                    "volume `{shown_volume}`: `{shown_src}` is neither an absolute host path nor a volume name", shown_volume = shown(volume), shown_src = shown(src)),
             );
         } else if !src.starts_with(&own_volume) {
             // Another application's data: only with the owner's consent.
             if !ctx.allow_host_volumes {
                 c.at_key(
                     &path,
-                    format!("volume `{volume}` is refused: the named volume `{src}` does not belong to this namespace; name it `{own_volume}<name>` or {ENABLE}"),
+                    format!("volume `{shown_volume}` is refused: the named volume `{shown_src}` does not belong to this namespace; name it `{own_volume}<name>` or {ENABLE}", shown_volume = shown(volume), shown_src = shown(src)),
                 );
             } else if ctx
                 .allowed_volumes
@@ -791,14 +851,14 @@ fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext)
             {
                 c.at_key(
                     &path,
-                    format!("volume `{volume}` is refused: the named volume `{src}` is not in docker.volumes.allowed and does not belong to this namespace (`{own_volume}<name>`)"),
+                    format!("volume `{shown_volume}` is refused: the named volume `{shown_src}` is not in docker.volumes.allowed and does not belong to this namespace (`{own_volume}<name>`)", shown_volume = shown(volume), shown_src = shown(src)),
                 );
             }
         }
         if !dst.starts_with('/') {
             c.at_key(
                 &path,
-                format!("volume `{volume}`: the target `{dst}` must be an absolute path in the container"),
+                format!("volume `{shown_volume}`: the target `{shown_dst}` must be an absolute path in the container", shown_volume = shown(volume), shown_dst = shown(dst)),
             );
         }
         if let Some(opts) = opts {
@@ -807,8 +867,10 @@ fn check_volumes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext)
                     c.at_key(
                         &path,
                         format!(
-                            "volume `{volume}`: unknown option `{opt}` (use {})",
-                            VOLUME_OPTIONS.join(", ")
+                            "volume `{shown_volume}`: unknown option `{shown_opt}` (use {})",
+                            VOLUME_OPTIONS.join(", "),
+                            shown_volume = shown(volume),
+                            shown_opt = shown(opt)
                         ),
                     );
                 }
@@ -836,9 +898,9 @@ fn check_misc(c: &mut Checker<'_>, m: &TaskManifest) {
                 "healthcheck.test names no command after CMD / CMD-SHELL",
             ),
             Some("CMD") | Some("CMD-SHELL") | Some("NONE") => {}
-            Some(other) => c.at_value(
+            Some(_) => c.at_value(
                 &[Seg::Key("healthcheck"), Seg::Key("test"), Seg::Index(0)],
-                format!("healthcheck.test must start with CMD, CMD-SHELL or NONE, not `{other}`"),
+                "healthcheck.test must start with CMD, CMD-SHELL or NONE (its value is not shown: a test command may carry a secret)",
             ),
         }
     }
@@ -868,7 +930,10 @@ fn check_misc(c: &mut Checker<'_>, m: &TaskManifest) {
         if server.parse::<std::net::IpAddr>().is_err() {
             c.at_value(
                 &[Seg::Key("dns_servers"), Seg::Index(i)],
-                format!("dns server `{server}` is not an IP address"),
+                format!(
+                    "dns server `{shown_server}` is not an IP address",
+                    shown_server = shown(server)
+                ),
             );
         }
     }
@@ -947,7 +1012,7 @@ fn check_references(
                     c.at_text(
                         &path,
                         &format!("${{{}}}", r.name),
-                        format!("unknown name `${{{}}}`{hint}", r.name),
+                        format!("unknown name `${{{}}}`{hint}", shown(&r.name)),
                     );
                 }
             }
@@ -956,7 +1021,12 @@ fn check_references(
                     InterpolateError::InvalidName { name, .. } => format!("${{{name}}}"),
                     _ => "${".to_string(),
                 };
-                c.at_text(&path, &needle, e.to_string());
+                let message = match &e {
+                    // Its text may be part of a secret value: position only.
+                    InterpolateError::InvalidName { .. } => "this `${...}` is not a valid reference: names use letters, digits, `_`, `.` and `-` (write `$${` for a literal `${`)".to_string(),
+                    other => other.to_string(),
+                };
+                c.at_text(&path, &needle, message);
             }
         }
     }
@@ -965,11 +1035,17 @@ fn check_references(
 /// Why a name might be unknown, for the most likely mistakes.
 fn unknown_hint(name: &str, m: &TaskManifest) -> String {
     if let Some(key) = name.strip_prefix("meta.") {
-        return format!(" (the agent config has no meta key `{key}`)");
+        return format!(
+            " (the agent config has no meta key `{shown_key}`)",
+            shown_key = shown(key)
+        );
     }
     for prefix in ["BERTH_PORT_", "BERTH_HOST_PORT_", "BERTH_ADDR_"] {
         if let Some(label) = name.strip_prefix(prefix) {
-            return format!(" (no port label `{label}` under `ports:`)");
+            return format!(
+                " (no port label `{shown_label}` under `ports:`)",
+                shown_label = shown(label)
+            );
         }
     }
     if matches!(name, "BERTH_CPU_LIMIT" | "BERTH_MEMORY_LIMIT") && m.resources.is_none() {
@@ -1259,6 +1335,32 @@ mod tests {
         let err = only_error("image: x\nnetwork_mode: container:berth-db-0\nports:\n  http: {}\n");
         assert_eq!((err.line, err.column), (4, 3));
         assert!(err.message.contains("cannot publish ports"), "{err}");
+    }
+
+    /// A value in an error is an escaped excerpt of at most 40 characters,
+    /// and only of a field that carries no secret by its type.
+    #[test]
+    fn errors_show_values_only_as_short_escaped_excerpts() {
+        let long = format!("/srv/{}", "a".repeat(60));
+        let ctx = ValidationContext {
+            allow_host_volumes: false,
+            ..ValidationContext::default()
+        };
+        let err = only_error_with(&format!("image: x\nvolumes: [\"{long}:/x\"]\n"), &ctx);
+        assert!(!err.message.contains(&long), "{err}");
+        assert!(
+            err.message.contains(&format!("`{}…`", &long[..40])),
+            "{err}"
+        );
+        let err = only_error("image: \"a\\u0007b`c d\"\n");
+        assert!(err.message.contains("`a\\u{7}b\\`c d`"), "{err}");
+        assert!(!err.message.contains('\u{7}'), "{err}");
+        let err = only_error("image: x\nhealthcheck: {test: [\"curl -u admin:hunter2 x\"]}\n");
+        assert!(!err.message.contains("hunter2"), "{err}");
+        let err = only_error("image: x\nenv: {PW: {value: \"${hunter2 pw}\", secret: true}}\n");
+        assert!(err.message.contains("is not a valid reference"), "{err}");
+        assert!(!err.message.contains("hunter2"), "{err}");
+        assert_eq!(shown(&"é".repeat(50)).chars().count(), MAX_EXCERPT + 1);
     }
 
     #[test]
