@@ -168,6 +168,33 @@ pub fn has_parent_component(path: &Path) -> bool {
     path.components().any(|c| matches!(c, Component::ParentDir))
 }
 
+/// Where `path` leads as far as it exists: symlinks followed through every
+/// part that exists (a dangling one included, at most 40 of them), the
+/// missing rest appended with `..` taken lexically. For a path that cannot
+/// be resolved, where it would be.
+fn leads_to(path: &Path, hops: u32) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    if hops < 40 {
+        if let Ok(target) = std::fs::read_link(path) {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            return leads_to(&parent.join(target), hops + 1);
+        }
+    }
+    let Some(parent) = path.parent() else {
+        return path.to_path_buf();
+    };
+    match path.components().next_back() {
+        Some(Component::ParentDir) => {
+            let base = leads_to(parent, hops);
+            base.parent().map_or(base.clone(), Path::to_path_buf)
+        }
+        Some(Component::Normal(name)) => leads_to(parent, hops).join(name),
+        _ => leads_to(parent, hops),
+    }
+}
+
 /// Read the file a manifest in `manifest_dir` names as `written`, under
 /// `policy`. A relative path is relative to `manifest_dir`. The result is
 /// the text without one trailing newline.
@@ -177,30 +204,46 @@ pub fn read_manifest_file(
     written: &str,
 ) -> Result<FileText, FileError> {
     let joined = manifest_dir.join(written);
-    let real = std::fs::canonicalize(&joined).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => FileError::Missing {
-            written: written.to_string(),
-        },
-        _ => FileError::Unreadable {
-            written: written.to_string(),
-            why: e.to_string(),
-        },
-    })?;
     let configured = policy.dirs(manifest_dir);
     // An allowed folder that does not exist allows nothing.
     let allowed: Vec<PathBuf> = configured
         .iter()
         .filter_map(|d| std::fs::canonicalize(d).ok())
         .collect();
-    if !allowed.iter().any(|dir| real.starts_with(dir)) {
-        return Err(FileError::Outside {
-            written: written.to_string(),
-            allowed: configured
+    let outside = || FileError::Outside {
+        written: written.to_string(),
+        allowed: configured
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let real = match std::fs::canonicalize(&joined) {
+        Ok(real) => real,
+        // Whether a path outside the allowed folders exists (or may be
+        // looked at) is not the manifest's to learn: such a path is refused
+        // as outside, with the same message whether it exists or not.
+        Err(_)
+            if !allowed
                 .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+                .any(|dir| leads_to(&joined, 0).starts_with(dir)) =>
+        {
+            return Err(outside())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FileError::Missing {
+                written: written.to_string(),
+            })
+        }
+        Err(e) => {
+            return Err(FileError::Unreadable {
+                written: written.to_string(),
+                why: e.to_string(),
+            })
+        }
+    };
+    if !allowed.iter().any(|dir| real.starts_with(dir)) {
+        return Err(outside());
     }
     // The canonical path has no symlink left; refusing one as the last
     // component closes the window in which the file is swapped for one.
@@ -224,6 +267,33 @@ mod tests {
             allowed_dirs: Some(dirs.iter().map(|d| d.to_path_buf()).collect()),
             max_size: 64,
         }
+    }
+
+    /// A path outside the allowed folders is refused the same way whether
+    /// it exists or not, however it leads there; a missing path inside is
+    /// said to be missing.
+    #[test]
+    fn outside_the_allowed_folders_nothing_tells_whether_a_path_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("exists"), "x").unwrap();
+        let out = outside.path().display().to_string();
+        std::os::unix::fs::symlink(outside.path().join("gone"), dir.path().join("dangling"))
+            .unwrap();
+        let p = policy(&[dir.path()]);
+        for written in [
+            format!("{out}/exists"),
+            format!("{out}/gone"),
+            format!("{out}/no/such/dir/x"),
+            "../../../../../../../../nonexistent/x".to_string(),
+            "missing/../../../../../../../../../etc/x".to_string(),
+            "dangling".to_string(),
+        ] {
+            let err = read_manifest_file(&p, dir.path(), &written).unwrap_err();
+            assert!(matches!(err, FileError::Outside { .. }), "{written}: {err}");
+        }
+        let err = read_manifest_file(&p, dir.path(), "missing/token").unwrap_err();
+        assert!(matches!(err, FileError::Missing { .. }), "{err}");
     }
 
     #[test]
