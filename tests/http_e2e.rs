@@ -8,11 +8,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::process::{free_addr, http_get, Berth};
+use common::process::{free_addr, http_get, http_request_with, Berth};
 use common::{docker, fixture_task, run_berth, wait_for_sync, write, TestNamespace};
 
 fn sleeper() -> String {
@@ -29,23 +29,6 @@ fn state(name: &str) -> Option<(bool, String)> {
         c["State"]["Running"].as_bool()?,
         c["State"]["StartedAt"].as_str()?.to_string(),
     ))
-}
-
-/// A request with extra header lines; (status, body), `None` when the
-/// connection is closed without an answer.
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
 }
 
 /// How long until the server closes `s` (reads EOF or an error).
@@ -236,7 +219,7 @@ fn with_a_token_file_the_api_wants_the_token_and_the_probes_stay_open() {
     let addr = berth.addr;
 
     let code = |method: &str, path: &str, headers: &str| {
-        request(addr, method, path, headers).map(|(c, _)| c)
+        http_request_with(addr, method, path, headers).map(|(c, _)| c)
     };
     let good = "Authorization: Bearer tok-3f9a1c\r\n";
     let bad = "Authorization: Bearer tok-3f9a1d\r\n";
@@ -250,7 +233,7 @@ fn with_a_token_file_the_api_wants_the_token_and_the_probes_stay_open() {
     assert_eq!(code("POST", "/v1/retry/app", ""), Some(401));
     assert_eq!(code("POST", "/v1/retry/app", bad), Some(401));
     assert_ne!(code("POST", "/v1/retry/app", good), Some(401));
-    let denied = request(addr, "GET", "/v1/status", "").unwrap().1;
+    let denied = http_request_with(addr, "GET", "/v1/status", "").unwrap().1;
     assert!(!denied.contains(&ns.ns), "a 401 shows no status: {denied}");
 
     // `berth status` sends the token from the config.

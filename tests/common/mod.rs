@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,10 @@ use sha2::{Digest, Sha256};
 
 pub mod git;
 pub mod process;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use process::{berth_command, run_berth, run_berth_env, run_once};
 
 /// How the fixture image is made: shared with the benchmark.
 #[path = "../../bench/src/fixture_image.rs"]
@@ -196,69 +200,6 @@ pub fn berth_bin() -> PathBuf {
 /// build directory, never in the host's /var/lib/berth or /run/berth.
 pub fn test_state_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("berth-state")
-}
-
-/// `berth` as the tests run it: the binary under test, with its state
-/// directory and run directory inside the build directory.
-pub fn berth_command() -> Command {
-    let mut cmd = Command::new(berth_bin());
-    cmd.env("BERTH_STATE_DIR", test_state_dir())
-        .env("BERTH_RUN_DIR", test_state_dir().join("run"));
-    cmd
-}
-
-/// Run `berth <args>`; kill it and panic if it outlives `timeout`.
-pub fn run_berth(args: &[&str], timeout: Duration) -> Output {
-    run_berth_env(args, &[], timeout)
-}
-
-/// `berth run --once` on `dir` in namespace `ns`, killed after `timeout`.
-pub fn run_once(dir: &Path, ns: &str, timeout: Duration) -> Output {
-    run_berth(
-        &[
-            "run",
-            "--once",
-            "--manifests",
-            dir.to_str().unwrap(),
-            "--namespace",
-            ns,
-        ],
-        timeout,
-    )
-}
-
-/// Run `berth <args>` with extra environment variables, the one one-shot
-/// runner every test uses: output goes to files (a chatty or aborting berth
-/// never blocks on a pipe), and the child is killed and reaped if it
-/// outlives `timeout` or the wait panics.
-pub fn run_berth_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
-    let logs = tempfile::tempdir().unwrap();
-    let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
-    let mut child = berth_command()
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("berth {args:?} did not finish within {timeout:?}");
-            }
-        }
-    };
-    Output {
-        status,
-        stdout: std::fs::read(out_path).unwrap(),
-        stderr: std::fs::read(err_path).unwrap(),
-    }
 }
 
 /// Poll `f` until it yields `Some`, panicking after `deadline` with `what`.

@@ -1,15 +1,108 @@
-//! `berth run` as a child process, the one harness every end-to-end test
-//! uses: its own namespace, folder and HTTP port; its log in a file; killed
-//! (SIGKILL, containers left to the namespace guard) when dropped, printing
-//! its log when the test failed.
+//! berth as a child process, the one harness every test uses: `berth run`
+//! ([`Berth`]) with its own namespace, folder and HTTP port and its log in a
+//! file, and one-shot commands ([`run_berth`]) with their output in files.
+//! Either child is killed (SIGKILL, containers left to the namespace guard)
+//! and reaped when dropped; a `berth run` prints its log when the test failed.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use super::{berth_bin, wait_for_sync, TestNamespace};
+use super::{berth_bin, test_state_dir, wait_for_sync, TestNamespace};
+
+/// `bin` as the tests run berth: state and run directories inside the build
+/// directory, never the host's /var/lib/berth or /run/berth.
+fn command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env("BERTH_STATE_DIR", test_state_dir())
+        .env("BERTH_RUN_DIR", test_state_dir().join("run"));
+    cmd
+}
+
+/// `berth` as the tests run it: the binary under test (see [`command`]).
+pub fn berth_command() -> Command {
+    command(&berth_bin())
+}
+
+/// A child berth: killed and reaped when dropped, so no test leaves one
+/// behind, even when it panics.
+struct Reaped(Child);
+
+impl Reaped {
+    /// Start `cmd` without stdin, its output going where the caller says.
+    fn spawn(mut cmd: Command, stdout: Stdio, stderr: File) -> Reaped {
+        Reaped(
+            cmd.stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Run `berth <args>`; kill it and panic if it outlives `timeout`.
+pub fn run_berth(args: &[&str], timeout: Duration) -> Output {
+    run_berth_env(args, &[], timeout)
+}
+
+/// `berth run --once` on `dir` in namespace `ns`, killed after `timeout`.
+pub fn run_once(dir: &Path, ns: &str, timeout: Duration) -> Output {
+    run_berth(
+        &[
+            "run",
+            "--once",
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--namespace",
+            ns,
+        ],
+        timeout,
+    )
+}
+
+/// Run `berth <args>` with extra environment variables, the one one-shot
+/// runner every test uses: output goes to files (a chatty or aborting berth
+/// never blocks on a pipe), and the child is killed and reaped if it
+/// outlives `timeout`.
+pub fn run_berth_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
+    let logs = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
+    let mut cmd = berth_command();
+    cmd.args(args).envs(env.iter().copied());
+    let stdout = File::create(&out_path).unwrap();
+    let mut child = Reaped::spawn(cmd, stdout.into(), File::create(&err_path).unwrap());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "berth {args:?} did not finish within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(out_path).unwrap(),
+        stderr: std::fs::read(err_path).unwrap(),
+    }
+}
 
 /// A free port on 127.0.0.1 (bound and released; good enough for tests that
 /// each take their own).
@@ -77,9 +170,7 @@ impl BerthBuilder {
             .position(|a| a == "--listen")
             .and_then(|i| self.args.get(i + 1))
             .and_then(|a| a.parse::<SocketAddr>().ok());
-        let mut cmd = Command::new(&self.bin);
-        cmd.env("BERTH_STATE_DIR", super::test_state_dir())
-            .env("BERTH_RUN_DIR", super::test_state_dir().join("run"));
+        let mut cmd = command(&self.bin);
         cmd.args(&self.args);
         let addr = match given {
             Some(addr) => addr,
@@ -89,15 +180,10 @@ impl BerthBuilder {
                 addr
             }
         };
-        let child = cmd
-            .env("RUST_LOG", &self.rust_log)
+        cmd.env("RUST_LOG", &self.rust_log)
             .env_remove("BERTH_CONFIG")
-            .envs(self.envs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+            .envs(self.envs);
+        let child = Reaped::spawn(cmd, Stdio::null(), stderr);
         Berth {
             child,
             addr,
@@ -109,7 +195,7 @@ impl BerthBuilder {
 
 /// A running `berth run`.
 pub struct Berth {
-    child: Child,
+    child: Reaped,
     pub addr: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -167,7 +253,7 @@ impl Berth {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     /// `kill -SIG` the berth process (e.g. `-HUP`, `-TERM`).
@@ -182,12 +268,11 @@ impl Berth {
 
     /// SIGKILL now, and reap it.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
+        self.child.0.try_wait().unwrap()
     }
 
     /// `GET path` on berth's HTTP port: (status, body), `None` when nothing answers.
@@ -225,8 +310,7 @@ impl Berth {
 
 impl Drop for Berth {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         if std::thread::panicking() {
             eprintln!("--- berth log ---\n{}", self.log());
         }
@@ -241,11 +325,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// A blocking HTTP/1.1 request without a body (e.g. `POST /v1/sync`);
 /// `None` when nothing answers within 30 s.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    http_request_with(addr, method, path, "")
+}
+
+/// [`http_request`] with extra header lines, each ending in `\r\n`.
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = String::new();
