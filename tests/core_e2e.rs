@@ -566,7 +566,10 @@ fn validate_reports_a_syntax_error_and_an_unknown_key_with_file_line_and_column(
     };
     assert!(located("broken.yaml", 3), "no broken.yaml:3:C: in\n{text}");
     assert!(located("typo.yaml", 2), "no typo.yaml:2:C: in\n{text}");
-    assert!(text.contains("imgae"), "{text}");
+    // An unknown key is named by its position and the closest known key,
+    // never by its own text.
+    assert!(text.contains("did you mean `image`"), "{text}");
+    assert!(!text.contains("imgae"), "{text}");
     assert!(!text.contains("good.yaml"), "{text}");
 }
 
