@@ -68,7 +68,8 @@ fn a_new_version_that_exits_is_rolled_back_held_and_a_later_good_one_applies() {
     let ns = TestNamespace::new("rollback");
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "web.yaml", &v("1", "sleep", &["forever"]));
-    let berth = Berth::start(&ns, dir.path(), &[]);
+    // A 2 s resync: the hold below is seen to last over many passes.
+    let berth = Berth::start(&ns, dir.path(), &["--resync", "2s"]);
     berth.wait_running(START, &[("web", 0)]);
     let name = ns.container_name("web", 0);
     let (v1_id, _, _) = seen(&name).unwrap();
@@ -99,9 +100,13 @@ fn a_new_version_that_exits_is_rolled_back_held_and_a_later_good_one_applies() {
         "{metrics}"
     );
 
-    // v2 is held: not started again.
+    // v2 is held: not started again, pass after pass (a hold has no
+    // expiry; only a pass could try v2 again).
     let since = SystemTime::now();
-    std::thread::sleep(Duration::from_secs(30));
+    let passes = berth.passes();
+    wait_for_sync(Duration::from_secs(30), "five more passes", || {
+        (berth.passes() >= passes + 5).then_some(())
+    });
     assert!(starts_since(&ns.ns, since).is_empty(), "v2 was tried again");
     assert_eq!(seen(&name).unwrap().0, v1_id);
 
