@@ -215,8 +215,9 @@ fn all_errors(loaded: &berth::desired::folder::LoadedFolder) -> String {
         .join("\n")
 }
 
-#[test]
-fn a_manifest_symlinked_to_a_secret_file_is_an_error_that_shows_none_of_it() {
+/// A folder whose `web.yaml` is a symlink to a shadow-like password file
+/// (kept in the first temporary folder).
+fn folder_with_a_manifest_linked_to_a_password_file() -> (tempfile::TempDir, tempfile::TempDir) {
     let secrets = tempfile::tempdir().expect("tempdir");
     let shadow = secrets.path().join("shadow");
     std::fs::write(
@@ -226,6 +227,12 @@ fn a_manifest_symlinked_to_a_secret_file_is_an_error_that_shows_none_of_it() {
     .expect("write");
     let dir = tempfile::tempdir().expect("tempdir");
     std::os::unix::fs::symlink(&shadow, dir.path().join("web.yaml")).expect("symlink");
+    (secrets, dir)
+}
+
+#[test]
+fn a_manifest_symlinked_to_a_secret_file_is_an_error_that_shows_none_of_it() {
+    let (_secrets, dir) = folder_with_a_manifest_linked_to_a_password_file();
     let loaded = load_folder(dir.path(), &ctx()).expect("folder loads");
     assert!(loaded.failed_files.contains("web.yaml"));
     let message = all_errors(&loaded);
@@ -241,15 +248,7 @@ fn a_manifest_symlinked_to_a_secret_file_is_an_error_that_shows_none_of_it() {
 #[test]
 fn a_manifest_symlinked_to_a_password_file_shows_none_of_it_in_validate_log_or_status() {
     let ns = common::TestNamespace::new("hostile-link");
-    let secrets = tempfile::tempdir().expect("tempdir");
-    let shadow = secrets.path().join("shadow");
-    std::fs::write(
-        &shadow,
-        "root:$6$Zk3+Qx/secret=hash:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n",
-    )
-    .expect("write");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::os::unix::fs::symlink(&shadow, dir.path().join("web.yaml")).expect("symlink");
+    let (_secrets, dir) = folder_with_a_manifest_linked_to_a_password_file();
     common::write(
         dir.path(),
         "ok.yaml",

@@ -401,23 +401,9 @@ fn an_env_file_outside_the_allowed_folders_is_not_read_by_run() {
 #[test]
 fn a_labelled_container_beyond_the_gates_is_not_adopted_nor_touched() {
     let ns = TestNamespace::new("adopt-gate");
-    let name = ns.container_name("app", 0);
     let host_dir = tempfile::tempdir().unwrap();
-    let made = Command::new("docker")
-        .args(["run", "-d", "--name", &name, "--network", "host"])
-        .args(["-v", &format!("{}:/host", host_dir.path().display())])
-        .args(["--label", &format!("io.berth.namespace={}", ns.ns)])
-        .args([
-            "--label",
-            "io.berth.task=app",
-            "--label",
-            "io.berth.index=0",
-        ])
-        .args([common::fixture_image().as_str(), "sleep", "forever"])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let id = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let volume = format!("{}:/host", host_dir.path().display());
+    let (name, id) = hand_made(&ns, &["run", "-d"], &["--network", "host", "-v", &volume]);
     let conf = tempfile::tempdir().unwrap();
     let config = conf.path().join("berth.yaml");
     std::fs::write(&config, "docker: {volumes: {enabled: false}}\n").unwrap();
@@ -469,20 +455,10 @@ fn a_labelled_container_beyond_the_gates_is_not_adopted_nor_touched() {
     assert!(text.contains(&needle), "{text}");
 }
 
-/// What Docker's container list does not show (`--privileged`, `--pid
-/// host`) the gate still sees: a hand-made labelled container with it is left
-/// alone (same id, in the same state), reported in the log, `/v1/status`
-/// and `plan`, and its task gets no second container. `make` is `run -d`,
-/// or `create` where the host cannot start such a container (a daemon in a
-/// container may not grant `--privileged` its capabilities): berth adopting
-/// it would start or replace it.
-fn a_hand_made_container_is_left_alone(
-    ns: &str,
-    make: &[&str],
-    docker_flags: &[&str],
-    phrase: &str,
-) {
-    let ns = TestNamespace::new(ns);
+/// A container made by hand (`make` is `run -d` or `create`, plus
+/// `docker_flags`) wearing berth's labels for `app[0]` in `ns`, under
+/// berth's name for it: (name, id).
+fn hand_made(ns: &TestNamespace, make: &[&str], docker_flags: &[&str]) -> (String, String) {
     let name = ns.container_name("app", 0);
     let made = Command::new("docker")
         .args(make)
@@ -500,6 +476,24 @@ fn a_hand_made_container_is_left_alone(
         .unwrap();
     assert!(made.status.success(), "{made:?}");
     let id = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    (name, id)
+}
+
+/// What Docker's container list does not show (`--privileged`, `--pid
+/// host`) the gate still sees: a hand-made labelled container with it is left
+/// alone (same id, in the same state), reported in the log, `/v1/status`
+/// and `plan`, and its task gets no second container. `make` is `run -d`,
+/// or `create` where the host cannot start such a container (a daemon in a
+/// container may not grant `--privileged` its capabilities): berth adopting
+/// it would start or replace it.
+fn a_hand_made_container_is_left_alone(
+    ns: &str,
+    make: &[&str],
+    docker_flags: &[&str],
+    phrase: &str,
+) {
+    let ns = TestNamespace::new(ns);
+    let (name, id) = hand_made(&ns, make, docker_flags);
     let dir = tempfile::tempdir().unwrap();
     for task in ["app", "other"] {
         write(

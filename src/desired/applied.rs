@@ -245,9 +245,8 @@ mod tests {
     static KEY: std::sync::LazyLock<DigestKey> =
         std::sync::LazyLock::new(|| DigestKey::from_bytes([3; 32]));
 
-    #[test]
-    fn secret_digests_are_keyed_and_unknown_without_the_key() {
-        use sha2::{Digest, Sha256};
+    /// A spec whose env `PW` is the secret `hunter2`.
+    fn spec_with_secret() -> ContainerSpec {
         let mut spec = ContainerSpec::for_image("busybox:1");
         spec.env.insert(
             "PW".into(),
@@ -256,6 +255,13 @@ mod tests {
                 secret: true,
             },
         );
+        spec
+    }
+
+    #[test]
+    fn secret_digests_are_keyed_and_unknown_without_the_key() {
+        use sha2::{Digest, Sha256};
+        let spec = spec_with_secret();
         let label = AppliedSpec::label_for(&spec, Some(&KEY)).unwrap();
         let record = AppliedSpec::parse(&label).unwrap();
         assert_eq!(record.v, VERSION);
@@ -288,14 +294,7 @@ mod tests {
 
     #[test]
     fn a_version_1_record_is_read_and_its_secrets_show_as_changed() {
-        let mut spec = ContainerSpec::for_image("busybox:1");
-        spec.env.insert(
-            "PW".into(),
-            crate::desired::spec::EnvEntry {
-                value: "hunter2".into(),
-                secret: true,
-            },
-        );
+        let spec = spec_with_secret();
         let fields = serde_json::to_string(&AppliedSpec::of(&spec, Some(&KEY)).f).unwrap();
         let v1 = format!(
             r#"{{"v":1,"salt":"0123456789abcdef","f":{fields},"s":{{"env.PW":"0011223344556677"}}}}"#
