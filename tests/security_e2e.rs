@@ -443,6 +443,12 @@ fn a_labelled_container_beyond_the_gates_is_not_adopted_nor_touched() {
     let c = docker::inspect(&name).expect("the container is left alone");
     assert_eq!(c["Id"].as_str().unwrap(), id);
     assert_eq!(c["State"]["Running"], true, "{c}");
+    one_app_and_plan_says(&ns, dir.path(), berth, &needle);
+}
+
+/// `ns` has exactly one `app` container; once `berth` is stopped, `plan`
+/// exits 1 and names `needle`.
+fn one_app_and_plan_says(ns: &TestNamespace, dir: &Path, berth: Berth, needle: &str) {
     let app: Vec<_> = docker::ps(&ns.ns)
         .into_iter()
         .filter(|p| p.name.contains("-app-"))
@@ -450,9 +456,9 @@ fn a_labelled_container_beyond_the_gates_is_not_adopted_nor_touched() {
     assert_eq!(app.len(), 1, "{app:?}");
     drop(berth);
 
-    let (code, text) = plan(&ns, dir.path());
+    let (code, text) = plan(ns, dir);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains(&needle), "{text}");
+    assert!(text.contains(needle), "{text}");
 }
 
 /// A container made by hand (`make` is `run -d` or `create`, plus
@@ -521,16 +527,7 @@ fn a_hand_made_container_is_left_alone(
         "running"
     };
     assert_eq!(c["State"]["Status"], state, "{c}");
-    let app: Vec<_> = docker::ps(&ns.ns)
-        .into_iter()
-        .filter(|p| p.name.contains("-app-"))
-        .collect();
-    assert_eq!(app.len(), 1, "{app:?}");
-    drop(berth);
-
-    let (code, text) = plan(&ns, dir.path());
-    assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains(&needle), "{text}");
+    one_app_and_plan_says(&ns, dir.path(), berth, &needle);
 }
 
 #[test]
