@@ -259,11 +259,7 @@ fn a_manifest_symlinked_to_a_password_file_shows_none_of_it_in_validate_log_or_s
         &["validate", dir.path().to_str().unwrap()],
         Duration::from_secs(20),
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("web.yaml:1:"), "{text}");
     for leaked in leaks {

@@ -212,11 +212,7 @@ fn a_failing_job_is_tried_max_attempts_times_then_failed_and_run_once_exits_1() 
         ),
     );
     let out = run_once(dir.path(), &ns.ns, START);
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = common::output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("failed after 3 attempts: exit 1"), "{all}");
     let name = ns.container_name("flaky", 0);
@@ -286,11 +282,7 @@ fn a_dependency_cycle_fails_validate_naming_both_files() {
         "image: db:1\ndepends_on:\n  web: started\n",
     );
     let out = run_berth(&["validate", dir.path().to_str().unwrap()], START);
-    let err = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = common::output_text(&out);
     assert!(!out.status.success(), "{err}");
     let web_line = err
         .lines()

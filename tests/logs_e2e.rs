@@ -14,14 +14,6 @@ use std::time::Duration;
 use common::process::Berth;
 use common::{berth_command, docker, fixture_image, wait_for_sync, write, TestNamespace};
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn secret_task(secret_file: &Path) -> String {
     format!(
         "name: app\nimage: {}\npull: never\nargs: [\"sleep\", \"forever\"]\nstop_timeout: 1s\nenv:\n  MODE: plain\n  TOKEN: {{file: {}, secret: true}}\n",
@@ -63,7 +55,7 @@ fn no_rust_log_gets_a_docker_body_or_a_secret_into_the_log() {
         let secret = format!("hunter{round}-s3cr3t");
         std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
         let out = run_once(&ns, &manifests, rust_log);
-        let log = text(&out);
+        let log = common::output_text(&out);
         assert!(out.status.success(), "RUST_LOG={rust_log}: {log}");
         assert!(
             log.contains("DEBUG") || log.contains("TRACE"),
@@ -108,7 +100,7 @@ fn on_a_terminal(ns: &TestNamespace, no_color: bool) -> String {
         cmd.env("NO_COLOR", "1");
     }
     let out = cmd.output().unwrap();
-    let printed = text(&out);
+    let printed = common::output_text(&out);
     assert!(printed.contains("starting"), "{printed}");
     printed
 }

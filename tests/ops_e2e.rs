@@ -371,11 +371,7 @@ fn plan_names_changed_fields_and_never_shows_a_secret() {
     assert_eq!(view["actions"][0]["changes"][0]["field"], "env.DB_PASSWORD");
     assert_eq!(view["actions"][0]["changes"][0]["secret"], true);
     for out in [&human, &json] {
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let all = common::output_text(out);
         assert!(!all.contains("s3cr3t"), "secret leaked: {all}");
     }
     let inspect = docker::inspect(&ns.container_name("app", 0)).unwrap();

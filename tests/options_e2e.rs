@@ -11,7 +11,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{docker, fixture_image, fixture_image_copy, run_berth, wait_for_sync, TestNamespace};
@@ -82,7 +82,7 @@ impl World {
             ],
             RUN,
         );
-        (out.status.success(), text(&out))
+        (out.status.success(), common::output_text(&out))
     }
 
     fn converge(&self) -> String {
@@ -98,14 +98,6 @@ impl World {
     fn inspect(&self, task: &str) -> serde_json::Value {
         docker::inspect(&self.name(task)).unwrap_or_else(|| panic!("no container for {task}"))
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn port_is_free(port: u16) -> bool {
@@ -185,7 +177,7 @@ fn logs(name: &str) -> String {
         .args(["logs", name])
         .output()
         .unwrap();
-    text(&out)
+    common::output_text(&out)
 }
 
 fn image_exists(image: &str) -> bool {
@@ -200,7 +192,11 @@ fn image_exists(image: &str) -> bool {
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        common::output_text(&out)
+    );
 }
 
 #[test]
@@ -345,15 +341,27 @@ fn environment_interpolation_and_env_files_reach_the_process_and_secrets_stay_ou
     // shows up neither in berth's logs (debug level) nor in `plan`.
     std::fs::write(&secret_file, "hunter2-second\n").unwrap();
     let plan = run_berth(&["plan", "--config", w.config.to_str().unwrap()], RUN);
-    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
-    assert!(!text(&plan).contains("hunter2"), "{}", text(&plan));
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "{}",
+        common::output_text(&plan)
+    );
+    assert!(
+        !common::output_text(&plan).contains("hunter2"),
+        "{}",
+        common::output_text(&plan)
+    );
     let out = common::berth_command()
         .args(["run", "--once", "--config", w.config.to_str().unwrap()])
         .env("RUST_LOG", "debug")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(!text(&out).contains("hunter2"), "secret in debug logs");
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert!(
+        !common::output_text(&out).contains("hunter2"),
+        "secret in debug logs"
+    );
     let second = w.inspect("env");
     assert_ne!(first["Id"], second["Id"]);
     wait_for_sync(
@@ -379,7 +387,7 @@ fn environment_interpolation_and_env_files_reach_the_process_and_secrets_stay_ou
         ],
         RUN,
     );
-    let msg = text(&v);
+    let msg = common::output_text(&v);
     assert_eq!(v.status.code(), Some(1), "{msg}");
     assert!(msg.contains("bad.yaml:3:"), "{msg}");
     assert!(msg.contains("meta.nope"), "{msg}");
@@ -432,7 +440,7 @@ fn privileged_and_host_modes_need_the_agent_permission() {
         ),
     );
     let v = run_berth(&["validate", "--config", w.config.to_str().unwrap()], RUN);
-    let msg = text(&v);
+    let msg = common::output_text(&v);
     assert_eq!(v.status.code(), Some(1), "{msg}");
     for key in ["privileged", "pid_mode", "ipc_mode", "uts_mode"] {
         assert!(msg.contains(key), "{key} not named:\n{msg}");
@@ -483,9 +491,9 @@ fn privileged_and_host_modes_need_the_agent_permission() {
     let v = run_berth(&["validate", "--config", w.config.to_str().unwrap()], RUN);
     assert_eq!(v.status.code(), Some(1));
     assert!(
-        text(&v).contains("docker.volumes.enabled: true"),
+        common::output_text(&v).contains("docker.volumes.enabled: true"),
         "{}",
-        text(&v)
+        common::output_text(&v)
     );
 }
 
@@ -678,7 +686,11 @@ impl Registry {
             }
             drop(child.stdin.take());
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "docker {args:?}: {}", text(&out));
+            assert!(
+                out.status.success(),
+                "docker {args:?}: {}",
+                common::output_text(&out)
+            );
         };
         let host = format!("127.0.0.1:{}", self.port);
         docker(
@@ -789,7 +801,7 @@ fn private_registry_pulls_with_task_auth_and_auth_config_and_wrong_credentials_b
         .env("RUST_LOG", "debug")
         .output()
         .unwrap();
-    let msg = text(&out);
+    let msg = common::output_text(&out);
     assert!(!out.status.success(), "{msg}");
     assert!(
         msg.contains(&registry.image("v3")),

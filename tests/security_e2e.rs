@@ -19,11 +19,7 @@ fn validate(dir: &std::path::Path) -> (bool, String) {
         &["validate", dir.to_str().unwrap()],
         Duration::from_secs(20),
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     (out.status.success(), text)
 }
 
@@ -75,11 +71,7 @@ fn host_network_foreign_containers_and_foreign_volumes_need_the_owners_consent()
         ],
         Duration::from_secs(20),
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains("app.yaml:2:1: `network_mode: host` is refused"),
@@ -103,11 +95,7 @@ fn plan(ns: &TestNamespace, dir: &Path) -> (Option<i32>, String) {
         &ns.ns,
     ];
     let out = run_berth(&args, Duration::from_secs(30));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     (out.status.code(), text)
 }
 
