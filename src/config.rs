@@ -162,6 +162,18 @@ pub struct DockerConfig {
     pub cleanup: CleanupConfig,
     pub privileged: Toggle<false>,
     pub volumes: VolumesConfig,
+    pub networks: NetworksConfig,
+}
+
+/// `docker.networks`: the user-defined Docker networks a manifest may join.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworksConfig {
+    /// Networks `network_mode` may name besides `bridge`, `none`,
+    /// `default` and the namespace's own (`<namespace>-*`), which are
+    /// always allowed. `host` is not a network here: it needs
+    /// `docker.privileged.enabled`.
+    pub allowed: Vec<String>,
 }
 
 /// `docker.volumes`: host bind mounts and named volumes of other owners.
@@ -259,6 +271,7 @@ impl AgentConfig {
             max_instances: self.max_instances,
             namespace: self.namespace.clone(),
             allowed_volumes: self.docker.volumes.allowed.clone(),
+            allowed_networks: Some(self.docker.networks.allowed.clone()),
             files: crate::manifest::files::FilePolicy {
                 allowed_dirs: self.files.allowed_dirs.clone(),
                 max_size: self.files.max_size,
@@ -356,6 +369,18 @@ impl AgentConfig {
                 )));
             }
         }
+        for entry in &self.docker.networks.allowed {
+            if entry == "host" {
+                return Err(ConfigError::Invalid(
+                    "docker.networks.allowed: `host` is the host's own network, not one to list here; it needs docker.privileged.enabled: true".into(),
+                ));
+            }
+            if !crate::manifest::validate::is_network_name(entry) {
+                return Err(ConfigError::Invalid(format!(
+                    "docker.networks.allowed: `{entry}` is not a network name (letters, digits, `_`, `.` and `-`, not starting with `_`, `.` or `-`)"
+                )));
+            }
+        }
         if let Some(source) = &self.source {
             source
                 .git
@@ -380,6 +405,7 @@ mod tests {
         assert!(config.docker.cleanup.container && config.docker.cleanup.image);
         assert!(!config.docker.privileged.enabled);
         assert!(config.docker.volumes.enabled);
+        assert!(config.docker.networks.allowed.is_empty());
     }
 
     #[test]
@@ -404,6 +430,7 @@ docker:
   cleanup: {container: false, image: false}
   privileged: {enabled: true}
   volumes: {enabled: false, allowed: [/srv/www, shared-cache]}
+  networks: {allowed: [frontend, shared.backend]}
 files:
   allowed_dirs: [/etc/berth/manifests, /run/secrets]
   max_size: 65536
@@ -422,6 +449,7 @@ files:
             c.docker.volumes.allowed,
             Some(vec!["/srv/www".to_string(), "shared-cache".to_string()])
         );
+        assert_eq!(c.docker.networks.allowed, ["frontend", "shared.backend"]);
         assert_eq!(
             c.files.allowed_dirs,
             Some(vec![
@@ -433,7 +461,7 @@ files:
     }
 
     #[test]
-    fn file_and_volume_permissions_are_checked() {
+    fn file_volume_and_network_permissions_are_checked() {
         for (text, expected) in [
             ("files: {max_size: 0}\n", "files.max_size"),
             (
@@ -448,6 +476,27 @@ files:
                 "docker: {volumes: {allowed: [\"a b\"]}}\n",
                 "docker.volumes.allowed",
             ),
+            (
+                "docker: {networks: {allowed: [\"a b\"]}}\n",
+                "docker.networks.allowed: `a b` is not a network name",
+            ),
+            (
+                "docker: {networks: {allowed: [\"container:db\"]}}\n",
+                "docker.networks.allowed: `container:db` is not a network name",
+            ),
+            (
+                "docker: {networks: {allowed: [\"-x\"]}}\n",
+                "docker.networks.allowed: `-x` is not a network name",
+            ),
+            (
+                "docker: {networks: {allowed: [\"\"]}}\n",
+                "docker.networks.allowed: `` is not a network name",
+            ),
+            (
+                "docker: {networks: {allowed: [host]}}\n",
+                "docker.networks.allowed: `host` is the host's own network",
+            ),
+            ("docker: {networks: {allow: [frontend]}}\n", "allow"),
         ] {
             let err = load_text(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}\n→ {err}");

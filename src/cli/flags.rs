@@ -93,6 +93,7 @@ pub const KEYS: &[Key] = &[
     key("docker.privileged.enabled", Bool, "Allow `privileged`, host network/ipc/pid/uts and container:<other owner's> modes in manifests"),
     key("docker.volumes.enabled", Bool, "Allow host bind mounts and named volumes not called <namespace>-* in manifests"),
     key("docker.volumes.allowed", List, "When set, the only host path prefixes and volume names manifests may mount (repeatable)").or("unset: anything, when enabled"),
+    key("docker.networks.allowed", List, "Networks network_mode may name besides bridge, none, default and <namespace>-* (repeatable)").or("none: only those"),
     key("files.allowed_dirs", List, "Folders whose files env {file:} and auth.password_file may read (repeatable)").or("the manifest folder and /etc/berth/secrets"),
     key("files.max_size", Count, "The largest file a manifest may have read, in bytes"),
     key("docker_down_limit", Duration, "/healthz turns 503 once Docker has been unreachable this long"),
@@ -551,7 +552,7 @@ mod tests {
         let file = dir.path().join("berth.yaml");
         std::fs::write(
             &file,
-            "files: {allowed_dirs: [/from/file]}\ndocker: {volumes: {allowed: [/srv]}}\n",
+            "files: {allowed_dirs: [/from/file]}\ndocker: {volumes: {allowed: [/srv]}, networks: {allowed: [a]}}\n",
         )
         .unwrap();
         let flags = parse(&[
@@ -563,6 +564,8 @@ mod tests {
             "/b,/c",
             "--files-max-size",
             "4096",
+            "--docker-networks-allowed",
+            "frontend,backend",
         ])
         .unwrap();
         let c = flags.resolve(None).unwrap().config;
@@ -570,6 +573,7 @@ mod tests {
         assert_eq!(c.files.allowed_dirs, Some(dirs));
         assert_eq!(c.files.max_size, 4096);
         assert_eq!(c.docker.volumes.allowed, Some(vec!["/srv".to_string()]));
+        assert_eq!(c.docker.networks.allowed, ["frontend", "backend"]);
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub struct TaskManifest {
     pub resources: Option<Resources>,
     /// `bridge` (default), `host`, `none`, `container:<name>` or a network name.
     /// `host` needs the agent's privileged permission; without it,
-    /// `container:<name>` must name a container of this namespace.
+    /// `container:<name>` must name a container of this namespace. A network
+    /// name other than `bridge`, `none`, `default` and `<namespace>-*` must be
+    /// listed in the agent's `docker.networks.allowed`.
     #[serde(default)]
     pub network_mode: Option<String>,
     #[serde(default)]

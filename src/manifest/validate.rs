@@ -1,5 +1,5 @@
 //! The rules a parsed manifest must follow beyond its YAML shape, and the
-//! agent's permissions (privileged modes, host bind mounts).
+//! agent's permissions (privileged modes, host bind mounts, networks).
 //!
 //! Every error points at the offending key via the document's
 //! [`DocLocations`], so `berth validate` output can be followed in an editor.
@@ -38,6 +38,11 @@ pub struct ValidationContext {
     /// `docker.volumes.allowed`: host path prefixes and volume names; when
     /// set, nothing else is allowed (the namespace's own volumes aside).
     pub allowed_volumes: Option<Vec<String>>,
+    /// `docker.networks.allowed`: the networks `network_mode` may name
+    /// besides `bridge`, `none`, `default` and the namespace's own
+    /// (`<namespace>-*`). `None` checks no network name (only for a task
+    /// this agent is not selected for); the agent always gives a list.
+    pub allowed_networks: Option<Vec<String>>,
     /// What `env {file:}` and `auth.password_file` may read.
     pub files: FilePolicy,
 }
@@ -52,6 +57,7 @@ impl Default for ValidationContext {
             max_instances: DEFAULT_MAX_INSTANCES,
             namespace: "berth".into(),
             allowed_volumes: None,
+            allowed_networks: Some(Vec::new()),
             files: FilePolicy::default(),
         }
     }
@@ -275,6 +281,7 @@ fn validate_with(
             allow_privileged: true,
             allow_host_volumes: true,
             allowed_volumes: None,
+            allowed_networks: None,
             ..ctx.clone()
         };
         &relaxed
@@ -651,6 +658,32 @@ fn check_env_and_labels(c: &mut Checker<'_>, m: &TaskManifest) {
     }
 }
 
+/// A Docker network name as `network_mode` and `docker.networks.allowed`
+/// take it: letters, digits, `_`, `.` and `-`, not starting with `_`, `.`
+/// or `-`.
+pub fn is_network_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+        && !name.starts_with(['.', '-', '_'])
+}
+
+/// Whether a container may join the Docker network `name` (not `host`,
+/// which is a privileged mode): `bridge`, `none` and `default` always, the
+/// namespace's own networks (`<namespace>-*`, like its volumes) always,
+/// any other only when `docker.networks.allowed` lists it exactly.
+pub(crate) fn network_allowed(name: &str, ctx: &ValidationContext) -> bool {
+    matches!(name, "bridge" | "none" | "default")
+        || name
+            .strip_prefix(ctx.namespace.as_str())
+            .is_some_and(|rest| rest.starts_with('-'))
+        || ctx
+            .allowed_networks
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|n| n == name))
+}
+
 fn is_container_ref(mode: &str) -> bool {
     mode.strip_prefix("container:")
         .is_some_and(|name| !name.is_empty())
@@ -688,11 +721,7 @@ fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
     }
     if let Some(mode) = &m.network_mode {
         let path = [Seg::Key("network_mode")];
-        let named = !mode.is_empty()
-            && mode
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
-            && !mode.starts_with(['.', '-', '_']);
+        let named = is_network_name(mode);
         if !(named || is_container_ref(mode)) {
             c.at_value(
                 &path,
@@ -716,6 +745,15 @@ fn check_modes(c: &mut Checker<'_>, m: &TaskManifest, ctx: &ValidationContext) {
                     "a task with `network_mode: container:<name>` shares that container's network and cannot publish ports; declare the ports on the container it joins",
                 );
             }
+        } else if !network_allowed(mode, ctx) {
+            c.at_key(
+                &path,
+                format!(
+                    "`network_mode: {shown_mode}` is refused: the agent allows only bridge, none, default, this namespace's networks (`{ns}-<name>`) and those in docker.networks.allowed; to allow it, add it in the agent config: `docker: {{networks: {{allowed: [{shown_mode}]}}}}`",
+                    shown_mode = shown(mode),
+                    ns = ctx.namespace
+                ),
+            );
         }
     }
     let modes: [(&str, &Option<String>, &[&str]); 3] = [
@@ -1277,7 +1315,13 @@ mod tests {
 
     #[test]
     fn network_mode_shapes() {
-        for ok in ["bridge", "none", "container:berth-db-0", "my-net"] {
+        for ok in [
+            "bridge",
+            "none",
+            "default",
+            "container:berth-db-0",
+            "berth-net",
+        ] {
             let text = format!("image: x\nnetwork_mode: {ok}\n");
             assert!(
                 check("web.yaml", &text, &ValidationContext::default()).is_ok(),
@@ -1287,6 +1331,70 @@ mod tests {
         assert!(only_error("image: x\nnetwork_mode: \"container:\"\n")
             .message
             .contains("network_mode"));
+        for bad in ["-net", "a b", "net/x", "\"\""] {
+            let err = only_error(&format!("image: x\nnetwork_mode: {bad}\n"));
+            assert!(err.message.contains("is invalid"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_network_not_of_the_namespace_must_be_listed_in_the_agent_config() {
+        // The error names the file, the line, the key and what to add.
+        let text = "image: x\ncount: 1\nnetwork_mode: frontend\n";
+        let err = only_error(text);
+        assert_eq!(
+            (err.file.as_str(), err.line, err.column),
+            ("web.yaml", 3, 1)
+        );
+        assert!(
+            err.message
+                .starts_with("`network_mode: frontend` is refused")
+                && err.message.contains("`berth-<name>`")
+                && err.message.ends_with(
+                    "add it in the agent config: `docker: {networks: {allowed: [frontend]}}`"
+                ),
+            "{err}"
+        );
+        let listed = ValidationContext {
+            allowed_networks: Some(vec!["backend".into(), "frontend".into()]),
+            ..ValidationContext::default()
+        };
+        assert!(check("web.yaml", text, &listed).is_ok());
+        // Listed means exactly that name: no prefix, no other case.
+        for other in ["front", "frontend2", "Frontend"] {
+            let t = format!("image: x\nnetwork_mode: {other}\n");
+            let err = only_error_with(&t, &listed);
+            assert!(err.message.contains("is refused"), "{other}: {err}");
+        }
+        // The namespace's own networks, like its volumes, need no listing;
+        // another namespace's do, and privilege does not stand in for it.
+        let edge = ValidationContext {
+            namespace: "edge".into(),
+            allow_privileged: true,
+            ..ValidationContext::default()
+        };
+        assert!(check("web.yaml", "image: x\nnetwork_mode: edge-internal\n", &edge).is_ok());
+        for other in ["berth-internal", "edge", "edgeinternal"] {
+            let t = format!("image: x\nnetwork_mode: {other}\n");
+            let err = only_error_with(&t, &edge);
+            assert!(err.message.contains("`edge-<name>`"), "{other}: {err}");
+        }
+        // `host` stays the privileged gate's, whatever the list says.
+        let host_listed = ValidationContext {
+            allowed_networks: Some(vec!["host".into()]),
+            ..ValidationContext::default()
+        };
+        let err = only_error_with("image: x\nnetwork_mode: host\n", &host_listed);
+        assert!(err.message.contains("docker.privileged.enabled"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_network_is_shown_only_as_a_short_excerpt() {
+        let long = format!("n{}", "x".repeat(80));
+        let err = only_error(&format!("image: x\nnetwork_mode: {long}\n"));
+        assert!(!err.message.contains(&long), "{err}");
+        assert!(err.message.contains(&shown(&long)), "{err}");
+        assert!(shown(&long).ends_with('…'));
     }
 
     #[test]
@@ -1576,7 +1684,7 @@ stop_timeout: 10s
 
     #[test]
     fn a_task_not_selected_here_skips_the_checks_that_depend_on_this_agent() {
-        let text = "image: x\nselect: {meta.role: gateway}\nprivileged: true\nenv: {UPSTREAM: \"${meta.upstream}\"}\n";
+        let text = "image: x\nselect: {meta.role: gateway}\nprivileged: true\nnetwork_mode: gw-net\nenv: {UPSTREAM: \"${meta.upstream}\"}\n";
         // On a worker: not selected, and neither its meta key nor its
         // privilege is this agent's business.
         let tasks = check_file_on("gw.yaml", text, &ValidationContext::default(), "w1")
@@ -1587,8 +1695,11 @@ stop_timeout: 10s
             .err()
             .unwrap_or_default();
         let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-        assert_eq!(errors.len(), 2, "{messages:?}");
+        assert_eq!(errors.len(), 3, "{messages:?}");
         assert!(messages.iter().any(|m| m.contains("privileged")));
+        assert!(messages
+            .iter()
+            .any(|m| m.contains("docker.networks.allowed")));
         assert!(messages.iter().any(|m| m.contains("meta key `upstream`")));
         // Shape errors count everywhere.
         let err = check_file_on(
