@@ -36,7 +36,7 @@ use crate::engine::status::{
     unix_millis, unix_secs, InstanceStatus, LiveWork, SharedStatus, Status, StatusBoard,
 };
 use crate::engine::trigger::Trigger;
-use crate::manifest::validate::{host_path_allowed, ValidationContext};
+use crate::manifest::validate::{host_path_allowed, network_allowed, ValidationContext};
 use crate::manifest::UpdateOrder;
 use crate::names::InstanceKey;
 use crate::node::NodeInfo;
@@ -1605,6 +1605,24 @@ fn beyond_gates(
             }
         }
     }
+    // The networks it joins: its mode's, when that names one, and any it
+    // was connected to since. `host` is the privileged gate's, above.
+    let mode = c.host.network_mode.as_str();
+    let mut networks: BTreeSet<&str> = c.host.networks.iter().map(String::as_str).collect();
+    if !mode.is_empty() && !mode.starts_with("container:") {
+        networks.insert(mode);
+    }
+    for network in networks {
+        if network == "host" {
+            if !gates.allow_privileged && mode != "host" {
+                beyond.push(format!("the host's network namespace ({PRIVILEGED})"));
+            }
+        } else if !network_allowed(network, gates) {
+            beyond.push(format!(
+                "network `{network}` not of this namespace (not in docker.networks.allowed)"
+            ));
+        }
+    }
     let own = format!("{}-", gates.namespace);
     let allowed = gates.allowed_volumes.as_deref();
     for source in &c.host.binds {
@@ -1666,6 +1684,7 @@ mod tests {
         let host = |f: &dyn Fn(&mut HostAccess)| {
             let mut h = HostAccess {
                 network_mode: "bridge".into(),
+                networks: vec!["bridge".into()],
                 ..HostAccess::default()
             };
             f(&mut h);
@@ -1676,7 +1695,49 @@ mod tests {
             ("privileged: true".into(), host(&|h| h.privileged = true)),
             (
                 "network_mode: host".into(),
-                host(&|h| h.network_mode = "host".into()),
+                host(&|h| {
+                    h.network_mode = "host".into();
+                    h.networks = vec!["host".into()];
+                }),
+            ),
+            (
+                "network_mode: none".into(),
+                host(&|h| {
+                    h.network_mode = "none".into();
+                    h.networks = vec!["none".into()];
+                }),
+            ),
+            (
+                "network_mode: default".into(),
+                host(&|h| h.network_mode = "default".into()),
+            ),
+            (
+                "network_mode: berth-internal".into(),
+                host(&|h| {
+                    h.network_mode = "berth-internal".into();
+                    h.networks = vec!["berth-internal".into()];
+                }),
+            ),
+            (
+                "network_mode: frontend".into(),
+                host(&|h| {
+                    h.network_mode = "frontend".into();
+                    h.networks = vec!["frontend".into()];
+                }),
+            ),
+            (
+                "network_mode: backend".into(),
+                host(&|h| {
+                    h.network_mode = "backend".into();
+                    h.networks = vec!["backend".into()];
+                }),
+            ),
+            (
+                "network_mode: edge-internal".into(),
+                host(&|h| {
+                    h.network_mode = "edge-internal".into();
+                    h.networks = vec!["edge-internal".into()];
+                }),
             ),
             (
                 "pid_mode: host".into(),
@@ -1696,7 +1757,10 @@ mod tests {
             ),
             (
                 "network_mode: container:berth-main-0".into(),
-                host(&|h| h.network_mode = "container:berth-main-0".into()),
+                host(&|h| {
+                    h.network_mode = "container:berth-main-0".into();
+                    h.networks = Vec::new();
+                }),
             ),
             (
                 "pid_mode: container:berth-main-0".into(),
@@ -1708,7 +1772,10 @@ mod tests {
             ),
             (
                 "network_mode: container:postgres".into(),
-                host(&|h| h.network_mode = "container:postgres".into()),
+                host(&|h| {
+                    h.network_mode = "container:postgres".into();
+                    h.networks = Vec::new();
+                }),
             ),
             (
                 "pid_mode: container:postgres".into(),
@@ -1743,13 +1810,18 @@ mod tests {
         for allow_privileged in [false, true] {
             for allow_host_volumes in [false, true] {
                 for allowed_volumes in [None, Some(vec![www.clone(), "cache".to_string()])] {
-                    contexts.push(ValidationContext {
-                        namespace: "berth".into(),
-                        allow_privileged,
-                        allow_host_volumes,
-                        allowed_volumes,
-                        ..ValidationContext::default()
-                    });
+                    for networks in [&[][..], &["frontend", "edge-internal"]] {
+                        contexts.push(ValidationContext {
+                            namespace: "berth".into(),
+                            allow_privileged,
+                            allow_host_volumes,
+                            allowed_volumes: allowed_volumes.clone(),
+                            allowed_networks: Some(
+                                networks.iter().map(|n| n.to_string()).collect(),
+                            ),
+                            ..ValidationContext::default()
+                        });
+                    }
                 }
             }
         }
@@ -1773,6 +1845,22 @@ mod tests {
         let bind = host(&|h| h.binds = vec!["/etc".into()]);
         let c = container("def", "berth-side-0", bind);
         assert!(beyond_gates(&c, &contexts[0], std::slice::from_ref(&c))[0].contains("`/etc`"));
+        // A network joined after the container was made (`docker network
+        // connect`) counts as much as its mode's: no manifest asks for it,
+        // so only the gate can see it.
+        let connected = host(&|h| h.networks = vec!["bridge".into(), "backend".into()]);
+        let c = container("def", "berth-side-0", connected);
+        for gates in &contexts {
+            let beyond = beyond_gates(&c, gates, std::slice::from_ref(&c));
+            assert_eq!(
+                beyond,
+                ["network `backend` not of this namespace (not in docker.networks.allowed)"],
+                "{gates:?}"
+            );
+        }
+        let own = host(&|h| h.networks = vec!["bridge".into(), "berth-db".into()]);
+        let c = container("def", "berth-side-0", own);
+        assert!(beyond_gates(&c, &contexts[0], std::slice::from_ref(&c)).is_empty());
     }
 
     /// The gate asks Docker once per container it has not seen, never for

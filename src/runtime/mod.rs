@@ -103,6 +103,10 @@ pub struct ObservedContainer {
 pub struct HostAccess {
     /// `HostConfig.NetworkMode`: `bridge`, `host`, `container:<id>`, ...
     pub network_mode: String,
+    /// The names of the networks it is joined to
+    /// (`NetworkSettings.Networks`): its mode's, and any it was connected
+    /// to since (`docker network connect`). None for a `container:` mode.
+    pub networks: Vec<String>,
     /// Host paths bind-mounted into it.
     pub binds: Vec<String>,
     /// Named volumes mounted into it (anonymous ones left out).
@@ -120,8 +124,14 @@ impl HostAccess {
     /// What a container created from `spec` reaches: berth's own request,
     /// known without asking Docker.
     pub fn of_spec(spec: &ContainerSpec) -> HostAccess {
+        let joined = match spec.network_mode.as_str() {
+            "" | "default" => Some("bridge"),
+            mode if mode.starts_with("container:") => None,
+            mode => Some(mode),
+        };
         let mut host = HostAccess {
             network_mode: spec.network_mode.clone(),
+            networks: joined.into_iter().map(str::to_string).collect(),
             privileged: spec.privileged,
             pid_mode: spec.pid_mode.clone().unwrap_or_default(),
             ipc_mode: spec.ipc_mode.clone().unwrap_or_default(),
@@ -139,10 +149,12 @@ impl HostAccess {
         host
     }
 
-    /// Only what Docker's container list shows: the network mode and mounts.
+    /// Only what Docker's container list shows: the network mode, the
+    /// networks and the mounts.
     pub fn as_listed(&self) -> HostAccess {
         HostAccess {
             network_mode: self.network_mode.clone(),
+            networks: self.networks.clone(),
             binds: self.binds.clone(),
             volumes: self.volumes.clone(),
             ..HostAccess::default()

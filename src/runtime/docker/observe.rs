@@ -7,10 +7,18 @@ use bollard::models::{ContainerInspectResponse, ContainerSummary, HealthStatusEn
 
 use crate::runtime::{ContainerState, Health, HostAccess, ObservedContainer};
 
-/// Network mode and mounts: the list's `HostConfig.NetworkMode` and `Mounts`.
-fn host_access(network_mode: Option<&str>, mounts: &[MountPoint]) -> HostAccess {
+/// Network mode, networks and mounts: the list's `HostConfig.NetworkMode`,
+/// `NetworkSettings.Networks` (by name) and `Mounts`.
+fn host_access<'a>(
+    network_mode: Option<&str>,
+    networks: impl IntoIterator<Item = &'a String>,
+    mounts: &[MountPoint],
+) -> HostAccess {
+    let mut networks: Vec<String> = networks.into_iter().cloned().collect();
+    networks.sort();
     let mut host = HostAccess {
         network_mode: network_mode.unwrap_or_default().to_string(),
+        networks,
         ..HostAccess::default()
     };
     for m in mounts {
@@ -44,6 +52,11 @@ fn full_host_access(d: &ContainerInspectResponse) -> HostAccess {
         uts_mode: mode(hc.and_then(|h| h.uts_mode.as_ref())),
         ..host_access(
             hc.and_then(|h| h.network_mode.as_deref()),
+            d.network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .into_iter()
+                .flat_map(|n| n.keys()),
             d.mounts.as_deref().unwrap_or_default(),
         )
     }
@@ -61,6 +74,11 @@ pub(super) fn from_summary(s: ContainerSummary) -> Option<ObservedContainer> {
         s.host_config
             .as_ref()
             .and_then(|h| h.network_mode.as_deref()),
+        s.network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .into_iter()
+            .flat_map(|n| n.keys()),
         s.mounts.as_deref().unwrap_or_default(),
     );
     Some(ObservedContainer {
