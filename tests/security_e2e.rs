@@ -537,3 +537,153 @@ fn a_hand_made_container_in_the_hosts_pid_namespace_is_not_adopted() {
         "the host's pid namespace",
     );
 }
+
+/// A user-defined Docker network a test made: `net-<namespace>`, named with
+/// the test's namespace (so no other test or host network is ever touched)
+/// but not of it (`<namespace>-*` networks need no listing). Dropping it
+/// removes the containers still on it, then the network, even when the test
+/// fails.
+struct Network(String);
+
+impl Network {
+    fn create(ns: &TestNamespace) -> Network {
+        let network = Network(format!("net-{}", ns.ns));
+        let made = Command::new("docker")
+            .args(["network", "create", &network.0])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        network
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let on = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("network={}", self.0)])
+            .output();
+        let ids: Vec<String> = on
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.0])
+            .output();
+    }
+}
+
+/// `berth run --once` on `dir` in `ns` with the agent config `config`.
+fn run_once_with(ns: &TestNamespace, dir: &Path, config: &Path) -> std::process::Output {
+    run_berth(
+        &[
+            "run",
+            "--once",
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--namespace",
+            &ns.ns,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    )
+}
+
+/// `network_mode: <network>` joins only the networks the owner lists in
+/// `docker.networks.allowed`. With the key, the task runs on its network.
+/// Without it (an upgrade: the container from before still runs) `validate`
+/// and `run` refuse the manifest at its line, saying what to add, while the
+/// running container is neither stopped nor adopted and the other tasks
+/// run. With the key back, it is adopted as it is.
+#[test]
+fn a_network_not_listed_in_the_agent_config_is_refused_and_stops_nothing() {
+    let ns = TestNamespace::new("networks");
+    let network = Network::create(&ns);
+    let net = network.0.as_str();
+    let conf = tempfile::tempdir().unwrap();
+    let listed = conf.path().join("listed.yaml");
+    std::fs::write(
+        &listed,
+        format!("docker: {{networks: {{allowed: [{net}]}}}}\n"),
+    )
+    .unwrap();
+    let unlisted = conf.path().join("unlisted.yaml");
+    std::fs::write(&unlisted, "docker: {privileged: {enabled: true}}\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "app.yaml",
+        &fixture_task("sleep", &["forever"], &format!("network_mode: {net}\n")),
+    );
+    write(
+        dir.path(),
+        "other.yaml",
+        &fixture_task("sleep", &["forever"], ""),
+    );
+    let app_name = ns.container_name("app", 0);
+
+    let out = run_once_with(&ns, dir.path(), &listed);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let app = docker::inspect(&app_name).expect("app-0 runs");
+    assert_eq!(app["State"]["Running"], true, "{app}");
+    assert!(
+        app["NetworkSettings"]["Networks"].get(net).is_some(),
+        "{}",
+        app["NetworkSettings"]["Networks"]
+    );
+    let id = app["Id"].as_str().unwrap().to_string();
+
+    // Privilege does not stand in for the list.
+    let out = run_berth(
+        &[
+            "validate",
+            "--namespace",
+            &ns.ns,
+            "--config",
+            unlisted.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    let refused = format!("app.yaml:5:1: `network_mode: {net}` is refused");
+    assert!(text.contains(&refused), "{text}");
+    let fix = format!("add it in the agent config: `docker: {{networks: {{allowed: [{net}]}}}}`");
+    assert!(text.contains(&fix), "{text}");
+    assert!(!text.contains("other.yaml"), "{text}");
+
+    let berth = Berth::start(
+        &ns,
+        dir.path(),
+        &["--config", unlisted.to_str().unwrap(), "--resync", "2s"],
+    );
+    berth.wait_running(Duration::from_secs(60), &[("other", 0)]);
+    let not_adopted = format!("container {app_name} (task app, index 0) is not adopted: network `{net}` not of this namespace (not in docker.networks.allowed)");
+    wait_logged(&berth, &[&refused, &fix, &not_adopted]);
+    let before = berth.passes();
+    wait_for_sync(Duration::from_secs(60), "two more passes", || {
+        (berth.passes() >= before + 2).then_some(())
+    });
+    let app = docker::inspect(&app_name).expect("the running container is left alone");
+    assert_eq!(app["Id"].as_str().unwrap(), id);
+    assert_eq!(app["State"]["Running"], true, "{app}");
+    drop(berth);
+
+    let out = run_once_with(&ns, dir.path(), &listed);
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("not adopted"), "{text}");
+    let app = docker::inspect(&app_name).expect("app-0 runs");
+    assert_eq!(app["Id"].as_str().unwrap(), id, "adopted, not replaced");
+}
