@@ -76,7 +76,7 @@ pub enum Health {
 }
 
 /// A container as the engine reports it. Built from one list call; for
-/// containers that are not running, the runtime also fills the exit details
+/// containers that exited (or are dead), the runtime also fills the exit details
 /// (exit code, start and finish times) that restart decisions need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservedContainer {
@@ -245,7 +245,7 @@ pub struct CreateRequest<'a> {
 /// Futures are `Send` so passes can run operations on a multi-threaded runtime.
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Every container (running or not) labelled `io.berth.namespace=<namespace>`:
-    /// one list call, plus an inspect per non-running container for exit details.
+    /// one list call, plus an inspect per exited or dead container for exit details.
     fn list(&self, namespace: &str) -> impl Future<Output = Result<Vec<ObservedContainer>>> + Send;
 
     /// Look up any container by name or id, owned or not (404 → `NotFound`),

@@ -21,8 +21,8 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tracing::{debug, warn};
 
 use super::{
-    ContainerRuntime, CreateRequest, ObservedContainer, ProgressFn, RegistryCredentials, Result,
-    RuntimeError,
+    ContainerRuntime, ContainerState, CreateRequest, ObservedContainer, ProgressFn,
+    RegistryCredentials, Result, RuntimeError,
 };
 use crate::config::DockerConfig;
 
@@ -114,7 +114,11 @@ impl ContainerRuntime for DockerRuntime {
             .map(|c| {
                 let docker = docker.clone();
                 async move {
-                    if c.is_running() {
+                    // Exit details (code, start and finish times) exist only
+                    // for a container that ran and stopped. A `created` one
+                    // is, during a cold start, usually one whose start is in
+                    // flight: its inspect would wait for that start to end.
+                    if !matches!(c.state, ContainerState::Exited | ContainerState::Dead) {
                         return Ok(Some(c));
                     }
                     match docker.inspect_container(&c.id, None).await {
