@@ -44,7 +44,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// After a chain ended well while other chains are still in flight, the
-/// pass it asks for waits until this long after the previous pass began;
+/// pass it asks for waits until at least this long after the previous pass
+/// began (longer when that pass was slow: [`work_done_gap`]);
 /// so does a pass for a timer that became due (a settle check, a backoff).
 /// Such a pass finds nothing new for the other instances (their chains are
 /// already dispatched), and at a cold start of hundreds of tasks one pass
@@ -53,7 +54,19 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// change still gets its pass at once.
 pub const WORK_DONE_GAP: Duration = Duration::from_millis(500);
 
-/// Whether a finished chain's pass may wait out [`WORK_DONE_GAP`].
+/// The longest [`work_done_gap`]: a settle check or a finished chain is
+/// looked at within this, however slowly Docker answers.
+pub const WORK_DONE_GAP_MAX: Duration = Duration::from_secs(3);
+
+/// The work-done gap after a pass that took `took`: [`WORK_DONE_GAP`], or
+/// ten times the pass when that is longer. A pass is slow when the daemon
+/// is busy (hundreds of creates and starts): listing it less often then
+/// leaves it to the work, so such passes take about a tenth of the time.
+pub fn work_done_gap(took: Duration) -> Duration {
+    (took * 10).clamp(WORK_DONE_GAP, WORK_DONE_GAP_MAX)
+}
+
+/// Whether a finished chain's pass may wait out the [`work_done_gap`].
 fn can_wait<R: ContainerRuntime>(
     controller: &Controller<R>,
     succeeded: bool,
@@ -149,11 +162,12 @@ pub async fn run_loop<R: ContainerRuntime>(
         for task in retries.drain(..) {
             controller.retry(&task);
         }
-        let gap_end = tokio::time::Instant::now() + WORK_DONE_GAP;
+        let began = tokio::time::Instant::now();
         let result = tokio::select! {
             r = controller.pass(&trigger) => r,
             () = &mut shutdown => break,
         };
+        let gap_end = began + work_done_gap(began.elapsed());
         let next_due = match &result {
             Ok(report) => {
                 if docker_failures > 0 {

@@ -35,8 +35,9 @@ pub async fn run_once<R: ContainerRuntime>(
     let until = tokio::time::Instant::now() + deadline;
     let mut trigger = Trigger::Startup;
     loop {
-        let gap_end = tokio::time::Instant::now() + super::WORK_DONE_GAP;
+        let began = tokio::time::Instant::now();
         let report = controller.pass(&trigger).await?;
+        let gap_end = began + super::work_done_gap(began.elapsed());
         let verdict = controller.once_verdict(&report);
         let out_of_time = tokio::time::Instant::now() >= until;
         let problems = match verdict {
@@ -61,7 +62,7 @@ pub async fn run_once<R: ContainerRuntime>(
 
 /// Wait until work ends or something becomes due, whichever is first. A
 /// timer, or a chain that ended well while others run, waits for `gap_end`
-/// (see [`super::WORK_DONE_GAP`]).
+/// (see [`super::work_done_gap`]).
 async fn wait_for_change<R: ContainerRuntime>(
     controller: &mut Controller<R>,
     report: &PassReport,
@@ -144,13 +145,11 @@ mod tests {
     use crate::engine::pulls::LogPulls;
     use crate::runtime::fake::FakeRuntime;
 
-    /// A cold start of 40 tasks, 4 at a time, each create and start taking
-    /// 70–130 ms: 40 chains end one after another over about 2 s. One pass per
-    /// finished chain would list 40 times; the work-done gap lets the
-    /// passes of chains that ended well while others run wait, so the
-    /// daemon is listed a handful of times and the run still converges.
-    #[tokio::test(start_paused = true)]
-    async fn a_cold_start_lists_far_fewer_times_than_chains_end() {
+    /// `run --once` over 40 cold tasks, 4 at a time, each create and start
+    /// taking `step_ms` plus up to 60 ms (uneven, so that chains end one at
+    /// a time as they do on a real daemon, not in batches of four), each
+    /// list taking `list`. Returns how many times the daemon was listed.
+    async fn cold_start_lists(step_ms: u64, list: Duration) -> u64 {
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
@@ -167,25 +166,58 @@ mod tests {
         let clock = Clock::tokio();
         let runtime = FakeRuntime::new().with_clock(clock);
         runtime.add_image("app:1");
-        // Uneven latencies, so that chains end one at a time as they do on
-        // a real daemon, not in batches of four.
         let n = std::sync::atomic::AtomicU64::new(0);
         runtime.set_latency_fn(move |kind| match kind {
             "create" | "start" => {
                 let k = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Duration::from_millis(70 + (k * 37) % 61)
+                Duration::from_millis(step_ms + (k * 37) % 61)
             }
+            "list" => list,
             _ => Duration::ZERO,
         });
         let mut c = Controller::with_parts(Arc::new(runtime), config, clock, Arc::new(LogPulls));
 
-        let report = run_once(&mut c, Duration::from_secs(60)).await.unwrap();
+        let report = run_once(&mut c, Duration::from_secs(120)).await.unwrap();
         assert!(report.converged, "{:?}", report.problems);
         assert_eq!(c.runtime().calls("start"), 40);
-        let lists = c.runtime().reads("list");
+        c.runtime().reads("list")
+    }
+
+    /// 40 chains end one after another over about 2 s. One pass per
+    /// finished chain would list 40 times; the work-done gap lets the
+    /// passes of chains that ended well while others run wait, so the
+    /// daemon is listed a handful of times and the run still converges.
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_start_lists_far_fewer_times_than_chains_end() {
+        let lists = cold_start_lists(70, Duration::ZERO).await;
         // 2 s of chains ending: about 2 s / WORK_DONE_GAP passes, plus the
         // first one and the settle checks.
         eprintln!("{lists} list calls for 40 chains");
         assert!(lists <= 12, "{lists} list calls for 40 chains");
+    }
+
+    /// A daemon busy enough that a list takes 200 ms is listed about every
+    /// 2 s (ten times the pass) rather than every 500 ms: over 7 s of chains
+    /// ending that is a handful of lists, not one per half second.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_daemon_is_listed_less_often() {
+        assert_eq!(
+            super::super::work_done_gap(Duration::ZERO),
+            super::super::WORK_DONE_GAP
+        );
+        assert_eq!(
+            super::super::work_done_gap(Duration::from_millis(200)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            super::super::work_done_gap(Duration::from_secs(60)),
+            super::super::WORK_DONE_GAP_MAX
+        );
+        let lists = cold_start_lists(300, Duration::from_millis(200)).await;
+        eprintln!("{lists} list calls for 40 chains over a slow daemon");
+        assert!(
+            lists <= 8,
+            "{lists} list calls for 40 chains over a slow daemon"
+        );
     }
 }
