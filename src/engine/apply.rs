@@ -349,7 +349,12 @@ impl<R: ContainerRuntime> Executor<R> {
                 cause,
             },
         };
-        let present = || async { self.runtime.image_present(image).await.map_err(&pull_error) };
+        let present = || async {
+            self.pulls
+                .present(&self.runtime, image)
+                .await
+                .map_err(&pull_error)
+        };
         match desired.pull {
             PullPolicy::Never if !present().await? => {
                 return Err(ApplyError::ImageNotPresent {

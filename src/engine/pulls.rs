@@ -56,6 +56,10 @@ impl PullObserver for LogPulls {
 /// The coordinator. Cheap to share.
 pub struct Pulls {
     in_flight: Mutex<HashMap<String, watch::Receiver<PullState>>>,
+    /// Checks in flight of whether an image is present, by image: the
+    /// chains one pass dispatches together (200 tasks of one image at a
+    /// cold start) ask Docker once, not once each.
+    checks: Mutex<HashMap<String, watch::Receiver<Option<Result<bool, RuntimeError>>>>>,
     slots: Arc<Semaphore>,
     observer: Arc<dyn PullObserver>,
 }
@@ -65,6 +69,7 @@ impl Pulls {
     pub fn new(parallelism: usize, observer: Arc<dyn PullObserver>) -> Arc<Pulls> {
         Arc::new(Pulls {
             in_flight: Mutex::new(HashMap::new()),
+            checks: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(parallelism.max(1))),
             observer,
         })
@@ -86,6 +91,49 @@ impl Pulls {
             if rx.changed().await.is_err() {
                 return Err(RuntimeError::Other(format!(
                     "the pull of {image} ended without a result"
+                )));
+            }
+        }
+    }
+
+    /// Whether `image` is present, joining a check in flight for it or
+    /// starting one. Nothing is cached: a caller arriving after the answer
+    /// asks again. Dropping the future leaves the check to the others.
+    pub async fn present<R: ContainerRuntime>(
+        self: &Arc<Self>,
+        runtime: &Arc<R>,
+        image: &str,
+    ) -> Result<bool, RuntimeError> {
+        let mut rx = {
+            let Ok(mut map) = self.checks.lock() else {
+                // A poisoned map (a panic elsewhere) costs sharing only.
+                return runtime.image_present(image).await;
+            };
+            match map.get(image) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(image.to_string(), rx.clone());
+                    let (this, runtime) = (Arc::clone(self), Arc::clone(runtime));
+                    let image = image.to_string();
+                    tokio::spawn(async move {
+                        let answer = runtime.image_present(&image).await;
+                        if let Ok(mut map) = this.checks.lock() {
+                            map.remove(&image);
+                        }
+                        tx.send_replace(Some(answer));
+                    });
+                    rx
+                }
+            }
+        };
+        loop {
+            if let Some(answer) = &*rx.borrow_and_update() {
+                return answer.clone();
+            }
+            if rx.changed().await.is_err() {
+                return Err(RuntimeError::Other(format!(
+                    "the check whether {image} is present ended without an answer"
                 )));
             }
         }
@@ -210,6 +258,22 @@ mod tests {
         assert!(pulls.all().is_empty(), "a finished pull is forgotten");
         pulls.pull(&runtime, "img:1", None).await.unwrap();
         assert_eq!(runtime.calls("pull"), 2, "a later caller pulls afresh");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn instances_that_need_one_image_share_one_presence_check() {
+        let runtime = Arc::new(FakeRuntime::new());
+        runtime.add_image("img:1");
+        runtime.set_latency(Duration::from_millis(50));
+        let pulls = Pulls::new(4, Arc::new(LogPulls));
+        let checks = (0..200).map(|_| pulls.present(&runtime, "img:1"));
+        let answers = futures_util::future::join_all(checks).await;
+        assert!(answers.iter().all(|a| matches!(a, Ok(true))));
+        assert_eq!(runtime.reads("image_present"), 1);
+        // Another image is another check; a later caller asks afresh.
+        assert!(!pulls.present(&runtime, "other:1").await.unwrap());
+        assert!(pulls.present(&runtime, "img:1").await.unwrap());
+        assert_eq!(runtime.reads("image_present"), 3);
     }
 
     #[tokio::test(start_paused = true)]

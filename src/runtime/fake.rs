@@ -378,7 +378,10 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn image_present(&self, image: &str) -> Result<bool> {
         let _busy = self.delay("image_present").await;
-        self.with(|w| Ok(w.images.contains(image)))
+        self.with(|w| {
+            Self::count_read(w, "image_present");
+            Ok(w.images.contains(image))
+        })
     }
 
     async fn pull(
