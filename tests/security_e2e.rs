@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::process::Berth;
-use common::{docker, fixture_task, run_berth, wait_for_sync, write, TestNamespace};
+use common::{docker, fixture_task, run_berth, run_once_with, wait_for_sync, write, TestNamespace};
 
 fn validate(dir: &std::path::Path) -> (bool, String) {
     let out = run_berth(
@@ -583,18 +583,11 @@ impl Drop for Network {
 }
 
 /// `berth run --once` on `dir` in `ns` with the agent config `config`.
-fn run_once_with(ns: &TestNamespace, dir: &Path, config: &Path) -> std::process::Output {
-    run_berth(
-        &[
-            "run",
-            "--once",
-            "--manifests",
-            dir.to_str().unwrap(),
-            "--namespace",
-            &ns.ns,
-            "--config",
-            config.to_str().unwrap(),
-        ],
+fn run_once_config(ns: &TestNamespace, dir: &Path, config: &Path) -> std::process::Output {
+    run_once_with(
+        dir,
+        &ns.ns,
+        &["--config", config.to_str().unwrap()],
         Duration::from_secs(120),
     )
 }
@@ -632,7 +625,7 @@ fn a_network_not_listed_in_the_agent_config_is_refused_and_stops_nothing() {
     );
     let app_name = ns.container_name("app", 0);
 
-    let out = run_once_with(&ns, dir.path(), &listed);
+    let out = run_once_config(&ns, dir.path(), &listed);
     assert!(out.status.success(), "{}", common::output_text(&out));
     let app = docker::inspect(&app_name).expect("app-0 runs");
     assert_eq!(app["State"]["Running"], true, "{app}");
@@ -680,7 +673,7 @@ fn a_network_not_listed_in_the_agent_config_is_refused_and_stops_nothing() {
     assert_eq!(app["State"]["Running"], true, "{app}");
     drop(berth);
 
-    let out = run_once_with(&ns, dir.path(), &listed);
+    let out = run_once_config(&ns, dir.path(), &listed);
     let text = common::output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("not adopted"), "{text}");

@@ -20,7 +20,7 @@ pub mod process;
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use process::{berth_command, run_berth, run_berth_env, run_once};
+pub use process::{berth_command, run_berth, run_berth_env, run_once, run_once_with};
 
 /// How the fixture image is made: shared with the benchmark.
 #[path = "../../bench/src/fixture_image.rs"]

@@ -62,17 +62,21 @@ pub fn run_berth(args: &[&str], timeout: Duration) -> Output {
 
 /// `berth run --once` on `dir` in namespace `ns`, killed after `timeout`.
 pub fn run_once(dir: &Path, ns: &str, timeout: Duration) -> Output {
-    run_berth(
-        &[
-            "run",
-            "--once",
-            "--manifests",
-            dir.to_str().unwrap(),
-            "--namespace",
-            ns,
-        ],
-        timeout,
-    )
+    run_once_with(dir, ns, &[], timeout)
+}
+
+/// [`run_once`] with more arguments (e.g. `--config FILE`).
+pub fn run_once_with(dir: &Path, ns: &str, more: &[&str], timeout: Duration) -> Output {
+    let mut args = vec![
+        "run",
+        "--once",
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--namespace",
+        ns,
+    ];
+    args.extend_from_slice(more);
+    run_berth(&args, timeout)
 }
 
 /// Run `berth <args>` with extra environment variables, the one one-shot
