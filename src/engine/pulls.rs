@@ -53,13 +53,16 @@ impl PullObserver for LogPulls {
     }
 }
 
+/// A presence check's answer, `None` while Docker has not answered.
+type Presence = Option<Result<bool, RuntimeError>>;
+
 /// The coordinator. Cheap to share.
 pub struct Pulls {
     in_flight: Mutex<HashMap<String, watch::Receiver<PullState>>>,
     /// Checks in flight of whether an image is present, by image: the
     /// chains one pass dispatches together (200 tasks of one image at a
     /// cold start) ask Docker once, not once each.
-    checks: Mutex<HashMap<String, watch::Receiver<Option<Result<bool, RuntimeError>>>>>,
+    checks: Mutex<HashMap<String, watch::Receiver<Presence>>>,
     slots: Arc<Semaphore>,
     observer: Arc<dyn PullObserver>,
 }
