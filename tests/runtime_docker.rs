@@ -191,6 +191,9 @@ async fn a_created_but_never_started_container_has_no_times() {
     assert_eq!(listed[0].state, ContainerState::Created);
     assert_eq!(listed[0].started_at, None);
     assert_eq!(listed[0].finished_at, None);
+    // Never ran, so no exit code: the list does not inspect a created
+    // container (its start may be in flight, and the inspect would wait).
+    assert_eq!(listed[0].exit_code, None);
 }
 
 #[tokio::test]
