@@ -1,6 +1,6 @@
 //! The engine against the real daemon: nothing one instance does delays
 //! another. Slow stops (a process that ignores SIGTERM), a pull that hangs,
-//! and `run --once` telling the truth about crash loops and errors that
+//! many new tasks queued for their creates and starts, and `run --once` telling the truth about crash loops and errors that
 //! waiting cannot fix; removals and `down` honour each task's stop grace.
 //!
 //! Each test starts its own berth on its own namespace and folder.
@@ -128,6 +128,51 @@ fn a_killed_task_runs_again_within_two_seconds_while_a_30s_grace_replacement_is_
     let (id, running, _) = state(&slow_name).expect("slow's old container");
     assert_eq!(id, old_id, "the replacement finished early");
     assert!(running, "still stopping: SIGTERM is ignored");
+}
+
+#[test]
+fn a_killed_task_runs_again_within_two_seconds_while_many_new_tasks_are_being_created() {
+    let ns = TestNamespace::new("coldkill");
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "victim.yaml", &sleeper("stop_timeout: 1s\n"));
+    // One create or start at a time: 30 new tasks take several seconds.
+    let berth = Berth::start(&ns, dir.path(), &["--parallelism", "1"]);
+    berth.wait_running(START, &[("victim", 0)]);
+    let victim = ns.container_name("victim", 0);
+
+    let new: Vec<String> = (0..30).map(|i| format!("n{i:02}")).collect();
+    for task in &new {
+        write(
+            dir.path(),
+            &format!("{task}.yaml"),
+            &sleeper("stop_timeout: 1s\n"),
+        );
+    }
+    // New tasks' containers running (the victim is not one of them).
+    let running = || {
+        docker::ps(&ns.ns)
+            .iter()
+            .filter(|c| c.state == "running" && c.name != victim)
+            .count()
+    };
+    wait_for_sync(START, "the first new task running", || {
+        (running() > 0).then_some(())
+    });
+    let waiting = new.len() - running();
+    let took = kill_and_time_restart(&victim);
+    eprintln!("FIGURE kill → running while {waiting} of 30 new tasks waited: {took:?}");
+    assert!(
+        took <= Duration::from_secs(2),
+        "the restart waited {took:?} behind the new tasks' creates and starts"
+    );
+    assert!(
+        waiting >= 10,
+        "only {waiting} new tasks were in flight at the kill"
+    );
+    berth.wait_running(
+        START,
+        &new.iter().map(|t| (t.as_str(), 0)).collect::<Vec<_>>(),
+    );
 }
 
 #[test]

@@ -78,7 +78,7 @@ pub const KEYS: &[Key] = &[
     key("http.token_file", Path, "File whose first line is the bearer token /v1/status and /v1/retry want (/healthz, /metrics stay open)").or("none: no token"),
     key("http.max_connections", Count, "HTTP connections served at once; a reserve of 8 beyond answers /healthz and /metrics only"),
     key("resync", Duration, "A full pass at least this often"),
-    key("parallelism", Count, "Creates, starts and pulls that run at once (stops and removals are not bounded)"),
+    key("parallelism", Count, "Creates, starts and pulls that run at once (never a stop: removals have their own bound of 32)"),
     key("watch", Choice(&["auto", "inotify", "poll"]), "How the manifest folder is watched (auto: inotify, else polling)"),
     key("meta", Map, "A value for ${meta.KEY} and `select:` (repeatable; merged over the file's meta)"),
     key("ports.min", Count, "Lowest dynamic host port"),

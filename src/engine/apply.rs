@@ -8,13 +8,20 @@
 //!
 //! The [`Executor`] is shared by every worker. `parallelism` bounds the work
 //! that loads the daemon (creates and starts here, pulls in
-//! [`crate::engine::pulls`]); stops, renames and removals are not bounded,
-//! so a restart never waits behind another instance's slow stop. A new
+//! [`crate::engine::pulls`]); stops and renames are not bounded by it, so a
+//! restart never waits behind another instance's slow stop. A new
 //! container also holds one of `parallelism` slots from its create to its
 //! start, so a cold start of hundreds finishes each container before it
 //! creates many more (as a plain create-then-start loop does) and the
 //! queue for the load bound stays short: a crashed instance's restart
 //! waits behind a few creates, not hundreds.
+//!
+//! Removals (a task or instance removed, `down`) are bounded too, by
+//! [`REMOVALS_AT_ONCE`], never by the load bound: Docker 20.10 was seen
+//! here to deadlock in its network code (every later stop, remove and list
+//! hanging until the daemon was restarted) when `down` stopped 200
+//! containers on the bridge network at once; their exits are handled
+//! concurrently and take the network's locks in opposite orders.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -107,6 +114,12 @@ impl Default for StepCell {
     }
 }
 
+/// Stops for removals in flight at once; the stops of replacements and
+/// restarts are not counted. High enough that `down` of a few dozen
+/// containers stops them all at once, low enough that hundreds never exit
+/// together (see the module's note).
+pub const REMOVALS_AT_ONCE: usize = 32;
+
 /// Runs chains; one per agent, shared by every worker.
 pub struct Executor<R: ContainerRuntime> {
     runtime: Arc<R>,
@@ -115,6 +128,8 @@ pub struct Executor<R: ContainerRuntime> {
     load: Semaphore,
     /// Bounds new containers between their create and their start.
     fresh: Semaphore,
+    /// Bounds removals ([`REMOVALS_AT_ONCE`]).
+    removals: Semaphore,
     pulls: Arc<Pulls>,
     clock: Clock,
     created: CreatedHosts,
@@ -143,6 +158,7 @@ impl<R: ContainerRuntime> Executor<R> {
             namespace: namespace.into(),
             load: Semaphore::new(parallelism.max(1)),
             fresh: Semaphore::new(parallelism.max(1)),
+            removals: Semaphore::new(REMOVALS_AT_ONCE),
             pulls,
             clock,
             created: CreatedHosts::default(),
@@ -320,6 +336,7 @@ impl<R: ContainerRuntime> Executor<R> {
             }
             Action::Remove { id, grace, .. } => {
                 ctx.step.set("stopping", None, &self.clock);
+                let _removal = self.removals.acquire().await;
                 tolerate(rt.stop(id, *grace).await, &[not_modified, not_found])?;
                 ctx.step.set("removing", None, &self.clock);
                 tolerate(rt.remove(id).await, &[not_found])?;
@@ -327,6 +344,7 @@ impl<R: ContainerRuntime> Executor<R> {
             }
             Action::Stop { id, grace, .. } => {
                 ctx.step.set("stopping", None, &self.clock);
+                let _removal = self.removals.acquire().await;
                 tolerate(rt.stop(id, *grace).await, &[not_modified, not_found])?;
                 Ok(None)
             }
@@ -1140,5 +1158,28 @@ mod tests {
         );
         let outcomes = cold.await.expect("the chains ran");
         assert!(outcomes.iter().all(|o| o.result.is_ok()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hundreds_of_removals_never_stop_more_than_the_bound_at_once() {
+        let (rt, executor) = slow_fake(4);
+        let created = executor.apply(cold_start(100)).await;
+        assert!(created.iter().all(|o| o.result.is_ok()));
+        rt.set_latency(Duration::from_millis(10));
+        let removals = rt
+            .all()
+            .into_iter()
+            .map(|c| Action::Remove {
+                key: c.key().expect("a berth container"),
+                id: c.id.clone(),
+                name: c.name.clone(),
+                reason: crate::engine::plan::RemoveReason::TaskRemoved,
+                grace: Duration::from_secs(2),
+            })
+            .collect();
+        let outcomes = executor.apply(removals).await;
+        assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
+        assert!(rt.all().is_empty());
+        assert_eq!(rt.max_concurrent("stop"), REMOVALS_AT_ONCE as u64);
     }
 }
