@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use berth::faces::status_client::fetch_status;
 
 use crate::host::{task_name, write_manifest, write_manifest_with, Host};
+use crate::procfs;
 use crate::report::{Row, Target};
 use crate::scenarios::{
     footprint, last_start, now_ns, ratio, settle, stop_child, tap_events, timed_kills, Event,
@@ -550,12 +551,16 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
         &berth_first
     };
     let (mut raws, mut starts, mut exits) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_cpu, mut berth_cpu) = (Vec::new(), Vec::new());
+    let tick_s = 1.0 / procfs::clock_ticks() as f64;
     for (k, &is_berth) in order.iter().enumerate() {
         if is_berth {
             let mut events = tap_events(host);
             tokio::time::sleep(Duration::from_millis(200)).await;
             let t0 = now_ns();
+            let busy0 = procfs::machine_busy_ticks()?;
             exits.push(ms(tokio::task::block_in_place(|| host.berth_once())?));
+            berth_cpu.push((procfs::machine_busy_ticks()? - busy0) as f64 * tick_s);
             host.wait_running(&host.berth_label(), n, Duration::from_secs(60))
                 .await?;
             starts.push(last_start(&mut events, t0, n).await);
@@ -566,7 +571,9 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
                 settle().await;
             }
         } else {
+            let busy0 = procfs::machine_busy_ticks()?;
             raws.push(ms(host.raw_up(n).await?.total));
+            raw_cpu.push((procfs::machine_busy_ticks()? - busy0) as f64 * tick_s);
             host.wait_running(&host.raw_label(), n, Duration::from_secs(60))
                 .await?;
             host.remove_labelled(&host.raw_label()).await?;
@@ -602,6 +609,27 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
         &m,
         "cold, berth run --once: process exit (mean)",
         fmt_ms(mean(&exits)),
+    ));
+    let each_s = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    res.rows.push(Row::figure(
+        &m,
+        "cold, machine CPU busy: raw daemon API (mean of: each)",
+        format!("{:.1} s ({})", mean(&raw_cpu), each_s(&raw_cpu)),
+    ));
+    res.rows.push(Row::figure(
+        &m,
+        "cold, machine CPU busy: berth run --once to exit (mean of: each)",
+        format!(
+            "{:.1} s ({:.2}× raw; {})",
+            mean(&berth_cpu),
+            mean(&berth_cpu) / mean(&raw_cpu).max(f64::MIN_POSITIVE),
+            each_s(&berth_cpu)
+        ),
     ));
     res.targets.push(Target::new(
         &format!("scale: {n} tasks cold (last start) ≤ 1.0 × raw"),
@@ -659,7 +687,9 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
         "Scale: {n} one-container tasks. Cold: the raw daemon's create+start {} at a time, \
          and `berth run --once` (last `start` event and process exit), each removed again \
          before the next; two rounds each in the order berth, raw, raw, berth (one round, \
-         raw then berth, with --quick); then 10 \
+         raw then berth, with --quick). Machine CPU busy: every core's non-idle time from \
+         /proc/stat over each subject's window (raw: first create to last start returned; \
+         berth: spawn to exit); then 10 \
          in-process no-op passes over a call-counting runtime, then `berth run` idle for {} s \
          after a 3 s settle, then `berth down`.",
         o.parallelism,

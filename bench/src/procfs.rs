@@ -45,3 +45,22 @@ pub fn clock_ticks() -> u64 {
 pub fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// CPU time the whole machine spent busy (every core, every process: the
+/// daemon, containerd, the shims, berth and the bench), in clock ticks:
+/// the first line of `/proc/stat` without idle and iowait. Over a window
+/// where nothing else runs, it is what a subject cost the host, which
+/// drifts far less than the wall time when the host is saturated.
+pub fn machine_busy_ticks() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().with_context(|| format!("/proc/stat field {f:?}")))
+        .collect::<Result<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok(total - idle)
+}

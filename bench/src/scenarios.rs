@@ -636,6 +636,27 @@ pub(crate) async fn footprint(pid: u32, idle: Duration) -> Result<(f64, f64, f64
     Ok((rss_max as f64 / 1024.0, cpu_pct, wall))
 }
 
+/// `berth_passes_total` (every result) from the agent's /metrics.
+fn passes_so_far(host: &Host) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host.listen.as_str()).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        host.listen
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("berth_passes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
 /// Footprint and reaction share one `berth run` child process.
 async fn agent(host: &Host, o: &Options, res: &mut Results, shared: &Shared) -> Result<()> {
     // Reset to the plain tasks, converged, before the agent starts.
@@ -671,9 +692,17 @@ async fn agent_inner(
         bail!("starting berth run changed the converged containers (berth stopping stops nothing)");
     }
 
-    // Footprint: idle, converged.
+    // Footprint: idle, converged. The passes berth made meanwhile (from
+    // its /metrics) say what the CPU figure paid for.
+    let passes0 = passes_so_far(host);
     let (rss_mb, cpu_pct, wall) = footprint(pid, o.idle).await?;
+    let passes = passes_so_far(host).zip(passes0).map(|(b, a)| b - a);
     let measure = format!("idle berth run, {} tasks, {:.0} s", o.tasks, wall);
+    res.rows.push(Row::figure(
+        &measure,
+        "reconcile passes meanwhile (berth_passes_total)",
+        passes.map_or("n/a".into(), |n| n.to_string()),
+    ));
     res.rows.push(Row::figure(
         &measure,
         "RSS (VmRSS, max of 1 s samples)",
