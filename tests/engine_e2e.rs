@@ -1,7 +1,8 @@
 //! The engine against the real daemon: nothing one instance does delays
 //! another. Slow stops (a process that ignores SIGTERM), a pull that hangs,
-//! many new tasks queued for their creates and starts, and `run --once` telling the truth about crash loops and errors that
-//! waiting cannot fix; removals and `down` honour each task's stop grace.
+//! many new tasks queued for their creates and starts, and `run --once`
+//! telling the truth about crash loops and errors that waiting cannot fix;
+//! removals and `down` honour each task's stop grace.
 //!
 //! Each test starts its own berth on its own namespace and folder.
 

@@ -239,15 +239,14 @@ fn a_scheduled_job_runs_at_its_slots_and_skips_one_while_a_run_goes_on() {
     );
     // Start clear of a slot: one due within the first moments would run
     // the job before its first status could show it waiting.
-    let into_period = || {
-        SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            % 10_000
-    };
-    if !(500..6_000).contains(&into_period()) {
-        let wait = (10_500 - into_period()) % 10_000;
+    let into_period = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 10_000;
+    if !(500..6_000).contains(&into_period) {
+        // Until 0.5 s into the next period: a clock position, not a guess.
+        let wait = (10_500 - into_period) % 10_000;
         std::thread::sleep(Duration::from_millis(wait as u64));
     }
     let berth = Berth::start(&ns, dir.path(), &[]);

@@ -1086,7 +1086,7 @@ mod tests {
             .collect()
     }
 
-    fn slow_fake(parallelism: usize) -> (Arc<FakeRuntime>, Arc<Executor<FakeRuntime>>) {
+    fn fake_executor(parallelism: usize) -> (Arc<FakeRuntime>, Arc<Executor<FakeRuntime>>) {
         let rt = Arc::new(FakeRuntime::new());
         rt.add_image("img:1");
         let executor = Arc::new(Executor::new(
@@ -1102,7 +1102,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cold_start_starts_each_new_container_before_creating_many_more() {
         let parallelism = 2;
-        let (rt, executor) = slow_fake(parallelism);
+        let (rt, executor) = fake_executor(parallelism);
         rt.set_latency(Duration::from_millis(10));
         let e = executor.clone();
         let all = tokio::spawn(async move { e.apply(cold_start(20)).await });
@@ -1125,7 +1125,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_crashed_container_restarts_soon_during_a_cold_start_of_many() {
-        let (rt, executor) = slow_fake(4);
+        let (rt, executor) = fake_executor(4);
         let crashed = executor
             .apply(vec![Action::Create {
                 desired: web("img:1"),
@@ -1149,6 +1149,11 @@ mod tests {
             .await;
         let took = began.elapsed();
         assert!(restarted[0].result.is_ok(), "{restarted:?}");
+        // The cold start was still going: the restart really was asked for
+        // in the middle of it.
+        let running = rt.all().iter().filter(|c| c.is_running()).count();
+        assert!(!cold.is_finished(), "the cold start had already ended");
+        assert!(running < 150, "{running} of 201 already ran");
         // Behind at most the four new containers in their create-to-start
         // slots (each create and start 10 ms): not behind the hundreds
         // still waiting to be created.
@@ -1162,7 +1167,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn hundreds_of_removals_never_stop_more_than_the_bound_at_once() {
-        let (rt, executor) = slow_fake(4);
+        let (rt, executor) = fake_executor(4);
         let created = executor.apply(cold_start(100)).await;
         assert!(created.iter().all(|o| o.result.is_ok()));
         rt.set_latency(Duration::from_millis(10));
