@@ -5,15 +5,16 @@
 //! file's last good version so that a broken file never costs running work
 //! (bad input never costs running work: ARCHITECTURE.md). Only the deletion of a file removes its tasks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::manifest::files::{read_manifest_file, read_regular, FilePolicy, FileText, OpenError};
 use crate::manifest::parse::MAX_FILE_BYTES;
-use crate::manifest::validate::{check_file, check_file_on, CheckedTask, ValidationContext};
-use crate::manifest::{ManifestError, TaskManifest};
+use crate::manifest::shape::parse_all;
+use crate::manifest::validate::{check_file, check_parsed_on, CheckedTask, ValidationContext};
+use crate::manifest::{ManifestError, ParsedTask, TaskManifest};
 
 /// The folder itself could not be read. Never treated as "no tasks": a
 /// missing or unreadable folder (an unmounted disk, a checkout in progress)
@@ -126,6 +127,71 @@ fn read_manifest(path: &Path, display: &str) -> Result<String, ManifestError> {
     })
 }
 
+/// Each manifest's last parse, by the digest of its bytes, so that a pass
+/// over an unchanged folder does not parse YAML again (at a cold start of
+/// hundreds of tasks, re-parsing every file at every pass was a quarter of
+/// berth's CPU).
+///
+/// Only the parse is kept: it depends on the bytes alone. Everything after
+/// it (the rules that look at the agent config, its meta and the host, such
+/// as the canonical path of a volume's source) runs at every pass. Holds
+/// the files of the last load only, so it never outgrows the folder.
+#[derive(Debug, Default)]
+pub struct ParseCache {
+    files: HashMap<String, CachedParse>,
+    /// How many files the last load parsed anew.
+    parsed_last: usize,
+}
+
+#[derive(Debug)]
+struct CachedParse {
+    digest: [u8; 32],
+    parsed: Result<Vec<ParsedTask>, Vec<ManifestError>>,
+}
+
+impl ParseCache {
+    /// The parse of `text`, the content of the file `name`: the kept one
+    /// when the bytes are those parsed last time, else a new parse, kept
+    /// for next time in `next`.
+    fn parse(
+        &mut self,
+        next: &mut HashMap<String, CachedParse>,
+        name: &str,
+        text: &str,
+    ) -> Result<Vec<ParsedTask>, Vec<ManifestError>> {
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let kept = match self.files.remove(name) {
+            Some(kept) if kept.digest == digest => kept,
+            _ => {
+                self.parsed_last += 1;
+                CachedParse {
+                    digest,
+                    parsed: parse_all(name, text),
+                }
+            }
+        };
+        let parsed = kept.parsed.clone();
+        next.insert(name.to_string(), kept);
+        parsed
+    }
+
+    /// How many files the last load parsed (the others' bytes were
+    /// unchanged).
+    pub fn parsed_last(&self) -> usize {
+        self.parsed_last
+    }
+
+    /// How many files' parses are kept.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
 /// Load every manifest in `dir` (not recursive). Per-file problems are
 /// entries in [`LoadedFolder::errors`]; only a folder that cannot be listed
 /// at all is a [`FolderError`]. `select:` is decided for this host's name.
@@ -139,6 +205,17 @@ pub fn load_folder_on(
     dir: &Path,
     ctx: &ValidationContext,
     hostname: &str,
+) -> Result<LoadedFolder, FolderError> {
+    load_folder_cached(dir, ctx, hostname, &mut ParseCache::default())
+}
+
+/// [`load_folder_on`], parsing only the files whose bytes changed since the
+/// last load with the same `cache`. The result is the same as without it.
+pub fn load_folder_cached(
+    dir: &Path,
+    ctx: &ValidationContext,
+    hostname: &str,
+    cache: &mut ParseCache,
 ) -> Result<LoadedFolder, FolderError> {
     let meta = std::fs::metadata(dir).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => FolderError::Missing {
@@ -169,6 +246,8 @@ pub fn load_folder_on(
     let mut loaded = LoadedFolder::default();
     let mut fingerprint = Sha256::new();
     let mut per_file: BTreeMap<String, Vec<CheckedTask>> = BTreeMap::new();
+    let mut parsed = HashMap::new();
+    cache.parsed_last = 0;
     for os_name in names {
         let lossy = os_name.to_string_lossy().into_owned();
         if !is_manifest_file_name(&lossy) {
@@ -199,7 +278,10 @@ pub fn load_folder_on(
         fingerprint.update([0]);
         let result = text
             .map_err(|e| vec![e])
-            .and_then(|text| check_file_on(&name, &text, ctx, hostname))
+            .and_then(|text| {
+                let docs = cache.parse(&mut parsed, &name, &text)?;
+                check_parsed_on(&name, &text, docs, ctx, hostname)
+            })
             .and_then(|tasks| read_task_files(tasks, &name, dir, &ctx.files));
         match result {
             Ok(tasks) => {
@@ -211,6 +293,7 @@ pub fn load_folder_on(
             }
         }
     }
+    cache.files = parsed;
     let merged = merge_files(per_file, !loaded.failed_files.is_empty());
     loaded.tasks = merged.tasks;
     loaded.unselected = merged.unselected;
@@ -1075,6 +1158,93 @@ mod tests {
         assert!(validate_paths(&[tmp.path().join("ok.yaml")], &ctx()).is_empty());
         let missing = validate_paths(&[tmp.path().join("nope.yaml")], &ctx());
         assert_eq!(missing.len(), 1);
+    }
+
+    fn load_cached(dir: &Path, ctx: &ValidationContext, cache: &mut ParseCache) -> LoadedFolder {
+        load_folder_cached(dir, ctx, "edge-1", cache).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_cached_load_parses_only_changed_files_and_equals_a_fresh_load() {
+        let tmp = tempdir();
+        let dir = tmp.path();
+        write(dir, "a.yaml", "image: x\n");
+        write(dir, "b.yaml", "image: x\nenv: {V: \"1\"}\n");
+        write(dir, "broken.yaml", "image: x\nimgae: y\n");
+        let fresh = |dir: &Path| load_on(dir, &ctx(), "edge-1");
+        let mut cache = ParseCache::default();
+
+        let first = load_cached(dir, &ctx(), &mut cache);
+        assert_eq!(first, fresh(dir));
+        assert_eq!((cache.parsed_last(), cache.len()), (3, 3));
+        assert!(first.failed_files.contains("broken.yaml"));
+
+        let again = load_cached(dir, &ctx(), &mut cache);
+        assert_eq!(again, first);
+        assert_eq!(cache.parsed_last(), 0, "nothing changed: nothing parsed");
+
+        write(dir, "b.yaml", "image: x\nenv: {V: \"2\"}\n");
+        fs::remove_file(dir.join("broken.yaml")).unwrap();
+        let third = load_cached(dir, &ctx(), &mut cache);
+        assert_eq!(third, fresh(dir));
+        assert_eq!(third.tasks["b"].manifest.env.len(), 1);
+        assert!(third.errors.is_empty(), "{:?}", third.errors);
+        assert_eq!(
+            (cache.parsed_last(), cache.len()),
+            (1, 2),
+            "only b.yaml parsed; the deleted file forgotten"
+        );
+    }
+
+    #[test]
+    fn a_cached_parse_is_checked_again_against_the_host_and_the_agent() {
+        let tmp = tempdir();
+        let www = tmp.path().join("www");
+        fs::create_dir_all(www.join("site")).unwrap();
+        let dir = tmp.path().join("m");
+        fs::create_dir(&dir).unwrap();
+        write(
+            &dir,
+            "web.yaml",
+            &format!(
+                "image: x\nselect: {{meta.role: gateway}}\nvolumes: [\"{}/site:/site\"]\n",
+                www.display()
+            ),
+        );
+        let gateway = ValidationContext {
+            allowed_volumes: Some(vec![www.display().to_string()]),
+            ..agent("gateway")
+        };
+        let mut cache = ParseCache::default();
+        let ok = load_cached(&dir, &gateway, &mut cache);
+        assert!(ok.errors.is_empty(), "{:?}", ok.errors);
+        assert!(ok.tasks.contains_key("web"));
+
+        // The bytes are the same; the host path now leads out of the
+        // allowed folder, and the next load must see it.
+        fs::remove_dir(www.join("site")).unwrap();
+        std::os::unix::fs::symlink("/etc", www.join("site")).unwrap();
+        let escaped = load_cached(&dir, &gateway, &mut cache);
+        assert_eq!(cache.parsed_last(), 0);
+        assert!(escaped.tasks.is_empty());
+        assert!(
+            escaped
+                .errors
+                .iter()
+                .any(|e| e.message.contains("docker.volumes.allowed")),
+            "{:?}",
+            escaped.errors
+        );
+
+        // And `select:` is decided by this agent's meta at each load.
+        let worker = ValidationContext {
+            allowed_volumes: Some(vec![www.display().to_string()]),
+            ..agent("worker")
+        };
+        let elsewhere = load_cached(&dir, &worker, &mut cache);
+        assert_eq!(cache.parsed_last(), 0);
+        assert!(elsewhere.tasks.is_empty());
+        assert!(elsewhere.unselected.contains_key("web"), "{elsewhere:?}");
     }
 
     fn agent(role: &str) -> ValidationContext {

@@ -20,7 +20,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::clock::Clock;
 use crate::config::AgentConfig;
 use crate::desired::digest_key::DigestKey;
-use crate::desired::folder::{load_folder, DesiredTracker, TaskDef};
+use crate::desired::folder::{load_folder_cached, DesiredTracker, ParseCache, TaskDef};
 use crate::desired::ports::{host_port_is_free, recorded_ports, PortAllocator, PortRequest};
 use crate::desired::resolve::{resolve_instance, ResolveContext};
 use crate::desired::state::DesiredState;
@@ -282,6 +282,8 @@ pub struct Controller<R: ContainerRuntime> {
     /// The folder's contents as last read, and since when they are unchanged.
     folder_fingerprint: Option<String>,
     folder_quiet_since: SystemTime,
+    /// Each manifest's last parse, reused while its bytes are unchanged.
+    parses: ParseCache,
     /// The manifest folder's file system when first read: another one later
     /// means a mount went away (or came).
     folder_device: Option<u64>,
@@ -383,6 +385,7 @@ impl<R: ContainerRuntime> Controller<R> {
             zone: crate::manifest::cron::host_zone(),
             removals_seen: BTreeMap::new(),
             folder_fingerprint: None,
+            parses: ParseCache::default(),
             folder_quiet_since: clock.now(),
             folder_device: None,
             removals_held: None,
@@ -460,6 +463,11 @@ impl<R: ContainerRuntime> Controller<R> {
     /// Instances with work in flight.
     pub fn busy(&self) -> BTreeSet<InstanceKey> {
         self.workers.keys().cloned().collect()
+    }
+
+    /// How many instances have work in flight.
+    pub fn busy_count(&self) -> usize {
+        self.workers.len()
     }
 
     /// Swap in a re-read agent config (SIGHUP). The namespace and listen
@@ -553,15 +561,31 @@ impl<R: ContainerRuntime> Controller<R> {
         // file I/O: it runs off the loop (and opens nothing that can block).
         let validation = self.validation_context();
         let loaded = match folder {
-            Ok((dir, commit)) => tokio::task::spawn_blocking(move || {
-                let mut loaded = load_folder(&dir, &validation).map_err(|e| e.to_string())?;
-                for def in loaded.tasks.values_mut() {
-                    def.source_commit.clone_from(&commit);
+            Ok((dir, commit)) => {
+                let mut parses = std::mem::take(&mut self.parses);
+                let read = tokio::task::spawn_blocking(move || {
+                    let loaded = load_folder_cached(
+                        &dir,
+                        &validation,
+                        &crate::node::this_hostname(),
+                        &mut parses,
+                    );
+                    (loaded, parses)
+                })
+                .await;
+                match read {
+                    Ok((loaded, parses)) => {
+                        self.parses = parses;
+                        loaded.map_err(|e| e.to_string()).map(|mut loaded| {
+                            for def in loaded.tasks.values_mut() {
+                                def.source_commit.clone_from(&commit);
+                            }
+                            loaded
+                        })
+                    }
+                    Err(e) => Err(format!("the folder reader failed: {e}")),
                 }
-                Ok(loaded)
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the folder reader failed: {e}"))),
+            }
             Err(e) => Err(e),
         };
         let tasks = match loaded {

@@ -150,6 +150,20 @@ pub fn check_file_on(
     hostname: &str,
 ) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
     let docs = super::shape::parse_all(display_path, text)?;
+    check_parsed_on(display_path, text, docs, ctx, hostname)
+}
+
+/// [`check_file_on`] for documents already parsed from `text` by
+/// [`parse_all`](super::shape::parse_all): everything but the parse, which
+/// depends on the text alone. Every rule that looks at this agent or at the
+/// host (its config, its meta, the host paths a volume names) runs here.
+pub fn check_parsed_on(
+    display_path: &str,
+    text: &str,
+    docs: Vec<ParsedTask>,
+    ctx: &ValidationContext,
+    hostname: &str,
+) -> Result<Vec<CheckedTask>, Vec<ManifestError>> {
     if docs.is_empty() {
         // What a crashed editor or a full disk leaves: never "no tasks",
         // which would remove the file's running containers.
