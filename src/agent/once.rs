@@ -37,7 +37,7 @@ pub async fn run_once<R: ContainerRuntime>(
     loop {
         let began = tokio::time::Instant::now();
         let report = controller.pass(&trigger).await?;
-        let gap_end = began + super::work_done_gap(began.elapsed());
+        let gap_end = began + super::work_done_gap(began.elapsed(), controller.busy_count());
         let verdict = controller.once_verdict(&report);
         let out_of_time = tokio::time::Instant::now() >= until;
         let problems = match verdict {
@@ -150,11 +150,16 @@ mod tests {
     /// a time as they do on a real daemon, not in batches of four), each
     /// list taking `list`. Returns how many times the daemon was listed.
     async fn cold_start_lists(step_ms: u64, list: Duration) -> u64 {
+        cold_start_lists_of(40, step_ms, list).await
+    }
+
+    /// [`cold_start_lists`] over `tasks` tasks.
+    async fn cold_start_lists_of(tasks: usize, step_ms: u64, list: Duration) -> u64 {
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
-        for i in 0..40 {
-            std::fs::write(manifests.join(format!("t{i:02}.yaml")), "image: app:1\n").unwrap();
+        for i in 0..tasks {
+            std::fs::write(manifests.join(format!("t{i:03}.yaml")), "image: app:1\n").unwrap();
         }
         let config = AgentConfig {
             manifests,
@@ -179,7 +184,7 @@ mod tests {
 
         let report = run_once(&mut c, Duration::from_secs(120)).await.unwrap();
         assert!(report.converged, "{:?}", report.problems);
-        assert_eq!(c.runtime().calls("start"), 40);
+        assert_eq!(c.runtime().calls("start"), tasks as u64);
         c.runtime().reads("list")
     }
 
@@ -202,15 +207,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_daemon_is_listed_less_often() {
         assert_eq!(
-            super::super::work_done_gap(Duration::ZERO),
+            super::super::work_done_gap(Duration::ZERO, 1),
             super::super::WORK_DONE_GAP
         );
         assert_eq!(
-            super::super::work_done_gap(Duration::from_millis(200)),
+            super::super::work_done_gap(Duration::from_millis(200), 1),
             Duration::from_secs(2)
         );
         assert_eq!(
-            super::super::work_done_gap(Duration::from_secs(60)),
+            super::super::work_done_gap(Duration::from_secs(60), 1),
             super::super::WORK_DONE_GAP_MAX
         );
         let lists = cold_start_lists(300, Duration::from_millis(200)).await;
@@ -219,5 +224,32 @@ mod tests {
             lists <= 8,
             "{lists} list calls for 40 chains over a slow daemon"
         );
+    }
+
+    /// While hundreds of chains are in flight, a finished one's pass waits
+    /// longer: 200 tasks whose chains end one after another over about
+    /// 10 s are listed about once per 3 s at first and once per 500 ms only
+    /// when few are left, not every 500 ms throughout.
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_start_of_hundreds_waits_longer_between_passes() {
+        use super::super::{work_done_gap, WORK_DONE_GAP, WORK_DONE_GAP_MAX};
+        let started = tokio::time::Instant::now();
+        let lists = cold_start_lists_of(200, 70, Duration::ZERO).await;
+        let took = started.elapsed();
+        eprintln!("{lists} list calls for 200 chains over {took:?}");
+        assert!(took > Duration::from_secs(8), "{took:?}");
+        assert!(
+            lists <= 16,
+            "{lists} list calls for 200 chains over {took:?}"
+        );
+
+        assert_eq!(work_done_gap(Duration::ZERO, 0), WORK_DONE_GAP);
+        assert_eq!(work_done_gap(Duration::ZERO, 30), WORK_DONE_GAP);
+        assert_eq!(
+            work_done_gap(Duration::ZERO, 100),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(work_done_gap(Duration::ZERO, 200), WORK_DONE_GAP_MAX);
+        assert_eq!(work_done_gap(Duration::ZERO, usize::MAX), WORK_DONE_GAP_MAX);
     }
 }
