@@ -427,6 +427,11 @@ async fn events_of_the_namespace_name_the_task_and_index() {
     assert_eq!(die.id, id);
     assert_eq!(die.task.as_deref(), Some("web"));
     assert_eq!(die.index, Some(2));
+    // Only what may need attention is sent: not the create or the start
+    // that came before the die.
+    for action in ["create", "start"] {
+        assert!(!seen.contains_key(action), "{action} was sent: {seen:?}");
+    }
 }
 
 #[tokio::test]

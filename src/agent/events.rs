@@ -146,4 +146,26 @@ mod tests {
             assert!(!is_interesting(a), "{a}");
         }
     }
+
+    /// Docker sends only the actions the stream asks for: each one that
+    /// triggers a pass must be among them (`health_status` by prefix).
+    #[test]
+    fn the_stream_asks_docker_for_every_interesting_action() {
+        use crate::runtime::docker::EVENT_ACTIONS as ACTIONS;
+        for a in [
+            "die",
+            "oom",
+            "destroy",
+            "kill",
+            "stop",
+            "health_status: unhealthy",
+            "health_status:unhealthy",
+        ] {
+            assert!(is_interesting(a), "{a}");
+            assert!(
+                ACTIONS.iter().any(|asked| a.starts_with(asked)),
+                "{a} is not asked for"
+            );
+        }
+    }
 }

@@ -34,7 +34,7 @@ mod observe;
 mod pull;
 
 pub(crate) use errors::map_err;
-pub use events::ContainerEvent;
+pub use events::{ContainerEvent, ACTIONS as EVENT_ACTIONS};
 
 use crate::names::labels;
 use create::create_body;
