@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures_util::stream::{self, StreamExt};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
@@ -59,8 +59,8 @@ pub struct Outcome {
 /// What a chain is doing right now, for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// `pulling`, `creating`, `starting`, `gating`, `stopping`, `renaming`,
-    /// `removing`, `rolling back`.
+    /// `pulling`, `creating`, `starting`, `gating`, `queued to stop`,
+    /// `stopping`, `renaming`, `removing`, `rolling back`.
     pub doing: &'static str,
     /// The image, while pulling.
     pub image: Option<String>,
@@ -335,20 +335,34 @@ impl<R: ContainerRuntime> Executor<R> {
                 }
             }
             Action::Remove { id, grace, .. } => {
-                ctx.step.set("stopping", None, &self.clock);
-                let _removal = self.removals.acquire().await;
+                let _removal = self.removal_slot(ctx).await;
                 tolerate(rt.stop(id, *grace).await, &[not_modified, not_found])?;
                 ctx.step.set("removing", None, &self.clock);
                 tolerate(rt.remove(id).await, &[not_found])?;
                 Ok(None)
             }
             Action::Stop { id, grace, .. } => {
-                ctx.step.set("stopping", None, &self.clock);
-                let _removal = self.removals.acquire().await;
+                let _removal = self.removal_slot(ctx).await;
                 tolerate(rt.stop(id, *grace).await, &[not_modified, not_found])?;
                 Ok(None)
             }
         }
+    }
+
+    /// One of the [`REMOVALS_AT_ONCE`] slots, then the step is `stopping`;
+    /// while every slot is taken the step says `queued to stop`, so status
+    /// does not show as stopping a container nothing has asked to stop yet.
+    async fn removal_slot(&self, ctx: &ChainCtx<'_>) -> Option<SemaphorePermit<'_>> {
+        let permit = match self.removals.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                ctx.step.set("queued to stop", None, &self.clock);
+                // Never closed: an error would only mean no bound.
+                self.removals.acquire().await.ok()
+            }
+        };
+        ctx.step.set("stopping", None, &self.clock);
+        permit
     }
 
     /// Start a container under the load bound; returns when it started.
@@ -1186,5 +1200,52 @@ mod tests {
         assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
         assert!(rt.all().is_empty());
         assert_eq!(rt.max_concurrent("stop"), REMOVALS_AT_ONCE as u64);
+    }
+
+    /// A removal waiting for a slot says so; it is not shown as stopping.
+    #[tokio::test(start_paused = true)]
+    async fn a_removal_waiting_for_a_slot_is_queued_not_stopping() {
+        let n = REMOVALS_AT_ONCE + 3;
+        let (rt, executor) = fake_executor(4);
+        let created = executor.apply(cold_start(n)).await;
+        assert!(created.iter().all(|o| o.result.is_ok()));
+        rt.set_latency(Duration::from_secs(10));
+        let cells: Vec<StepCell> = (0..n).map(|_| StepCell::new()).collect();
+        let executor = Arc::new(executor);
+        let chains: Vec<_> = rt
+            .all()
+            .into_iter()
+            .zip(cells.iter().cloned())
+            .map(|(c, cell)| {
+                let executor = Arc::clone(&executor);
+                let remove = Action::Remove {
+                    key: c.key().expect("a berth container"),
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    reason: crate::engine::plan::RemoveReason::TaskRemoved,
+                    grace: Duration::from_secs(2),
+                };
+                tokio::spawn(async move {
+                    let (_tx, rx) = watch::channel(false);
+                    executor.run_chain(vec![remove], &cell, rx).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let doing = |what: &str| {
+            cells
+                .iter()
+                .filter(|c| c.get().is_some_and(|s| s.doing == what))
+                .count()
+        };
+        assert_eq!(
+            (doing("stopping"), doing("queued to stop")),
+            (REMOVALS_AT_ONCE, 3)
+        );
+        for chain in chains {
+            let outcomes = chain.await.expect("the chain ran");
+            assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
+        }
+        assert!(rt.all().is_empty());
     }
 }
