@@ -653,19 +653,20 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
     ));
 
     let mut child = host.berth_agent()?;
-    let idle = o.idle.min(Duration::from_secs(20));
+    let idle_for = o.idle.min(Duration::from_secs(20));
     let measured = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        footprint(child.id(), idle).await
+        footprint(child.id(), idle_for).await
     }
     .await;
     let stopped = tokio::task::block_in_place(|| stop_child(&mut child));
-    let (rss, cpu, wall) = measured?;
+    let idle = measured?;
     stopped?;
+    let rss = idle.rss_mb;
     res.rows.push(Row::figure(
         &m,
-        &format!("idle berth run, {wall:.0} s: RSS / CPU"),
-        format!("{rss:.1} MiB / {cpu:.2} %"),
+        &format!("idle berth run, {:.0} s: RSS / CPU", idle.wall),
+        format!("{rss:.1} MiB / {:.2} %", idle.cpu_pct),
     ));
     res.targets.push(Target::new(
         &format!("scale: {n} tasks idle RSS ≤ 25 MiB"),
@@ -693,7 +694,7 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
          in-process no-op passes over a call-counting runtime, then `berth run` idle for {} s \
          after a 3 s settle, then `berth down`.",
         o.parallelism,
-        idle.as_secs()
+        idle_for.as_secs()
     ));
     Ok(())
 }

@@ -616,24 +616,49 @@ pub(crate) fn stop_child(child: &mut std::process::Child) -> Result<()> {
     bail!("berth run did not stop within 10 s of SIGTERM")
 }
 
-/// Idle footprint of the process `pid` over `idle`: (max RSS in MiB, CPU
-/// in % of one core, wall seconds). RSS is sampled each second.
-pub(crate) async fn footprint(pid: u32, idle: Duration) -> Result<(f64, f64, f64)> {
+/// What [`footprint`] measured.
+pub(crate) struct Footprint {
+    /// Max RSS of the 1 s samples, MiB.
+    pub rss_mb: f64,
+    /// CPU over the window, % of one core.
+    pub cpu_pct: f64,
+    pub wall: f64,
+    /// The most CPU used within one 1 s sample, ms, and when (s into the
+    /// window): says whether the figure is a steady cost or one burst.
+    pub peak_ms: f64,
+    pub peak_at: f64,
+}
+
+/// Idle footprint of the process `pid` over `idle`; RSS and CPU are sampled
+/// each second.
+pub(crate) async fn footprint(pid: u32, idle: Duration) -> Result<Footprint> {
     let ticks = procfs::clock_ticks();
     let cpu0 = procfs::cpu_ticks(pid)?;
     let t0 = Instant::now();
     let mut rss_max = procfs::rss_kib(pid)?;
+    let (mut last, mut peak, mut peak_at) = (cpu0, 0, 0.0);
     while t0.elapsed() < idle {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if !procfs::alive(pid) {
             bail!("berth run died while idle");
         }
         rss_max = rss_max.max(procfs::rss_kib(pid)?);
+        let now = procfs::cpu_ticks(pid)?;
+        if now - last > peak {
+            (peak, peak_at) = (now - last, t0.elapsed().as_secs_f64());
+        }
+        last = now;
     }
     let cpu1 = procfs::cpu_ticks(pid)?;
     let wall = t0.elapsed().as_secs_f64();
-    let cpu_pct = (cpu1 - cpu0) as f64 / ticks as f64 / wall * 100.0;
-    Ok((rss_max as f64 / 1024.0, cpu_pct, wall))
+    let tick_ms = 1000.0 / ticks as f64;
+    Ok(Footprint {
+        rss_mb: rss_max as f64 / 1024.0,
+        cpu_pct: (cpu1 - cpu0) as f64 * tick_ms / 1000.0 / wall * 100.0,
+        wall,
+        peak_ms: peak as f64 * tick_ms,
+        peak_at,
+    })
 }
 
 /// `berth_passes_total` (every result) from the agent's /metrics.
@@ -695,7 +720,13 @@ async fn agent_inner(
     // Footprint: idle, converged. The passes berth made meanwhile (from
     // its /metrics) say what the CPU figure paid for.
     let passes0 = passes_so_far(host);
-    let (rss_mb, cpu_pct, wall) = footprint(pid, o.idle).await?;
+    let Footprint {
+        rss_mb,
+        cpu_pct,
+        wall,
+        peak_ms,
+        peak_at,
+    } = footprint(pid, o.idle).await?;
     let passes = passes_so_far(host).zip(passes0).map(|(b, a)| b - a);
     let measure = format!("idle berth run, {} tasks, {:.0} s", o.tasks, wall);
     res.rows.push(Row::figure(
@@ -712,6 +743,11 @@ async fn agent_inner(
         &measure,
         "CPU, % of one core",
         format!("{cpu_pct:.2} %"),
+    ));
+    res.rows.push(Row::figure(
+        &measure,
+        "CPU: most in one 1 s sample (when, s into the window)",
+        format!("{peak_ms:.0} ms (at {peak_at:.0} s)"),
     ));
     res.targets.push(Target::new(
         &format!("footprint, {} tasks: RSS ≤ 15 MiB", o.tasks),
