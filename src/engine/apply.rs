@@ -1202,6 +1202,42 @@ mod tests {
         assert_eq!(rt.max_concurrent("stop"), REMOVALS_AT_ONCE as u64);
     }
 
+    /// The bound is written in the docs and the flag's help: they say the
+    /// constant's value.
+    #[test]
+    fn the_documented_removal_bound_is_the_constant() {
+        let n = REMOVALS_AT_ONCE;
+        for (file, text, phrase) in [
+            (
+                "README.md",
+                include_str!("../../README.md"),
+                format!("run at most {n} at once"),
+            ),
+            (
+                "README.md",
+                include_str!("../../README.md"),
+                format!("while {n} other removals"),
+            ),
+            (
+                "deploy/berth.yaml",
+                include_str!("../../deploy/berth.yaml"),
+                format!("a fixed bound of {n}"),
+            ),
+            (
+                "ARCHITECTURE.md",
+                include_str!("../../ARCHITECTURE.md"),
+                format!("(`apply::REMOVALS_AT_ONCE`, {n})"),
+            ),
+            (
+                "src/cli/flags.rs",
+                include_str!("../cli/flags.rs"),
+                format!("their own bound of {n})"),
+            ),
+        ] {
+            assert!(text.contains(&phrase), "{file} does not say `{phrase}`");
+        }
+    }
+
     /// A removal waiting for a slot says so; it is not shown as stopping.
     #[tokio::test(start_paused = true)]
     async fn a_removal_waiting_for_a_slot_is_queued_not_stopping() {
