@@ -434,6 +434,43 @@ async fn events_of_the_namespace_name_the_task_and_index() {
     }
 }
 
+/// The stream asks Docker for `health_status` only as a prefix of the
+/// action (`health_status: unhealthy`): the unhealthy verdict must still
+/// arrive, since it is what makes berth look at the container at once.
+#[tokio::test]
+async fn the_filtered_event_stream_still_carries_an_unhealthy_verdict() {
+    let guard = TestNamespace::new("evhealth");
+    let rt = runtime().await;
+    let since = std::time::SystemTime::now() - Duration::from_secs(1);
+    let mut events = Box::pin(rt.events_since(&guard.ns, Some(since)));
+    let mut bad = fixture_spec(&["serve-http", "8080"]);
+    bad.healthcheck = Some(berth::desired::spec::HealthcheckSpec {
+        test: vec!["CMD".into(), "/fixture".into(), "probe".into(), "9".into()],
+        interval_ns: Some(300_000_000),
+        timeout_ns: Some(1_000_000_000),
+        retries: Some(1),
+        start_period_ns: None,
+    });
+    let (_, id) = create(&rt, &guard, "sick", 0, &bad).await;
+    rt.start(&id).await.unwrap();
+
+    let mut seen = Vec::new();
+    let verdict = tokio::time::timeout(DEADLINE, async {
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            seen.push(event.action.clone());
+            if event.action.starts_with("health_status") && event.action.contains("unhealthy") {
+                return event;
+            }
+        }
+        panic!("event stream ended; saw {seen:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no unhealthy event within {DEADLINE:?}"));
+    assert_eq!(verdict.id, id);
+    assert_eq!(verdict.task.as_deref(), Some("sick"));
+}
+
 #[tokio::test]
 async fn events_from_an_unreachable_endpoint_yield_one_unavailable_and_end() {
     let cfg = DockerConfig {

@@ -1,6 +1,7 @@
 //! systemd's sd_notify protocol, without a crate: one datagram to
 //! `$NOTIFY_SOCKET` per message. Used for `READY=1` after the first pass and
-//! `WATCHDOG=1` after every pass, so a stuck loop is restarted by systemd.
+//! `WATCHDOG=1` at every beat of the loop (at least every 5 s, whatever work
+//! is in flight), so only a stuck loop is restarted by systemd.
 //! Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.
 
 use std::os::unix::net::UnixDatagram;

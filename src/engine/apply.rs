@@ -1267,6 +1267,8 @@ mod tests {
                 })
             })
             .collect();
+        // Paused time: this returns once every chain waits (in a 10 s stop
+        // or for a slot), 1 s into the stops; no chain can have finished.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let doing = |what: &str| {
             cells
