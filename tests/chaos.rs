@@ -421,14 +421,6 @@ struct WatchState {
     doing: String,
     /// When the current berth process was started.
     started: Option<Instant>,
-    /// Instances whose file is broken on disk now, and since when. A berth
-    /// started after that (or just before: it reads the folder a moment
-    /// after it starts) never saw the file parse: it keeps the containers
-    /// (removals held) but cannot finish a replacement of theirs that its
-    /// predecessor was killed in. Such an instance's manifest did not stay
-    /// valid, so the watcher does not hold it to the allowance (a known
-    /// limit of berth, reported with this suite).
-    broken: BTreeMap<(String, u32), Instant>,
 }
 
 impl WatchState {
@@ -560,14 +552,6 @@ fn sample(s: &mut WatchState, running: &BTreeMap<(String, u32), Vec<String>>, at
                     }
                 }
             }
-            (Guard::Kept, false)
-                if s.broken.get(&key).is_some_and(|&at| {
-                    s.started
-                        .is_some_and(|started| started + Duration::from_secs(2) > at)
-                }) =>
-            {
-                s.down_since.remove(&key);
-            }
             (Guard::Kept, false) => {
                 let doing = s.doing.clone();
                 let (since, began) = s
@@ -683,21 +667,6 @@ impl<'a> SlowBerth<'a> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// Tell the watcher which instances' files are broken on disk now.
-fn mark_broken(watcher: &Watcher, files: &[SlowFile]) {
-    watcher.with(|s| {
-        for f in files {
-            for key in f.instances() {
-                if f.broken && f.present {
-                    s.broken.entry(key).or_insert_with(Instant::now);
-                } else {
-                    s.broken.remove(&key);
-                }
-            }
-        }
-    });
 }
 
 /// Write `text` to `path` in two parts with a pause in between, truncating
@@ -986,7 +955,6 @@ fn running_work_survives_kills_during_slow_replacements_broken_files_an_emptied_
                 ("second agent", "start a second agent (refused)".to_string())
             }
         };
-        mark_broken(&watcher, &files);
         eprintln!("keep-work chaos: step {step}: {what}");
         *done.entry(kind).or_default() += 1;
         watcher.with(|s| s.doing = format!("after step {step}: {what}"));
@@ -1014,7 +982,6 @@ fn running_work_survives_kills_during_slow_replacements_broken_files_an_emptied_
     for f in files.iter_mut() {
         f.broken = false;
     }
-    mark_broken(&watcher, &files);
     if berth.armed {
         berth.kill9_and_restart(None);
     }

@@ -860,6 +860,65 @@ fn a_crash_after_starting_the_new_container_recovers_to_the_new_spec() {
     });
 }
 
+/// A replacement cut short at `point`, and its manifest broken before berth
+/// runs again: the new spec is unknown, so berth cannot finish it. The old
+/// container is put back, the same one, running; what the replacement made
+/// and never started is gone; `api` is not touched.
+fn an_interrupted_replacement_with_its_file_broken_at(point: &str) {
+    let guard = TestNamespace::new(&format!("broken-{point}"));
+    let ns = guard.ns.as_str();
+    let folder = Folder::new(&guard);
+    folder
+        .write("web.yaml", &task("web", 1, &[("MODE", "one")]))
+        .write("api.yaml", &task("api", 1, &[]));
+    folder.converge();
+    let api = seen(&guard.container_name("api", 0)).unwrap();
+    let old = seen(&guard.container_name("web", 0)).unwrap();
+
+    folder.write("web.yaml", &task("web", 1, &[("MODE", "two")]));
+    let crashed = folder.berth_env("run", &["--once"], &[("BERTH_TEST_CRASH_AT", point)]);
+    assert!(
+        stderr(&crashed).contains(&format!("BERTH_TEST_CRASH_AT={point}")),
+        "berth did not reach {point}:\n{}",
+        stderr(&crashed)
+    );
+    assert!(
+        !seen(&old.id).unwrap().running,
+        "{point}: the old one is stopped"
+    );
+
+    folder.write("web.yaml", "name: web\nimage: [unclosed\n");
+    let out = folder.berth("run", &["--once"]);
+    assert!(!out.status.success(), "a broken file fails --once");
+    assert!(stderr(&out).contains("web.yaml"), "{}", stderr(&out));
+
+    let web = of_task(ns, "web");
+    assert_eq!(
+        web.len(),
+        1,
+        "{point}: one container, no leftover: {web:#?}"
+    );
+    assert_eq!(web[0].id, old.id, "{point}: the old container is back");
+    assert_eq!(web[0].name, guard.container_name("web", 0));
+    assert!(web[0].running, "{point}: and running again");
+    assert_eq!(seen(&api.id), Some(api), "api was touched");
+}
+
+#[test]
+fn a_crash_after_the_stop_then_a_broken_file_starts_the_old_container_again() {
+    an_interrupted_replacement_with_its_file_broken_at("replace:after-stop");
+}
+
+#[test]
+fn a_crash_after_the_rename_aside_then_a_broken_file_puts_the_old_container_back() {
+    an_interrupted_replacement_with_its_file_broken_at("replace:after-rename");
+}
+
+#[test]
+fn a_crash_after_the_swap_then_a_broken_file_puts_the_old_container_back() {
+    an_interrupted_replacement_with_its_file_broken_at("replace:after-swap");
+}
+
 /// When the old container is put back after a crash, it runs again: a
 /// restore never leaves an instance stopped that was running.
 #[test]

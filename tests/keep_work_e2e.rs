@@ -409,3 +409,62 @@ fn more_instances_than_max_instances_is_a_validation_error_naming_the_file() {
     assert!(identity(&ns.container_name("many", 0)).is_none());
     assert!(identity(&ns.container_name("few", 0)).is_some_and(|i| i.2));
 }
+
+/// berth killed -9 while it stops a slow container for an update, and the
+/// file broken before berth comes back: the new spec is unknown now, so the
+/// replacement cannot be finished. The old container, the same one, runs
+/// again once the daemon's stop ends (it ignores SIGTERM and takes its whole
+/// grace), and the replacement's never-started container is gone.
+#[test]
+fn an_update_cut_short_by_kill_9_mid_stop_then_a_broken_file_runs_the_old_container_again() {
+    let ns = TestNamespace::new("midstop");
+    let dir = tempfile::tempdir().unwrap();
+    let slow = |v: &str| {
+        fixture_task(
+            "sleep",
+            &["forever"],
+            &format!("stop_timeout: 4s\nenv: {{FIXTURE_ON_TERM: ignore, V: \"{v}\"}}\n"),
+        )
+    };
+    write(dir.path(), "web.yaml", &slow("1"));
+    let mut berth = Berth::start(&ns, dir.path(), &["--resync", "1s"]);
+    berth.wait_running(START, &[("web", 0)]);
+    let name = ns.container_name("web", 0);
+    let (old_id, old_started, _) = identity(&name).unwrap();
+
+    write(dir.path(), "web.yaml", &slow("2"));
+    wait_for_sync(
+        Duration::from_secs(20),
+        "the old container stopping",
+        || {
+            let s = berth.status()?;
+            let work = &s["instances"].as_array()?.first()?["work"];
+            (work["action"] == "replace" && work["step"] == "stopping").then_some(())
+        },
+    );
+    berth.kill9();
+    let (id, _, running) = identity(&name).unwrap();
+    assert_eq!(id, old_id);
+    assert!(running, "killed mid-stop: the daemon is still stopping it");
+    write(dir.path(), "web.yaml", "image: [unclosed\n");
+
+    let berth = Berth::start(&ns, dir.path(), &["--resync", "1s"]);
+    berth.wait_for_log(Duration::from_secs(20), "web.yaml");
+    // The daemon's stop ends within the 4 s grace; then berth starts it.
+    let (id, started, _) = wait_for_sync(Duration::from_secs(30), "web-0 running again", || {
+        identity(&name).filter(|(_, started, running)| *running && *started != old_started)
+    });
+    assert_eq!(id, old_id, "the old container itself runs again");
+    wait_for_sync(
+        Duration::from_secs(20),
+        "the staged container removed",
+        || {
+            let left: Vec<String> = docker::ps(&ns.ns).into_iter().map(|c| c.name).collect();
+            (left == [name.clone()]).then_some(())
+        },
+    );
+    // And it is left running.
+    let passes = berth.passes();
+    wait_for_a_pass_after(&berth, passes);
+    assert_eq!(identity(&name), Some((old_id, started, true)));
+}

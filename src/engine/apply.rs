@@ -306,6 +306,9 @@ impl<R: ContainerRuntime> Executor<R> {
                 .await
                 .map(Some),
             Action::Restore {
+                id, rename: false, ..
+            } => self.start(id, ctx).await.map(Some),
+            Action::Restore {
                 id,
                 canonical_name,
                 start,

@@ -77,12 +77,13 @@ pub enum Action {
         old_running: bool,
         desired: Arc<DesiredInstance>,
     },
-    /// Put back a container that an interrupted replacement renamed aside,
-    /// and start it when it ran before.
+    /// Put back the old container of an interrupted replacement: rename it
+    /// back from aside (`rename`), and start it when it ran before.
     Restore {
         key: InstanceKey,
         id: String,
         canonical_name: String,
+        rename: bool,
         start: bool,
     },
     /// Finish a start-first replacement cut short while its staged
@@ -188,6 +189,7 @@ impl fmt::Display for Action {
                 key,
                 id,
                 canonical_name,
+                rename: true,
                 start,
             } => {
                 write!(
@@ -197,6 +199,11 @@ impl fmt::Display for Action {
                     if *start { " and start it" } else { "" }
                 )
             }
+            Action::Restore { key, id, .. } => write!(
+                f,
+                "restore {key} (start {} again: an interrupted replacement stopped it)",
+                short(id)
+            ),
             Action::Resume {
                 new_id,
                 old_id,
@@ -696,6 +703,7 @@ fn plan_desired(
                     key: want.key.clone(),
                     id: aside.id.clone(),
                     canonical_name: want.key.container_name(ns),
+                    rename: true,
                     start: aside_was_running(&aside.name),
                 });
             }
@@ -749,12 +757,7 @@ fn plan_desired(
         // container under the canonical name, not yet started, and the old
         // one aside). Whatever replaces it then runs too, and a rollback
         // starts the current one again.
-        let staged_says_running = staged.iter().any(|t| {
-            t.labels
-                .get(labels::REPLACING)
-                .and_then(|v| v.split_once(':'))
-                .is_some_and(|(id, state)| current.id.starts_with(id) && state == "running")
-        });
+        let staged_says_running = staged.iter().any(|t| replaced_running(t, current));
         let was_running = current.is_running()
             || staged_says_running
             || asides.iter().any(|a| aside_was_running(&a.name));
@@ -979,9 +982,6 @@ fn plan_undesired(
     options: &PlanOptions,
     out: &mut Plan,
 ) {
-    if desired.hold_removals || desired.held_tasks.contains(&key.task) {
-        return;
-    }
     let reason = if desired.tasks.contains(&key.task) {
         RemoveReason::ScaledDown
     } else {
@@ -990,7 +990,11 @@ fn plan_undesired(
     // A file broken since startup may define any task: a file can be renamed
     // or a task moved into it, and the container's `io.berth.manifest` label
     // still names the old file. While one exists, no task counts as removed.
-    if reason == RemoveReason::TaskRemoved && !desired.protected_files.is_empty() {
+    if desired.hold_removals
+        || desired.held_tasks.contains(&key.task)
+        || (reason == RemoveReason::TaskRemoved && !desired.protected_files.is_empty())
+    {
+        put_back(key, containers, &options.namespace, out);
         return;
     }
     for c in containers {
@@ -1043,6 +1047,84 @@ fn plan_undesired(
                 grace,
             });
         }
+    }
+}
+
+/// Whether `stage`, a replacement's staged container, records that it
+/// replaces `old` and that `old` was running when the replacement began
+/// (its `io.berth.replacing` label, set at its create, before the stop).
+fn replaced_running(stage: &ObservedContainer, old: &ObservedContainer) -> bool {
+    stage
+        .labels
+        .get(labels::REPLACING)
+        .and_then(|v| v.split_once(':'))
+        .is_some_and(|(id, state)| !id.is_empty() && old.id.starts_with(id) && state == "running")
+}
+
+/// A held instance (its manifest unreadable, its folder gone) whose
+/// replacement was cut short: berth killed or the host rebooted between
+/// stopping the old container and starting the new one. The new spec is not
+/// known now, so the replacement cannot be finished; the old container is
+/// put back as it was, running again if it ran, so a bad file never costs
+/// running work. What the replacement made and never started goes (a
+/// created container holds no work); anything that runs is left alone.
+fn put_back(key: &InstanceKey, containers: &[&ObservedContainer], ns: &str, out: &mut Plan) {
+    let canonical_name = key.container_name(ns);
+    let canonical = canonical_name.as_str();
+    let of = |role: NameRole| {
+        containers
+            .iter()
+            .copied()
+            .filter(move |c| name_role(&c.name, canonical) == role)
+    };
+    let never_ran = |c: &ObservedContainer| c.state == ContainerState::Created;
+    let leftover = |c: &ObservedContainer| {
+        let grace = c.stop_grace().unwrap_or(crate::names::DEFAULT_GRACE);
+        remove(key, c, RemoveReason::Leftover, grace)
+    };
+    let current = of(NameRole::Canonical).next();
+    if let Some(aside) = of(NameRole::Aside).next() {
+        // Cut short after the old container went aside, and perhaps after
+        // the new one took the name: unless the new one ran, the old one
+        // comes back.
+        match current {
+            Some(c) if !never_ran(c) => return,
+            Some(c) => out.actions.push(leftover(c)),
+            None => {}
+        }
+        out.actions.push(Action::Restore {
+            key: key.clone(),
+            id: aside.id.clone(),
+            canonical_name: canonical_name.clone(),
+            rename: true,
+            start: aside_was_running(&aside.name),
+        });
+        for t in of(NameRole::Staging).filter(|t| never_ran(t)) {
+            out.actions.push(leftover(t));
+        }
+        return;
+    }
+    // Cut short after the stop, under its own name: the staged container
+    // says the old one ran when the replacement began. Started before the
+    // staged one goes, so a crash in between costs no work.
+    let Some(old) = current.filter(|c| c.state == ContainerState::Exited) else {
+        return;
+    };
+    let stages: Vec<&ObservedContainer> = of(NameRole::Staging)
+        .filter(|t| never_ran(t) && replaced_running(t, old))
+        .collect();
+    if stages.is_empty() {
+        return;
+    }
+    out.actions.push(Action::Restore {
+        key: key.clone(),
+        id: old.id.clone(),
+        canonical_name: canonical_name.clone(),
+        rename: false,
+        start: true,
+    });
+    for t in stages {
+        out.actions.push(leftover(t));
     }
 }
 
@@ -1415,6 +1497,86 @@ mod tests {
         );
         assert_eq!(verbs(&p), ["resume"], "{p}");
         assert!(matches!(p.actions[0], Action::ResumeStartFirst { .. }));
+    }
+
+    /// The same points, when berth comes back to a manifest it cannot read
+    /// (or a folder that went away): the new spec is unknown, so the old
+    /// container is put back, running again, and nothing that runs is touched.
+    #[test]
+    fn an_interrupted_replacement_of_a_held_task_puts_the_old_container_back_running() {
+        let old = want("web", 0, "nginx:1.26");
+        let new = want("web", 0, "nginx:1.27");
+        let broken = {
+            let mut d = DesiredState::default();
+            d.protected_files.insert("web.yaml".into());
+            d
+        };
+        let folder_gone = DesiredState {
+            hold_removals: true,
+            ..DesiredState::default()
+        };
+        let staged = |ran: &str| {
+            let mut c = container(
+                &crate::names::staging_name("berth-web-0", &new.hash),
+                NS,
+                &new.key,
+                &new.hash,
+                ContainerState::Created,
+            );
+            c.labels
+                .insert(labels::REPLACING.into(), format!("id-berth-web:{ran}"));
+            c
+        };
+        let old_canonical = |state| container("berth-web-0", NS, &old.key, &old.hash, state);
+        let aside = container(
+            &aside_name("berth-web-0", "id-old", true),
+            NS,
+            &old.key,
+            &old.hash,
+            ContainerState::Exited,
+        );
+        let swapped = |state| container("berth-web-0", NS, &new.key, &new.hash, state);
+        for d in [&broken, &folder_gone] {
+            let p = |observed: &[ObservedContainer]| plan_now(d, observed);
+            let verbs = |p: &Plan| p.actions.iter().map(Action::verb).collect::<Vec<_>>();
+
+            // After the staged create, or during the stop: the old one runs.
+            let world = [old_canonical(ContainerState::Running), staged("running")];
+            assert!(p(&world).is_empty(), "{}", p(&world));
+
+            // After the stop: started again under its name, then the
+            // never-started staged container goes.
+            let world = [old_canonical(ContainerState::Exited), staged("running")];
+            let plan = p(&world);
+            assert_eq!(verbs(&plan), ["restore", "remove"], "{plan}");
+            assert!(matches!(
+                &plan.actions[0],
+                Action::Restore { id, rename: false, start: true, .. } if *id == world[0].id
+            ));
+            assert!(matches!(&plan.actions[1], Action::Remove { id, .. } if *id == world[1].id));
+            // ... but not one that had stopped before the replacement began.
+            let world = [old_canonical(ContainerState::Exited), staged("stopped")];
+            assert!(p(&world).is_empty(), "{}", p(&world));
+            // ... nor one that exited on its own, with no replacement.
+            assert!(p(&[old_canonical(ContainerState::Exited)]).is_empty());
+
+            // After it went aside: renamed back and started; the staged
+            // container goes.
+            let plan = p(&[aside.clone(), staged("running")]);
+            assert_eq!(verbs(&plan), ["restore", "remove"], "{plan}");
+            assert!(matches!(
+                &plan.actions[0],
+                Action::Restore { id, rename: true, start: true, .. } if *id == aside.id
+            ));
+
+            // After the new one took the name, never started: it goes first.
+            let plan = p(&[aside.clone(), swapped(ContainerState::Created)]);
+            assert_eq!(verbs(&plan), ["remove", "restore"], "{plan}");
+
+            // After the new one started: it is the running work; left alone.
+            let world = [aside.clone(), swapped(ContainerState::Running)];
+            assert!(p(&world).is_empty(), "{}", p(&world));
+        }
     }
 
     #[test]
