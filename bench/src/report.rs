@@ -190,7 +190,8 @@ pub fn markdown(
         out,
         "`--quick` for a short smoke run (10 tasks, 1 round, 50 scale tasks); `--rounds N`, \
          `--tasks N`, `--scale-tasks N` to change the size; `--only {}` runs some of the \
-         scenarios (a file written from such a run holds only their rows). Planner detail: \
+         scenarios (a file written from such a run holds only their rows); `--no-compose` \
+         leaves docker-compose out. Planner detail: \
          `cargo bench --bench plan` (criterion).\n",
         crate::SCENARIOS.join(",")
     );

@@ -128,17 +128,27 @@ async fn cold(host: &Host, o: &Options, res: &mut Results, shared: &mut Shared) 
     // comparable with raw's first create → last start returned.
     let mut berth_started = Vec::new();
     let mut compose_started = Vec::new();
+    // What Docker's events say of each subject's cold start, and berth over
+    // raw in each round (the two ran back to back, on the same daemon load).
+    let mut seen: [ColdEvents; 3] = Default::default();
+    let mut paired = Vec::new();
     let subjects = [Subject::Raw, Subject::Berth, Subject::Compose];
     for round in 0..o.rounds {
+        let (mut raw_now, mut berth_now) = (None, None);
         // Rotate who goes first so drift in the machine's load is shared.
         for k in 0..subjects.len() {
             let subject = subjects[(round + k) % subjects.len()];
             match subject {
                 Subject::Raw => {
+                    let mut events = tap_cold(host, host.raw_label());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let t0 = now_ns();
                     let t = host.raw_up(o.tasks).await?;
                     host.wait_running(&host.raw_label(), o.tasks, Duration::from_secs(10))
                         .await?;
                     raw.push(ms(t.total));
+                    raw_now = Some(ms(t.total));
+                    seen[0].add(&mut events, t0, o.tasks).await;
                     shared.raw_create.extend(t.create_ms);
                     shared.raw_start.extend(t.start_ms);
                     host.remove_labelled(&host.raw_label()).await?;
@@ -146,29 +156,30 @@ async fn cold(host: &Host, o: &Options, res: &mut Results, shared: &mut Shared) 
                         .await?;
                 }
                 Subject::Berth => {
-                    let mut events = tap_events(host);
+                    let mut events = tap_cold(host, host.berth_label());
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let t0 = now_ns();
                     let t = tokio::task::block_in_place(|| host.berth_once())?;
                     host.wait_running(&host.berth_label(), o.tasks, Duration::from_secs(10))
                         .await?;
                     berth.push(ms(t));
-                    if let Some(last) = last_start(&mut events, t0, o.tasks).await {
+                    if let Some(last) = seen[1].add(&mut events, t0, o.tasks).await {
                         berth_started.push(last);
+                        berth_now = Some(last);
                     }
                     tokio::task::block_in_place(|| host.berth_down())?;
                     host.wait_gone(&host.berth_label(), Duration::from_secs(60))
                         .await?;
                 }
                 Subject::Compose if host.compose => {
-                    let mut events = tap_events_of(host, host.compose_label());
+                    let mut events = tap_cold(host, host.compose_label());
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let t0 = now_ns();
                     let t = tokio::task::block_in_place(|| host.compose_up())?;
                     host.wait_running(&host.compose_label(), o.tasks, Duration::from_secs(10))
                         .await?;
                     compose.push(ms(t));
-                    if let Some(last) = last_start(&mut events, t0, o.tasks).await {
+                    if let Some(last) = seen[2].add(&mut events, t0, o.tasks).await {
                         compose_started.push(last);
                     }
                     tokio::task::block_in_place(|| host.compose_down())?;
@@ -179,6 +190,9 @@ async fn cold(host: &Host, o: &Options, res: &mut Results, shared: &mut Shared) 
             }
             eprintln!("  round {} {subject:?}: done", round + 1);
             settle().await;
+        }
+        if let (Some(r), Some(b)) = (raw_now, berth_now) {
+            paired.push(b / r);
         }
     }
     let (raw, berth, compose, started, compose_last) = (
@@ -222,6 +236,36 @@ async fn cold(host: &Host, o: &Options, res: &mut Results, shared: &mut Shared) 
         Row::timed(&measure, "docker-compose up -d: process exit", compose)
             .with_ratio(ratio(compose, raw), "raw"),
     );
+    let median = Summary::of(&paired).map(|s| s.median);
+    res.rows.push(Row::figure(
+        &measure,
+        "berth / raw, paired by round: median (95 % interval of the median)",
+        match (median, crate::stats::median_ci95(&paired)) {
+            (Some(m), Some((lo, hi))) => format!(
+                "{m:.3}× ({lo:.3}× – {hi:.3}×); berth faster in {} of {} rounds",
+                paired.iter().filter(|r| **r < 1.0).count(),
+                paired.len()
+            ),
+            (Some(m), None) => format!("{m:.3}× (too few rounds for an interval)"),
+            _ => "n/a".into(),
+        },
+    ));
+    let each = |f: fn(&ColdEvents) -> &[f64]| {
+        seen.iter()
+            .map(|s| Summary::of(f(s)).map_or("n/a".into(), |s| fmt_ms(s.median)))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    res.rows.push(Row::figure(
+        &measure,
+        "first create event after t0, median: raw (client connected) / berth (from spawn) / compose",
+        each(|s| &s.first_create),
+    ));
+    res.rows.push(Row::figure(
+        &measure,
+        "per container, create event → start event, median: raw / berth / compose",
+        each(|s| &s.create_to_start),
+    ));
     let r = ratio(started, raw);
     res.targets.push(Target::new(
         &format!(
@@ -258,7 +302,14 @@ async fn cold(host: &Host, o: &Options, res: &mut Results, shared: &mut Shared) 
          Compose's \"last container started\" is taken the same way from its own events; the \
          berth-vs-compose target compares these two, since compose checks nothing after its last \
          start. The compose file is the equivalent of \
-         the manifests (same image, command, env, `network_mode: bridge`).",
+         the manifests (same image, command, env, `network_mode: bridge`). Paired by round: \
+         berth's last start over raw's total in the same round (the two ran back to back), \
+         their median and its 95 % interval from the order statistics (the sign test's, no \
+         assumption about the spread); an interval holding 1.0 means this run cannot tell the \
+         two apart. From Docker's `create` and `start` events of every subject: the first \
+         create after t0 (raw's client is already connected; berth's and compose's include \
+         their process start), and each container's create → start, the daemon's start plus \
+         the subject's handoff between the two calls.",
         o.tasks
     ));
     Ok(())
@@ -463,11 +514,11 @@ pub(crate) fn now_ns() -> i64 {
 
 /// Follow `start` and `die` events of berth's namespace from now on.
 pub(crate) fn tap_events(host: &Host) -> mpsc::UnboundedReceiver<Event> {
-    tap_events_of(host, host.berth_label())
+    tap_actions(host, host.berth_label(), &["start", "die"])
 }
 
-/// Start and die events of the containers carrying `label`.
-fn tap_events_of(host: &Host, label: String) -> mpsc::UnboundedReceiver<Event> {
+/// `actions` events of the containers carrying `label`.
+fn tap_actions(host: &Host, label: String, actions: &[&str]) -> mpsc::UnboundedReceiver<Event> {
     let (tx, rx) = mpsc::unbounded_channel();
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -477,7 +528,7 @@ fn tap_events_of(host: &Host, label: String) -> mpsc::UnboundedReceiver<Event> {
         ("type".to_string(), vec!["container".to_string()]),
         (
             "event".to_string(),
-            vec!["start".to_string(), "die".to_string()],
+            actions.iter().map(|a| a.to_string()).collect(),
         ),
         ("label".to_string(), vec![label]),
     ]);
@@ -556,6 +607,61 @@ pub(crate) async fn last_start(
         }
     }
     Some((last - t0_ns) as f64 / 1e6)
+}
+
+/// `create` and `start` events of the containers carrying `label`.
+fn tap_cold(host: &Host, label: String) -> mpsc::UnboundedReceiver<Event> {
+    tap_actions(host, label, &["create", "start"])
+}
+
+/// One subject's cold starts as Docker's events tell them (ms): when its
+/// first container was created, and each container's create → start (the
+/// daemon's start, plus the subject's own handoff between the two calls).
+#[derive(Default)]
+struct ColdEvents {
+    first_create: Vec<f64>,
+    create_to_start: Vec<f64>,
+}
+
+impl ColdEvents {
+    /// Take one cold start's events, after `t0_ns`, until `n` starts; returns
+    /// the last start (ms after `t0_ns`), or `None` when fewer than `n`
+    /// arrive within 5 s.
+    async fn add(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        t0_ns: i64,
+        n: usize,
+    ) -> Option<f64> {
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut created = HashMap::new();
+        let (mut first, mut starts, mut last) = (None::<i64>, 0usize, t0_ns);
+        while starts < n {
+            let left = end.saturating_duration_since(Instant::now());
+            let event = tokio::time::timeout(left, events.recv()).await.ok()??;
+            if event.time_ns < t0_ns {
+                continue;
+            }
+            match event.action.as_str() {
+                "create" => {
+                    first = Some(first.map_or(event.time_ns, |f| f.min(event.time_ns)));
+                    created.insert(event.id, event.time_ns);
+                }
+                "start" => {
+                    starts += 1;
+                    last = last.max(event.time_ns);
+                    if let Some(c) = created.get(&event.id) {
+                        self.create_to_start.push((event.time_ns - c) as f64 / 1e6);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(f) = first {
+            self.first_create.push((f - t0_ns) as f64 / 1e6);
+        }
+        Some((last - t0_ns) as f64 / 1e6)
+    }
 }
 
 /// What a series of `docker kill`s measured (ms).

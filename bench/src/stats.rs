@@ -34,6 +34,26 @@ impl Summary {
     }
 }
 
+/// A 95 % confidence interval for the median of `samples`, from their
+/// order statistics (the sign test's interval: it assumes nothing about the
+/// distribution). `None` below 6 samples, where no such interval exists.
+pub fn median_ci95(samples: &[f64]) -> Option<(f64, f64)> {
+    let n = samples.len();
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    // The largest k with P(Binomial(n, 1/2) < k) ≤ 2.5 %: the interval is
+    // the k-th smallest to the k-th largest.
+    let mut below = 0.0; // P(X < k)
+    let mut p = 0.5f64.powi(n as i32); // P(X = k), from k = 0
+    let mut k = 0;
+    while below + p <= 0.025 {
+        below += p;
+        p *= (n - k) as f64 / (k + 1) as f64;
+        k += 1;
+    }
+    (k >= 1).then(|| (v[k - 1], v[n - k]))
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -61,5 +81,16 @@ mod tests {
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
         assert_eq!(Summary::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
         assert!(Summary::of(&[]).is_none());
+    }
+
+    #[test]
+    fn the_median_interval_matches_the_sign_test_tables() {
+        let up = |n: usize| (1..=n).map(|i| i as f64).collect::<Vec<_>>();
+        // n = 6: the extremes (1.6 % outside); n = 5 has no 95 % interval.
+        assert_eq!(median_ci95(&up(6)), Some((1.0, 6.0)));
+        assert_eq!(median_ci95(&up(5)), None);
+        // n = 10: 2nd to 9th; n = 40: 14th to 27th (tables of the sign test).
+        assert_eq!(median_ci95(&up(10)), Some((2.0, 9.0)));
+        assert_eq!(median_ci95(&up(40)), Some((14.0, 27.0)));
     }
 }
