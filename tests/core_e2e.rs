@@ -723,6 +723,20 @@ fn a_deleted_manifests_containers_wait_for_a_broken_file_to_be_fixed_then_go() {
 // ---------------------------------------------------------------------------
 // 7. Crash safety of a replacement.
 
+/// `web` and `api` converged, then `web`'s env changed in its file: the
+/// folder, and `api`'s and `web`'s containers as they ran.
+fn web_and_api_then_web_changed(guard: &TestNamespace) -> (Folder, Seen, Seen) {
+    let folder = Folder::new(guard);
+    folder
+        .write("web.yaml", &task("web", 1, &[("MODE", "one")]))
+        .write("api.yaml", &task("api", 1, &[]));
+    folder.converge();
+    let api = seen(&guard.container_name("api", 0)).unwrap();
+    let old = seen(&guard.container_name("web", 0)).unwrap();
+    folder.write("web.yaml", &task("web", 1, &[("MODE", "two")]));
+    (folder, api, old)
+}
+
 /// Converge `web`, change its env, run a pass that aborts at `point`, check
 /// the state left behind is that point's, then run a normal pass: exactly one
 /// canonical container with the new spec, running, and no leftover.
@@ -730,15 +744,7 @@ fn a_replacement_interrupted_at(point: &str, check_crashed: impl Fn(&TestNamespa
     let guard = TestNamespace::new(&format!("crash-{point}"));
     let ns = guard.ns.as_str();
     let bystanders = Bystanders::start(&guard);
-    let folder = Folder::new(&guard);
-    folder
-        .write("web.yaml", &task("web", 1, &[("MODE", "one")]))
-        .write("api.yaml", &task("api", 1, &[]));
-    folder.converge();
-    let api = seen(&guard.container_name("api", 0)).unwrap();
-    let old = seen(&guard.container_name("web", 0)).unwrap();
-
-    folder.write("web.yaml", &task("web", 1, &[("MODE", "two")]));
+    let (folder, api, old) = web_and_api_then_web_changed(&guard);
     let (code, view) = folder.plan_json();
     assert_eq!(code, Some(2));
     let new_hash = view["actions"][0]["spec_hash"]
@@ -867,15 +873,7 @@ fn a_crash_after_starting_the_new_container_recovers_to_the_new_spec() {
 fn an_interrupted_replacement_with_its_file_broken_at(point: &str) {
     let guard = TestNamespace::new(&format!("broken-{point}"));
     let ns = guard.ns.as_str();
-    let folder = Folder::new(&guard);
-    folder
-        .write("web.yaml", &task("web", 1, &[("MODE", "one")]))
-        .write("api.yaml", &task("api", 1, &[]));
-    folder.converge();
-    let api = seen(&guard.container_name("api", 0)).unwrap();
-    let old = seen(&guard.container_name("web", 0)).unwrap();
-
-    folder.write("web.yaml", &task("web", 1, &[("MODE", "two")]));
+    let (folder, api, old) = web_and_api_then_web_changed(&guard);
     let crashed = folder.berth_env("run", &["--once"], &[("BERTH_TEST_CRASH_AT", point)]);
     assert!(
         stderr(&crashed).contains(&format!("BERTH_TEST_CRASH_AT={point}")),

@@ -1417,14 +1417,24 @@ mod tests {
         assert_eq!(p.actions[0].verb(), "start");
     }
 
-    /// The world a replacement of web[0] (old spec → new spec) leaves
-    /// behind at each point it can be cut short, and what the next pass does.
-    #[test]
-    fn every_point_of_an_interrupted_replacement_ends_with_one_running_container() {
-        let old = want("web", 0, "nginx:1.26");
-        let new = want("web", 0, "nginx:1.27");
-        let d = desired(vec![new.clone()]);
-        let staged = {
+    /// What a replacement of web[0] from `old` to `new` leaves behind.
+    struct Replacement {
+        old: DesiredInstance,
+        new: DesiredInstance,
+    }
+
+    impl Replacement {
+        fn of_web() -> Replacement {
+            Replacement {
+                old: want("web", 0, "nginx:1.26"),
+                new: want("web", 0, "nginx:1.27"),
+            }
+        }
+
+        /// The new container under its staging name, never started; its
+        /// label says whether the old one `ran` ("running" or "stopped").
+        fn staged(&self, ran: &str) -> ObservedContainer {
+            let new = &self.new;
             let mut c = container(
                 &crate::names::staging_name("berth-web-0", &new.hash),
                 NS,
@@ -1433,17 +1443,37 @@ mod tests {
                 ContainerState::Created,
             );
             c.labels
-                .insert(labels::REPLACING.into(), "id-berth-web:running".into());
+                .insert(labels::REPLACING.into(), format!("id-berth-web:{ran}"));
             c
-        };
-        let old_canonical = |state| container("berth-web-0", NS, &old.key, &old.hash, state);
-        let aside = container(
-            &aside_name("berth-web-0", "id-old", true),
-            NS,
-            &old.key,
-            &old.hash,
-            ContainerState::Exited,
-        );
+        }
+
+        /// The old container under the canonical name.
+        fn old(&self, state: ContainerState) -> ObservedContainer {
+            container("berth-web-0", NS, &self.old.key, &self.old.hash, state)
+        }
+
+        /// The old container moved aside after it ran, stopped.
+        fn aside(&self) -> ObservedContainer {
+            container(
+                &aside_name("berth-web-0", "id-old", true),
+                NS,
+                &self.old.key,
+                &self.old.hash,
+                ContainerState::Exited,
+            )
+        }
+    }
+
+    /// The world a replacement of web[0] (old spec → new spec) leaves
+    /// behind at each point it can be cut short, and what the next pass does.
+    #[test]
+    fn every_point_of_an_interrupted_replacement_ends_with_one_running_container() {
+        let r = Replacement::of_web();
+        let new = r.new.clone();
+        let d = desired(vec![new.clone()]);
+        let staged = r.staged("running");
+        let old_canonical = |state| r.old(state);
+        let aside = r.aside();
         let verbs = |p: &Plan| p.actions.iter().map(Action::verb).collect::<Vec<_>>();
 
         // After the staged create: the old one still runs. Clear and redo.
@@ -1504,8 +1534,8 @@ mod tests {
     /// container is put back, running again, and nothing that runs is touched.
     #[test]
     fn an_interrupted_replacement_of_a_held_task_puts_the_old_container_back_running() {
-        let old = want("web", 0, "nginx:1.26");
-        let new = want("web", 0, "nginx:1.27");
+        let r = Replacement::of_web();
+        let new = &r.new;
         let broken = {
             let mut d = DesiredState::default();
             d.protected_files.insert("web.yaml".into());
@@ -1515,26 +1545,9 @@ mod tests {
             hold_removals: true,
             ..DesiredState::default()
         };
-        let staged = |ran: &str| {
-            let mut c = container(
-                &crate::names::staging_name("berth-web-0", &new.hash),
-                NS,
-                &new.key,
-                &new.hash,
-                ContainerState::Created,
-            );
-            c.labels
-                .insert(labels::REPLACING.into(), format!("id-berth-web:{ran}"));
-            c
-        };
-        let old_canonical = |state| container("berth-web-0", NS, &old.key, &old.hash, state);
-        let aside = container(
-            &aside_name("berth-web-0", "id-old", true),
-            NS,
-            &old.key,
-            &old.hash,
-            ContainerState::Exited,
-        );
+        let staged = |ran: &str| r.staged(ran);
+        let old_canonical = |state| r.old(state);
+        let aside = r.aside();
         let swapped = |state| container("berth-web-0", NS, &new.key, &new.hash, state);
         for d in [&broken, &folder_gone] {
             let p = |observed: &[ObservedContainer]| plan_now(d, observed);
