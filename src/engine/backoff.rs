@@ -172,6 +172,18 @@ impl BackoffTable {
         }
     }
 
+    /// The instance's spec changed: start its curve afresh (no failures, no
+    /// hold, not permanent), so the new spec is tried at once. What was
+    /// already counted stays counted (an exit seen again is not a new
+    /// failure), and the restarts shown in status stay.
+    pub fn new_spec(&mut self, key: &InstanceKey) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.failures = 0;
+            entry.hold_until = None;
+            entry.permanent = false;
+        }
+    }
+
     /// Note that berth restarted the instance (status and metrics only).
     pub fn record_restart(&mut self, key: &InstanceKey, now: SystemTime) {
         self.entries

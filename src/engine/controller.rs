@@ -1023,6 +1023,20 @@ impl<R: ContainerRuntime> Controller<R> {
             if self.held.len() != before {
                 self.hold_store.save(&self.held);
             }
+            // The failures counted so far were another spec's: a spec the
+            // manifest now asks for gets its first try at once, not after
+            // the backoff its predecessor earned (as the kubelet keys its
+            // backoff by the container's spec).
+            for (k, d) in &prepared.desired.instances {
+                if self
+                    .last_desired
+                    .instances
+                    .get(k)
+                    .is_some_and(|before| before.hash != d.hash)
+                {
+                    self.backoff.new_spec(k);
+                }
+            }
             let jobs_wanted = |k: &InstanceKey| {
                 prepared
                     .desired
@@ -2078,6 +2092,38 @@ mod tests {
         let third = c.pass(&Trigger::Resync).await.unwrap();
         assert_eq!(third.dispatched, 0, "not retried before it is due");
         assert_eq!(third.plan.next_due(), Some(due));
+    }
+
+    /// The backoff a failing spec earned does not delay the spec that
+    /// replaces it; the same spec written again still waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_spec_is_tried_at_once_whatever_its_predecessor_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = "image: nope:1\nrestart: {delay: 30s, max_delay: 5m}\n";
+        let mut c = controller(dir.path(), failing);
+        c.runtime().make_unpullable("nope:1");
+        c.runtime().add_image("ok:1");
+        let key = InstanceKey::new("bad", 0);
+        pass_and_finish(&mut c).await;
+        pass_and_finish(&mut c).await;
+        assert_eq!(c.backoff.get(&key).unwrap().failures, 2);
+
+        // Written again unchanged: still backing off.
+        std::fs::write(dir.path().join("bad.yaml"), failing).unwrap();
+        let same = c.pass(&Trigger::Resync).await.unwrap();
+        assert_eq!(same.dispatched, 0, "the same spec waits out its backoff");
+
+        std::fs::write(
+            dir.path().join("bad.yaml"),
+            "image: ok:1\nrestart: {delay: 30s, max_delay: 5m}\n",
+        )
+        .unwrap();
+        let fixed = pass_and_finish(&mut c).await;
+        assert_eq!(fixed.dispatched, 1, "the fixed spec is tried at once");
+        let entry = c.backoff.get(&key).unwrap();
+        assert_eq!(entry.failures, 0);
+        assert!(!entry.permanent);
+        assert!(c.runtime().all().iter().any(|k| k.is_running()));
     }
 
     #[tokio::test(start_paused = true)]
