@@ -541,15 +541,21 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
 
     // The daemon's own pace drifts by several percent from one minute to
     // the next (background clean-up of the containers just removed, page
-    // cache): in a full run each subject goes twice, berth–raw–raw–berth, so
-    // drift is shared, and the figures are the means of the two. The last
-    // round leaves berth's containers up for the no-op pass and idle run.
-    let berth_first = [true, false, false, true];
-    let order: &[bool] = if o.quick {
-        &berth_first[2..]
-    } else {
-        &berth_first
-    };
+    // cache): each round runs berth and raw back to back, the first
+    // alternating (berth–raw–raw–berth for the default two), so drift is
+    // shared; the figures are the means, and each round's ratio is kept for
+    // the paired median. The last run is berth's, whose containers stay up
+    // for the no-op pass and idle run.
+    let rounds = o.scale_rounds;
+    let order: Vec<bool> = (0..rounds)
+        .flat_map(|i| {
+            if (rounds - 1 - i) % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            }
+        })
+        .collect();
     let (mut raws, mut starts, mut exits) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_cpu, mut berth_cpu) = (Vec::new(), Vec::new());
     let tick_s = 1.0 / procfs::clock_ticks() as f64;
@@ -582,6 +588,11 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
             settle().await;
         }
     }
+    let paired: Vec<f64> = starts
+        .iter()
+        .zip(&raws)
+        .filter_map(|(s, r)| s.map(|s| s / r))
+        .collect();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let each = |v: &[f64]| v.iter().map(|x| fmt_ms(*x)).collect::<Vec<_>>().join(", ");
     let started: Option<Vec<f64>> = starts.into_iter().collect();
@@ -604,6 +615,11 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
         started.as_ref().map_or("n/a".into(), |(s, v)| {
             format!("{} ({:.2}× raw; {})", fmt_ms(*s), s / raw_ms, each(v))
         }),
+    ));
+    res.rows.push(Row::figure(
+        &m,
+        "cold, berth / raw, paired by round: median (95 % interval of the median)",
+        crate::stats::paired_figure(&paired),
     ));
     res.rows.push(Row::figure(
         &m,
@@ -687,13 +703,15 @@ pub async fn scale(host: &Host, o: &Options, res: &mut Results) -> Result<()> {
     res.notes.push(format!(
         "Scale: {n} one-container tasks. Cold: the raw daemon's create+start {} at a time, \
          and `berth run --once` (last `start` event and process exit), each removed again \
-         before the next; two rounds each in the order berth, raw, raw, berth (one round, \
-         raw then berth, with --quick). Machine CPU busy: every core's non-idle time from \
+         before the next; {} rounds of the two back to back, the first alternating and the \
+         last run berth's (two: berth, raw, raw, berth; one, raw then berth, with --quick), \
+         each round's berth / raw paired as in the cold scenario. Machine CPU busy: every core's non-idle time from \
          /proc/stat over each subject's window (raw: first create to last start returned; \
          berth: spawn to exit); then 10 \
          in-process no-op passes over a call-counting runtime, then `berth run` idle for {} s \
          after a 3 s settle, then `berth down`.",
         o.parallelism,
+        o.scale_rounds,
         idle_for.as_secs()
     ));
     Ok(())

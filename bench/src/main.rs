@@ -61,6 +61,9 @@ pub struct Options {
     pub planner_only: bool,
     /// Tasks of the scale scenario.
     pub scale_tasks: usize,
+    /// Cold starts of the scale scenario, each a berth run and a raw run
+    /// back to back (`--scale-rounds N`).
+    pub scale_rounds: usize,
     /// Run only these scenarios (`--only a,b`); all when `None`.
     pub only: Option<Vec<String>>,
     /// Leave docker-compose out even when it is installed (`--no-compose`):
@@ -82,7 +85,7 @@ impl Options {
     }
 }
 
-const USAGE: &str = "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--scale-tasks N] \
+const USAGE: &str = "usage: berth-bench [--quick] [--rounds N] [--tasks N] [--scale-tasks N] [--scale-rounds N] \
      [--only cold,noop,update,agent,down,rollback,scale,planner,gitops] [--out FILE] [--no-compose] [--planner-only]";
 
 fn parse_args(workspace: &std::path::Path) -> Result<Options> {
@@ -100,6 +103,7 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
         parallelism: berth::config::AgentConfig::default().parallelism,
         planner_only: false,
         scale_tasks: if quick { 50 } else { 200 },
+        scale_rounds: if quick { 1 } else { 2 },
         only: None,
         no_compose: false,
     };
@@ -118,6 +122,7 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
             "--out" => o.out = PathBuf::from(value("--out")?),
             "--scale-tasks" => o.scale_tasks = value("--scale-tasks")?.parse()?,
+            "--scale-rounds" => o.scale_rounds = value("--scale-rounds")?.parse()?,
             "--only" => {
                 let names: Vec<String> = value("--only")?
                     .split(',')
@@ -135,8 +140,9 @@ fn parse_args(workspace: &std::path::Path) -> Result<Options> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    if o.tasks == 0 || o.rounds == 0 || o.tasks > 999 || o.scale_tasks > 999 {
-        bail!("--tasks and --scale-tasks must be 1..=999 and --rounds at least 1");
+    if o.tasks == 0 || o.rounds == 0 || o.scale_rounds == 0 || o.tasks > 999 || o.scale_tasks > 999
+    {
+        bail!("--tasks and --scale-tasks must be 1..=999, --rounds and --scale-rounds at least 1");
     }
     // Update a third of the tasks (10 of 30), whatever the size.
     o.updates = (o.tasks / 3).max(1);

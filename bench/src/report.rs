@@ -189,7 +189,7 @@ pub fn markdown(
     let _ = writeln!(
         out,
         "`--quick` for a short smoke run (10 tasks, 1 round, 50 scale tasks); `--rounds N`, \
-         `--tasks N`, `--scale-tasks N` to change the size; `--only {}` runs some of the \
+         `--tasks N`, `--scale-tasks N`, `--scale-rounds N` to change the size; `--only {}` runs some of the \
          scenarios (a file written from such a run holds only their rows); `--no-compose` \
          leaves docker-compose out. Planner detail: \
          `cargo bench --bench plan` (criterion).\n",

@@ -236,19 +236,10 @@ async fn cold(host: &Host, o: &Options, res: &mut Results, shared: &mut Shared) 
         Row::timed(&measure, "docker-compose up -d: process exit", compose)
             .with_ratio(ratio(compose, raw), "raw"),
     );
-    let median = Summary::of(&paired).map(|s| s.median);
     res.rows.push(Row::figure(
         &measure,
         "berth / raw, paired by round: median (95 % interval of the median)",
-        match (median, crate::stats::median_ci95(&paired)) {
-            (Some(m), Some((lo, hi))) => format!(
-                "{m:.3}× ({lo:.3}× – {hi:.3}×); berth faster in {} of {} rounds",
-                paired.iter().filter(|r| **r < 1.0).count(),
-                paired.len()
-            ),
-            (Some(m), None) => format!("{m:.3}× (too few rounds for an interval)"),
-            _ => "n/a".into(),
-        },
+        crate::stats::paired_figure(&paired),
     ));
     let each = |f: fn(&ColdEvents) -> &[f64]| {
         seen.iter()

@@ -54,6 +54,25 @@ pub fn median_ci95(samples: &[f64]) -> Option<(f64, f64)> {
     (k >= 1).then(|| (v[k - 1], v[n - k]))
 }
 
+/// Per-round ratios (berth / raw) as a figure: their median, its 95 %
+/// interval when there are enough rounds, and how many rounds berth won.
+pub fn paired_figure(ratios: &[f64]) -> String {
+    let Some(median) = Summary::of(ratios).map(|s| s.median) else {
+        return "n/a".into();
+    };
+    let won = ratios.iter().filter(|r| **r < 1.0).count();
+    match median_ci95(ratios) {
+        Some((lo, hi)) => format!(
+            "{median:.3}× ({lo:.3}× – {hi:.3}×); berth faster in {won} of {} rounds",
+            ratios.len()
+        ),
+        None => format!(
+            "{median:.3}× (an interval needs 6 rounds); berth faster in {won} of {} rounds",
+            ratios.len()
+        ),
+    }
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
