@@ -419,8 +419,6 @@ struct WatchState {
     samples: u64,
     /// What the test is doing, for messages.
     doing: String,
-    /// When the current berth process was started.
-    started: Option<Instant>,
 }
 
 impl WatchState {
@@ -577,7 +575,6 @@ fn sample(s: &mut WatchState, running: &BTreeMap<(String, u32), Vec<String>>, at
 
 /// The berth of the keep-running-work chaos, restarted at will.
 struct SlowBerth<'a> {
-    watch: Arc<Mutex<WatchState>>,
     ns: &'a TestNamespace,
     manifests: &'a Path,
     log: &'a Path,
@@ -590,7 +587,6 @@ struct SlowBerth<'a> {
 
 impl<'a> SlowBerth<'a> {
     fn spawn(&self, crash_at: Option<&str>) -> Berth {
-        self.watch.lock().unwrap().started = Some(Instant::now());
         Self::spawn_in(self.ns, self.manifests, self.log, crash_at)
     }
 
@@ -605,15 +601,8 @@ impl<'a> SlowBerth<'a> {
         b.start()
     }
 
-    fn start(
-        watch: Arc<Mutex<WatchState>>,
-        ns: &'a TestNamespace,
-        manifests: &'a Path,
-        log: &'a Path,
-    ) -> SlowBerth<'a> {
-        watch.lock().unwrap().started = Some(Instant::now());
+    fn start(ns: &'a TestNamespace, manifests: &'a Path, log: &'a Path) -> SlowBerth<'a> {
         SlowBerth {
-            watch,
             berth: Self::spawn_in(ns, manifests, log, None),
             ns,
             manifests,
@@ -729,7 +718,7 @@ fn running_work_survives_kills_during_slow_replacements_broken_files_an_emptied_
         }
         s.doing = "starting".into();
     });
-    let mut berth = SlowBerth::start(watcher.state.clone(), &ns, &manifests, &log);
+    let mut berth = SlowBerth::start(&ns, &manifests, &log);
     wait_for_sync(Duration::from_secs(60), "every instance running", || {
         watcher
             .with(|s| s.guards.values().all(|g| *g == Guard::Kept))

@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use berth::config::DockerConfig;
 use berth::desired::spec::{ContainerSpec, PortBinding};
 use berth::names::InstanceKey;
-use berth::runtime::docker::DockerRuntime;
+use berth::runtime::docker::{ContainerEvent, DockerRuntime};
 use berth::runtime::{ContainerRuntime, ContainerState, CreateRequest, RuntimeError};
 use common::{docker, fixture_image, wait_for, TestNamespace};
 use futures_util::StreamExt;
@@ -410,19 +409,7 @@ async fn events_of_the_namespace_name_the_task_and_index() {
     let (_, id) = create(&rt, &guard, "web", 2, &fixture_spec(&["exit", "1"])).await;
     rt.start(&id).await.unwrap();
 
-    let mut seen = BTreeMap::new();
-    let die = tokio::time::timeout(DEADLINE, async {
-        while let Some(event) = events.next().await {
-            let event = event.unwrap();
-            seen.insert(event.action.clone(), event.clone());
-            if event.action == "die" {
-                return event;
-            }
-        }
-        panic!("event stream ended; saw {seen:?}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no die event within {DEADLINE:?}"));
+    let (die, seen) = first_event(&mut events, "die", |a| a == "die").await;
 
     assert_eq!(die.id, id);
     assert_eq!(die.task.as_deref(), Some("web"));
@@ -430,8 +417,35 @@ async fn events_of_the_namespace_name_the_task_and_index() {
     // Only what may need attention is sent: not the create or the start
     // that came before the die.
     for action in ["create", "start"] {
-        assert!(!seen.contains_key(action), "{action} was sent: {seen:?}");
+        assert!(
+            !seen.iter().any(|a| a == action),
+            "{action} was sent: {seen:?}"
+        );
     }
+}
+
+/// The first event whose action `wanted` accepts, within [`DEADLINE`], and
+/// the actions of every event that came before it.
+async fn first_event(
+    events: &mut (impl futures_util::Stream<Item = Result<ContainerEvent, RuntimeError>> + Unpin),
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> (ContainerEvent, Vec<String>) {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            if wanted(&event.action) {
+                return Some(event);
+            }
+            seen.push(event.action);
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what} event within {DEADLINE:?}; saw {seen:?}"))
+    .unwrap_or_else(|| panic!("event stream ended before a {what} event; saw {seen:?}"));
+    (found, seen)
 }
 
 /// The stream asks Docker for `health_status` only as a prefix of the
@@ -454,19 +468,10 @@ async fn the_filtered_event_stream_still_carries_an_unhealthy_verdict() {
     let (_, id) = create(&rt, &guard, "sick", 0, &bad).await;
     rt.start(&id).await.unwrap();
 
-    let mut seen = Vec::new();
-    let verdict = tokio::time::timeout(DEADLINE, async {
-        while let Some(event) = events.next().await {
-            let event = event.unwrap();
-            seen.push(event.action.clone());
-            if event.action.starts_with("health_status") && event.action.contains("unhealthy") {
-                return event;
-            }
-        }
-        panic!("event stream ended; saw {seen:?}");
+    let (verdict, _) = first_event(&mut events, "unhealthy", |a| {
+        a.starts_with("health_status") && a.contains("unhealthy")
     })
-    .await
-    .unwrap_or_else(|_| panic!("no unhealthy event within {DEADLINE:?}"));
+    .await;
     assert_eq!(verdict.id, id);
     assert_eq!(verdict.task.as_deref(), Some("sick"));
 }

@@ -1069,6 +1069,12 @@ fn replaced_running(stage: &ObservedContainer, old: &ObservedContainer) -> bool 
 /// running work. What the replacement made and never started goes (a
 /// created container holds no work); anything that runs is left alone.
 fn put_back(key: &InstanceKey, containers: &[&ObservedContainer], ns: &str, out: &mut Plan) {
+    // Something of the instance runs: the new container (a start-first
+    // update cut short between its renames runs under its staging name), or
+    // the old one still stopping. Putting the old one back would run two.
+    if containers.iter().any(|c| c.is_running()) {
+        return;
+    }
     let canonical_name = key.container_name(ns);
     let canonical = canonical_name.as_str();
     let of = |role: NameRole| {
@@ -1588,6 +1594,12 @@ mod tests {
 
             // After the new one started: it is the running work; left alone.
             let world = [aside.clone(), swapped(ContainerState::Running)];
+            assert!(p(&world).is_empty(), "{}", p(&world));
+            // A start-first update cut short between its two renames: the
+            // new one runs under its staging name; the old one stays aside.
+            let mut staged_running = staged("running");
+            staged_running.state = ContainerState::Running;
+            let world = [aside.clone(), staged_running];
             assert!(p(&world).is_empty(), "{}", p(&world));
         }
     }
