@@ -1445,10 +1445,14 @@ impl<R: ContainerRuntime> Controller<R> {
         let desired = &self.last_desired;
         let mut keys: BTreeSet<InstanceKey> = report.desired_instances.clone();
         keys.extend(report.busy.iter().cloned());
+        // Each instance's container under its own name, found once: a
+        // search of the list per instance made this pass quadratic.
+        let mut canonical: BTreeMap<InstanceKey, &ObservedContainer> = BTreeMap::new();
         for c in observed {
             if let Some(k) = c.key() {
                 if c.name == k.container_name(ns) {
-                    keys.insert(k);
+                    keys.insert(k.clone());
+                    canonical.entry(k).or_insert(c);
                 }
             }
         }
@@ -1483,9 +1487,7 @@ impl<R: ContainerRuntime> Controller<R> {
         let instances = keys
             .into_iter()
             .map(|key| {
-                let container = observed
-                    .iter()
-                    .find(|c| c.key().as_ref() == Some(&key) && c.name == key.container_name(ns));
+                let container = canonical.get(&key).copied();
                 let backoff = self.backoff.get(&key);
                 let want = desired.instances.get(&key);
                 let backoff_until = want
