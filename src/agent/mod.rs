@@ -30,7 +30,7 @@ pub mod watch;
 pub use once::{run_once, OnceReport, ONCE_DEADLINE};
 
 use crate::config::AgentConfig;
-use crate::engine::controller::Controller;
+use crate::engine::controller::{Controller, PassReport};
 use crate::engine::retry::outage_delay;
 use crate::engine::trigger::Trigger;
 use crate::runtime::ContainerRuntime;
@@ -58,27 +58,65 @@ pub const WORK_DONE_GAP: Duration = Duration::from_millis(500);
 /// looked at within this, however slowly Docker answers.
 pub const WORK_DONE_GAP_MAX: Duration = Duration::from_secs(3);
 
-/// The work-done gap per instance with work in flight: 200 chains in flight
-/// (a cold start of 200 tasks) stretch the gap to [`WORK_DONE_GAP_MAX`], 30
-/// or fewer leave it at [`WORK_DONE_GAP`].
+/// The work-done gap per instance a pass looks at: 200 (a cold start of
+/// 200 tasks, or a chain in flight on a host of 200) stretch the gap to
+/// [`WORK_DONE_GAP_MAX`], 30 or fewer leave it at [`WORK_DONE_GAP`].
 pub const WORK_DONE_GAP_PER_BUSY: Duration = Duration::from_millis(15);
 
-/// The work-done gap after a pass that took `took` and left `busy`
-/// instances with work in flight: [`WORK_DONE_GAP`], or longer (up to
-/// [`WORK_DONE_GAP_MAX`]) when the daemon is busy:
+/// The work-done gap after `pass`: [`WORK_DONE_GAP`], or longer (up to
+/// [`WORK_DONE_GAP_MAX`]) when a pass costs more:
 /// - ten times the pass: a pass is slow when the daemon is loaded, and
 ///   listing it less often leaves it to the work;
-/// - [`WORK_DONE_GAP_PER_BUSY`] per busy instance: while hundreds of chains
-///   are in flight, a pass for one that ended finds nothing new for the
-///   others (theirs are dispatched), yet costs berth the folder and the list
-///   and the daemon a list of every container. At a cold start of 200 tasks
-///   this (with the folder's parse cache) took berth from about 45 passes
-///   to about 20, and its CPU from about 0.7 s to about 0.33 s.
-pub fn work_done_gap(took: Duration, busy: usize) -> Duration {
-    let per_busy = WORK_DONE_GAP_PER_BUSY.saturating_mul(u32::try_from(busy).unwrap_or(u32::MAX));
-    (took * 10)
-        .max(per_busy)
+/// - while work is in flight, [`WORK_DONE_GAP_PER_BUSY`] per instance the
+///   pass looks at (desired or listed, whichever are more): a pass costs
+///   berth every manifest and the list, and the daemon a list of every
+///   container, and while chains run a pass for one that ended finds
+///   nothing new for the others (theirs are dispatched). At a cold start
+///   of 200 tasks the gap stays long until the last chain ends (which
+///   gets its pass at once), rather than shrinking as chains end;
+/// - except while an instance waits on a dependency: a chain that ends may
+///   be what it waits for, so only the instances in flight count.
+///
+/// At a cold start of 200 tasks the busy term (with the folder's parse
+/// cache) took berth from about 45 passes to about 20, and its CPU from
+/// about 0.7 s to about 0.33 s; the listed term from about 20 to about 10.
+pub fn work_done_gap(pass: GapInputs) -> Duration {
+    let weight = match pass.busy {
+        0 => 0,
+        busy if pass.waiting_on_dependency => busy,
+        busy => busy.max(pass.size),
+    };
+    let per = WORK_DONE_GAP_PER_BUSY.saturating_mul(u32::try_from(weight).unwrap_or(u32::MAX));
+    (pass.took * 10)
+        .max(per)
         .clamp(WORK_DONE_GAP, WORK_DONE_GAP_MAX)
+}
+
+/// What [`work_done_gap`] weighs: the pass just made.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GapInputs {
+    /// How long the pass took.
+    pub took: Duration,
+    /// Instances with work in flight after it.
+    pub busy: usize,
+    /// How many instances it looked at: the more of the instances desired
+    /// and the containers listed.
+    pub size: usize,
+    /// Whether an instance waits on a dependency.
+    pub waiting_on_dependency: bool,
+}
+
+impl GapInputs {
+    /// The inputs of a pass that began at `began` and reported `report`
+    /// (`None`: it failed, and listed nothing).
+    pub fn of(began: tokio::time::Instant, report: Option<&PassReport>) -> GapInputs {
+        GapInputs {
+            took: began.elapsed(),
+            busy: report.map_or(0, |r| r.busy.len()),
+            size: report.map_or(0, |r| r.observed.len().max(r.desired_instances.len())),
+            waiting_on_dependency: report.is_some_and(|r| r.plan.blocked.iter().any(|b| !b.held)),
+        }
+    }
 }
 
 /// Whether a finished chain's pass may wait out the [`work_done_gap`].
@@ -182,7 +220,7 @@ pub async fn run_loop<R: ContainerRuntime>(
             r = controller.pass(&trigger) => r,
             () = &mut shutdown => break,
         };
-        let gap_end = began + work_done_gap(began.elapsed(), controller.busy_count());
+        let gap_end = began + work_done_gap(GapInputs::of(began, result.as_ref().ok()));
         let next_due = match &result {
             Ok(report) => {
                 if docker_failures > 0 {

@@ -37,7 +37,7 @@ pub async fn run_once<R: ContainerRuntime>(
     loop {
         let began = tokio::time::Instant::now();
         let report = controller.pass(&trigger).await?;
-        let gap_end = began + super::work_done_gap(began.elapsed(), controller.busy_count());
+        let gap_end = began + super::work_done_gap(super::GapInputs::of(began, Some(&report)));
         let verdict = controller.once_verdict(&report);
         let out_of_time = tokio::time::Instant::now() >= until;
         let problems = match verdict {
@@ -204,20 +204,25 @@ mod tests {
     /// A daemon busy enough that a list takes 200 ms is listed about every
     /// 2 s (ten times the pass) rather than every 500 ms: over 7 s of chains
     /// ending that is a handful of lists, not one per half second.
+    /// The gap after a pass that took `took_ms`, left `busy` in flight and
+    /// looked at `size` instances, nothing waiting on a dependency.
+    fn gap(took_ms: u64, busy: usize, size: usize) -> Duration {
+        super::super::work_done_gap(super::super::GapInputs {
+            took: Duration::from_millis(took_ms),
+            busy,
+            size,
+            waiting_on_dependency: false,
+        })
+    }
+
+    /// A daemon busy enough that a list takes 200 ms is listed about every
+    /// 2 s (ten times the pass) rather than every 500 ms: over 7 s of chains
+    /// ending that is a handful of lists, not one per half second.
     #[tokio::test(start_paused = true)]
     async fn a_slow_daemon_is_listed_less_often() {
-        assert_eq!(
-            super::super::work_done_gap(Duration::ZERO, 1),
-            super::super::WORK_DONE_GAP
-        );
-        assert_eq!(
-            super::super::work_done_gap(Duration::from_millis(200), 1),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            super::super::work_done_gap(Duration::from_secs(60), 1),
-            super::super::WORK_DONE_GAP_MAX
-        );
+        assert_eq!(gap(0, 1, 1), super::super::WORK_DONE_GAP);
+        assert_eq!(gap(200, 1, 1), Duration::from_secs(2));
+        assert_eq!(gap(60_000, 1, 1), super::super::WORK_DONE_GAP_MAX);
         let lists = cold_start_lists(300, Duration::from_millis(200)).await;
         eprintln!("{lists} list calls for 40 chains over a slow daemon");
         assert!(
@@ -226,30 +231,50 @@ mod tests {
         );
     }
 
-    /// While hundreds of chains are in flight, a finished one's pass waits
-    /// longer: 200 tasks whose chains end one after another over about
-    /// 10 s are listed about once per 3 s at first and once per 500 ms only
-    /// when few are left, not every 500 ms throughout.
+    /// While hundreds of tasks are desired and chains are in flight, a
+    /// finished one's pass waits the longest gap: 200 tasks whose chains
+    /// end one after another over about 12 s are listed about once per 3 s
+    /// until the last chain ends (9 lists, the settle checks after it
+    /// included), not more often as fewer chains are left in flight (14
+    /// when only the busy instances counted).
     #[tokio::test(start_paused = true)]
     async fn a_cold_start_of_hundreds_waits_longer_between_passes() {
-        use super::super::{work_done_gap, WORK_DONE_GAP, WORK_DONE_GAP_MAX};
+        use super::super::{WORK_DONE_GAP, WORK_DONE_GAP_MAX};
         let started = tokio::time::Instant::now();
         let lists = cold_start_lists_of(200, 70, Duration::ZERO).await;
         let took = started.elapsed();
         eprintln!("{lists} list calls for 200 chains over {took:?}");
         assert!(took > Duration::from_secs(8), "{took:?}");
         assert!(
-            lists <= 16,
+            lists <= 10,
             "{lists} list calls for 200 chains over {took:?}"
         );
 
-        assert_eq!(work_done_gap(Duration::ZERO, 0), WORK_DONE_GAP);
-        assert_eq!(work_done_gap(Duration::ZERO, 30), WORK_DONE_GAP);
-        assert_eq!(
-            work_done_gap(Duration::ZERO, 100),
-            Duration::from_millis(1500)
-        );
-        assert_eq!(work_done_gap(Duration::ZERO, 200), WORK_DONE_GAP_MAX);
-        assert_eq!(work_done_gap(Duration::ZERO, usize::MAX), WORK_DONE_GAP_MAX);
+        // Nothing in flight: the shortest gap, whatever is listed.
+        assert_eq!(gap(0, 0, 200), WORK_DONE_GAP);
+        assert_eq!(gap(0, 30, 30), WORK_DONE_GAP);
+        assert_eq!(gap(0, 100, 0), Duration::from_millis(1500));
+        // The last chains of a cold start of 200: 200 are desired.
+        assert_eq!(gap(0, 5, 200), WORK_DONE_GAP_MAX);
+        assert_eq!(gap(0, 200, 0), WORK_DONE_GAP_MAX);
+        assert_eq!(gap(0, usize::MAX, 0), WORK_DONE_GAP_MAX);
+    }
+
+    /// While an instance waits on a dependency, the chain that ends may be
+    /// the one it waits for: only the instances in flight count, so a
+    /// dependent on a host of 200 is looked at again within 500 ms.
+    #[test]
+    fn a_dependent_waiting_keeps_the_gap_of_the_work_in_flight() {
+        let waiting = |busy, size| {
+            super::super::work_done_gap(super::super::GapInputs {
+                took: Duration::ZERO,
+                busy,
+                size,
+                waiting_on_dependency: true,
+            })
+        };
+        assert_eq!(waiting(1, 200), super::super::WORK_DONE_GAP);
+        assert_eq!(waiting(100, 200), Duration::from_millis(1500));
+        assert_eq!(gap(0, 1, 200), super::super::WORK_DONE_GAP_MAX);
     }
 }
