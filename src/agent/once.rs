@@ -276,5 +276,34 @@ mod tests {
         assert_eq!(waiting(1, 200), super::super::WORK_DONE_GAP);
         assert_eq!(waiting(100, 200), Duration::from_millis(1500));
         assert_eq!(gap(0, 1, 200), super::super::WORK_DONE_GAP_MAX);
+
+        // Read off a pass: one chain in flight on a host of 200, and web
+        // waiting for db; a dependent held by a failed dependency waits
+        // on nothing a chain can end.
+        let key = |i: usize| InstanceKey::new(format!("t{i:03}"), 0);
+        let mut report = PassReport {
+            plan: crate::engine::plan::Plan::default(),
+            errors: Vec::new(),
+            observed: Vec::new(),
+            desired_instances: (0..200).map(key).collect(),
+            dispatched: 0,
+            busy: [key(0)].into(),
+        };
+        let blocked = |held| crate::engine::deps::Blocked {
+            key: InstanceKey::new("web", 0),
+            reason: "waiting for db (started)".into(),
+            held,
+        };
+        let of = |report: &PassReport| {
+            super::super::work_done_gap(super::super::GapInputs::of(
+                tokio::time::Instant::now(),
+                Some(report),
+            ))
+        };
+        assert_eq!(of(&report), super::super::WORK_DONE_GAP_MAX);
+        report.plan.blocked.push(blocked(true));
+        assert_eq!(of(&report), super::super::WORK_DONE_GAP_MAX);
+        report.plan.blocked.push(blocked(false));
+        assert_eq!(of(&report), super::super::WORK_DONE_GAP);
     }
 }
