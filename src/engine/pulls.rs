@@ -120,10 +120,9 @@ impl Pulls {
                     let (this, runtime) = (Arc::clone(self), Arc::clone(runtime));
                     let image = image.to_string();
                     tokio::spawn(async move {
+                        let forget = Forget::new(&this.checks, &image);
                         let answer = runtime.image_present(&image).await;
-                        if let Ok(mut map) = this.checks.lock() {
-                            map.remove(&image);
-                        }
+                        drop(forget);
                         tx.send_replace(Some(answer));
                     });
                     rx
@@ -174,6 +173,7 @@ impl Pulls {
         let (this, runtime) = (Arc::clone(self), Arc::clone(runtime));
         let (image, credentials) = (image.to_string(), credentials.cloned());
         tokio::spawn(async move {
+            let forget = Forget::new(&this.in_flight, &image);
             let result = match this.slots.clone().acquire_owned().await {
                 Ok(_permit) => {
                     tx.send_replace(PullState::Running(PullProgress::default()));
@@ -193,9 +193,7 @@ impl Pulls {
             };
             // Forget the pull before announcing its end: a caller arriving
             // later starts a fresh one (what `pull: always` means).
-            if let Ok(mut map) = this.in_flight.lock() {
-                map.remove(&image);
-            }
+            drop(forget);
             tx.send_replace(PullState::Done(result));
         });
     }
@@ -217,6 +215,31 @@ impl Pulls {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+}
+
+/// Removes an image's entry from a map of work in flight when dropped: at
+/// the work's end, and also when it panics, so that the next caller starts
+/// afresh instead of joining work that will never answer.
+struct Forget<'a, T> {
+    map: &'a Mutex<HashMap<String, T>>,
+    image: &'a str,
+}
+
+impl<'a, T> Forget<'a, T> {
+    fn new(map: &'a Mutex<HashMap<String, T>>, image: &'a str) -> Self {
+        Forget { map, image }
+    }
+}
+
+impl<T> Drop for Forget<'_, T> {
+    fn drop(&mut self) {
+        // A poisoned map still gives up its entry.
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.remove(self.image);
     }
 }
 
@@ -277,6 +300,49 @@ mod tests {
         assert!(!pulls.present(&runtime, "other:1").await.unwrap());
         assert!(pulls.present(&runtime, "img:1").await.unwrap());
         assert_eq!(runtime.reads("image_present"), 3);
+    }
+
+    /// Panics when the first pull ends, as a bug in an observer would.
+    struct PanicsOnce(std::sync::atomic::AtomicBool);
+
+    impl PullObserver for PanicsOnce {
+        fn progress(&self, _image: &str, _progress: &PullProgress) {}
+        fn done(&self, _image: &str, _result: &Result<(), RuntimeError>, _elapsed: Duration) {
+            if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("an observer's bug");
+            }
+        }
+    }
+
+    /// A pull whose task panics is forgotten all the same: its waiters get
+    /// an error, and the next caller pulls afresh instead of joining a pull
+    /// that will never answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_that_panics_is_forgotten() {
+        let runtime = Arc::new(FakeRuntime::new());
+        let pulls = Pulls::new(1, Arc::new(PanicsOnce(false.into())));
+        let first = pulls.pull(&runtime, "img:1", None).await;
+        assert!(first.is_err(), "{first:?}");
+        assert!(pulls.all().is_empty(), "{:?}", pulls.all());
+        pulls.pull(&runtime, "img:1", None).await.unwrap();
+        assert_eq!(runtime.calls("pull"), 2);
+    }
+
+    /// The same for a presence check, and for a map poisoned meanwhile.
+    #[test]
+    fn forgetting_survives_a_panic_and_a_poisoned_map() {
+        let map: Mutex<HashMap<String, u8>> = Mutex::new(HashMap::from([("img:1".into(), 1)]));
+        let panicked = std::panic::catch_unwind(|| {
+            let _forget = Forget::new(&map, "img:1");
+            let _poison = map.lock().unwrap();
+            panic!("a bug while the map is held");
+        });
+        assert!(panicked.is_err());
+        assert!(map.is_poisoned());
+        let left = map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[tokio::test(start_paused = true)]
