@@ -58,34 +58,38 @@ pub const WORK_DONE_GAP: Duration = Duration::from_millis(500);
 /// looked at within this, however slowly Docker answers.
 pub const WORK_DONE_GAP_MAX: Duration = Duration::from_secs(3);
 
-/// The work-done gap per instance a pass looks at: 200 (a cold start of
-/// 200 tasks, or a chain in flight on a host of 200) stretch the gap to
-/// [`WORK_DONE_GAP_MAX`], 30 or fewer leave it at [`WORK_DONE_GAP`].
+/// The work-done gap per instance weighed (see [`work_done_gap`]): 200 (a
+/// cold start of 200 tasks) stretch the gap to [`WORK_DONE_GAP_MAX`], 30 or
+/// fewer leave it at [`WORK_DONE_GAP`].
 pub const WORK_DONE_GAP_PER_BUSY: Duration = Duration::from_millis(15);
 
 /// The work-done gap after `pass`: [`WORK_DONE_GAP`], or longer (up to
 /// [`WORK_DONE_GAP_MAX`]) when a pass costs more:
 /// - ten times the pass: a pass is slow when the daemon is loaded, and
 ///   listing it less often leaves it to the work;
-/// - while work is in flight, [`WORK_DONE_GAP_PER_BUSY`] per instance the
-///   pass looks at (desired or listed, whichever are more): a pass costs
-///   berth every manifest and the list, and the daemon a list of every
-///   container, and while chains run a pass for one that ended finds
-///   nothing new for the others (theirs are dispatched). At a cold start
-///   of 200 tasks the gap stays long until the last chain ends (which
-///   gets its pass at once), rather than shrinking as chains end;
+/// - [`WORK_DONE_GAP_PER_BUSY`] per instance with work in flight;
+/// - while more chains are in flight than `parallelism` lets Docker work
+///   on at once (the daemon is busy with them), per instance the pass
+///   looks at instead (desired or listed, whichever are more) when that is
+///   more: a pass costs berth every manifest and the list, and the daemon a
+///   list of every container, yet finds nothing new for the chains already
+///   dispatched. At a cold start of 200 tasks the gap so stays long until
+///   the last few chains run, rather than shrinking as chains end. One
+///   chain in flight on a large host (a slow stop) leaves the gap short, so
+///   a backoff or settle check elsewhere is not held up by it;
 /// - except while an instance waits on a dependency: a chain that ends may
 ///   be what it waits for, so only the instances in flight count.
 ///
 /// At a cold start of 200 tasks the busy term (with the folder's parse
 /// cache) took berth from about 45 passes to about 20; counting every
-/// instance looked at took it from 21 lists to 14 (18 to 11 before the
-/// last start; the rest are the settle checks after it).
+/// instance looked at took it from 21 lists to 12–14 (18 to 9–11 before
+/// the last start; the rest are the settle checks after it).
 pub fn work_done_gap(pass: GapInputs) -> Duration {
-    let weight = match pass.busy {
-        0 => 0,
-        busy if pass.waiting_on_dependency => busy,
-        busy => busy.max(pass.size),
+    let saturated = pass.busy > pass.parallelism && !pass.waiting_on_dependency;
+    let weight = if saturated {
+        pass.busy.max(pass.size)
+    } else {
+        pass.busy
     };
     let per = WORK_DONE_GAP_PER_BUSY.saturating_mul(u32::try_from(weight).unwrap_or(u32::MAX));
     (pass.took * 10)
@@ -105,17 +109,25 @@ pub struct GapInputs {
     pub size: usize,
     /// Whether an instance waits on a dependency.
     pub waiting_on_dependency: bool,
+    /// The agent's `parallelism`: how many creates and starts Docker is
+    /// given at once.
+    pub parallelism: usize,
 }
 
 impl GapInputs {
     /// The inputs of a pass that began at `began` and reported `report`
-    /// (`None`: it failed, and listed nothing).
-    pub fn of(began: tokio::time::Instant, report: Option<&PassReport>) -> GapInputs {
+    /// (`None`: it failed, and listed nothing), under `parallelism`.
+    pub fn of(
+        began: tokio::time::Instant,
+        report: Option<&PassReport>,
+        parallelism: usize,
+    ) -> GapInputs {
         GapInputs {
             took: began.elapsed(),
             busy: report.map_or(0, |r| r.busy.len()),
             size: report.map_or(0, |r| r.observed.len().max(r.desired_instances.len())),
             waiting_on_dependency: report.is_some_and(|r| r.plan.blocked.iter().any(|b| !b.held)),
+            parallelism,
         }
     }
 }
@@ -221,7 +233,12 @@ pub async fn run_loop<R: ContainerRuntime>(
             r = controller.pass(&trigger) => r,
             () = &mut shutdown => break,
         };
-        let gap_end = began + work_done_gap(GapInputs::of(began, result.as_ref().ok()));
+        let gap_end = began
+            + work_done_gap(GapInputs::of(
+                began,
+                result.as_ref().ok(),
+                controller.config().parallelism,
+            ));
         let next_due = match &result {
             Ok(report) => {
                 if docker_failures > 0 {

@@ -37,7 +37,9 @@ pub async fn run_once<R: ContainerRuntime>(
     loop {
         let began = tokio::time::Instant::now();
         let report = controller.pass(&trigger).await?;
-        let gap_end = began + super::work_done_gap(super::GapInputs::of(began, Some(&report)));
+        let parallelism = controller.config().parallelism;
+        let gap_end =
+            began + super::work_done_gap(super::GapInputs::of(began, Some(&report), parallelism));
         let verdict = controller.once_verdict(&report);
         let out_of_time = tokio::time::Instant::now() >= until;
         let problems = match verdict {
@@ -201,17 +203,16 @@ mod tests {
         assert!(lists <= 12, "{lists} list calls for 40 chains");
     }
 
-    /// A daemon busy enough that a list takes 200 ms is listed about every
-    /// 2 s (ten times the pass) rather than every 500 ms: over 7 s of chains
-    /// ending that is a handful of lists, not one per half second.
     /// The gap after a pass that took `took_ms`, left `busy` in flight and
-    /// looked at `size` instances, nothing waiting on a dependency.
+    /// looked at `size` instances, nothing waiting on a dependency, with the
+    /// default parallelism (4).
     fn gap(took_ms: u64, busy: usize, size: usize) -> Duration {
         super::super::work_done_gap(super::super::GapInputs {
             took: Duration::from_millis(took_ms),
             busy,
             size,
             waiting_on_dependency: false,
+            parallelism: 4,
         })
     }
 
@@ -250,11 +251,15 @@ mod tests {
             "{lists} list calls for 200 chains over {took:?}"
         );
 
-        // Nothing in flight: the shortest gap, whatever is listed.
+        // Nothing in flight, or no more than Docker is given at once: the
+        // work in flight alone, whatever is listed (a slow stop on a host
+        // of 200 does not hold up a backoff elsewhere).
         assert_eq!(gap(0, 0, 200), WORK_DONE_GAP);
+        assert_eq!(gap(0, 1, 200), WORK_DONE_GAP);
+        assert_eq!(gap(0, 4, 200), WORK_DONE_GAP);
         assert_eq!(gap(0, 30, 30), WORK_DONE_GAP);
         assert_eq!(gap(0, 100, 0), Duration::from_millis(1500));
-        // The last chains of a cold start of 200: 200 are desired.
+        // Late in a cold start of 200, chains still queued: 200 desired.
         assert_eq!(gap(0, 5, 200), WORK_DONE_GAP_MAX);
         assert_eq!(gap(0, 200, 0), WORK_DONE_GAP_MAX);
         assert_eq!(gap(0, usize::MAX, 0), WORK_DONE_GAP_MAX);
@@ -262,7 +267,8 @@ mod tests {
 
     /// While an instance waits on a dependency, the chain that ends may be
     /// the one it waits for: only the instances in flight count, so a
-    /// dependent on a host of 200 is looked at again within 500 ms.
+    /// dependent on a host of 200 is looked at again within 500 ms once
+    /// 30 or fewer chains run.
     #[test]
     fn a_dependent_waiting_keeps_the_gap_of_the_work_in_flight() {
         let waiting = |busy, size| {
@@ -271,13 +277,14 @@ mod tests {
                 busy,
                 size,
                 waiting_on_dependency: true,
+                parallelism: 4,
             })
         };
-        assert_eq!(waiting(1, 200), super::super::WORK_DONE_GAP);
+        assert_eq!(waiting(10, 200), super::super::WORK_DONE_GAP);
         assert_eq!(waiting(100, 200), Duration::from_millis(1500));
-        assert_eq!(gap(0, 1, 200), super::super::WORK_DONE_GAP_MAX);
+        assert_eq!(gap(0, 10, 200), super::super::WORK_DONE_GAP_MAX);
 
-        // Read off a pass: one chain in flight on a host of 200, and web
+        // Read off a pass: ten chains in flight on a host of 200, and web
         // waiting for db; a dependent held by a failed dependency waits
         // on nothing a chain can end.
         let key = |i: usize| InstanceKey::new(format!("t{i:03}"), 0);
@@ -287,7 +294,7 @@ mod tests {
             observed: Vec::new(),
             desired_instances: (0..200).map(key).collect(),
             dispatched: 0,
-            busy: [key(0)].into(),
+            busy: (0..10).map(key).collect(),
         };
         let blocked = |held| crate::engine::deps::Blocked {
             key: InstanceKey::new("web", 0),
@@ -298,6 +305,7 @@ mod tests {
             super::super::work_done_gap(super::super::GapInputs::of(
                 tokio::time::Instant::now(),
                 Some(report),
+                4,
             ))
         };
         assert_eq!(of(&report), super::super::WORK_DONE_GAP_MAX);
