@@ -45,7 +45,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// After a chain ended well while other chains are still in flight, the
 /// pass it asks for waits until at least this long after the previous pass
-/// began (longer when that pass was slow: [`work_done_gap`]);
+/// began (longer when that pass was slow or many chains run:
+/// [`work_done_gap`]);
 /// so does a pass for a timer that became due (a settle check, a backoff).
 /// Such a pass finds nothing new for the other instances (their chains are
 /// already dispatched), and at a cold start of hundreds of tasks one pass
@@ -61,13 +62,13 @@ pub const WORK_DONE_GAP_MAX: Duration = Duration::from_secs(3);
 /// The work-done gap per instance weighed (see [`work_done_gap`]): 200 (a
 /// cold start of 200 tasks) stretch the gap to [`WORK_DONE_GAP_MAX`], 30 or
 /// fewer leave it at [`WORK_DONE_GAP`].
-pub const WORK_DONE_GAP_PER_BUSY: Duration = Duration::from_millis(15);
+pub const WORK_DONE_GAP_PER_INSTANCE: Duration = Duration::from_millis(15);
 
 /// The work-done gap after `pass`: [`WORK_DONE_GAP`], or longer (up to
 /// [`WORK_DONE_GAP_MAX`]) when a pass costs more:
 /// - ten times the pass: a pass is slow when the daemon is loaded, and
 ///   listing it less often leaves it to the work;
-/// - [`WORK_DONE_GAP_PER_BUSY`] per instance with work in flight;
+/// - [`WORK_DONE_GAP_PER_INSTANCE`] per instance with work in flight;
 /// - while more chains are in flight than `parallelism` lets Docker work
 ///   on at once (the daemon is busy with them), per instance the pass
 ///   looks at instead (desired or listed, whichever are more) when that is
@@ -85,20 +86,20 @@ pub const WORK_DONE_GAP_PER_BUSY: Duration = Duration::from_millis(15);
 /// instance looked at took it from 21 lists to 12–14 (18 to 9–11 before
 /// the last start; the rest are the settle checks after it).
 pub fn work_done_gap(pass: GapInputs) -> Duration {
-    let saturated = pass.busy > pass.parallelism && !pass.waiting_on_dependency;
-    let weight = if saturated {
+    let weigh_all = pass.busy > pass.parallelism && !pass.waiting_on_dependency;
+    let weight = if weigh_all {
         pass.busy.max(pass.size)
     } else {
         pass.busy
     };
-    let per = WORK_DONE_GAP_PER_BUSY.saturating_mul(u32::try_from(weight).unwrap_or(u32::MAX));
+    let per = WORK_DONE_GAP_PER_INSTANCE.saturating_mul(u32::try_from(weight).unwrap_or(u32::MAX));
     (pass.took * 10)
         .max(per)
         .clamp(WORK_DONE_GAP, WORK_DONE_GAP_MAX)
 }
 
 /// What [`work_done_gap`] weighs: the pass just made.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct GapInputs {
     /// How long the pass took.
     pub took: Duration,
